@@ -1,0 +1,61 @@
+"""The record every data source yields, and the error that lists every bad file at once."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Record:
+    """One labelled image: where it is, its class index, its lesion masks and its patient."""
+
+    image: Path
+    label: int
+    masks: tuple[Path, ...] = ()
+    group: str | None = None
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with one file (or folder, or CSV row) of a dataset."""
+
+    path: str
+    reason: str
+
+
+@dataclass
+class DataError(ValueError):
+    """A dataset that cannot be used as it is: every offending file is named, with the fix."""
+
+    problems: list[Problem]
+    fix: str = ""
+    source: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message())
+
+    def message(self, limit: int = 50) -> str:
+        head = f"{len(self.problems)} problem(s) in dataset"
+        if self.source:
+            head += f" '{self.source}'"
+        lines = [head + ":"]
+        for p in self.problems[:limit]:
+            lines.append(f"  - {p.path}: {p.reason}")
+        if len(self.problems) > limit:
+            lines.append(f"  ... and {len(self.problems) - limit} more")
+        if self.fix:
+            lines.append(f"Fix: {self.fix}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.message()
+
+
+def raise_if_problems(problems: Iterable[Problem], fix: str, source: str = "") -> None:
+    """Raise one DataError naming every problem, or return when there is none."""
+    problems = list(problems)
+    if problems:
+        raise DataError(problems=problems, fix=fix, source=source)

@@ -1,0 +1,249 @@
+"""Datasets described by a CSV (one row per image), e.g. BUS-BRA's `bus_data.csv`.
+
+Everything is configuration: which column holds the path (or an id plus a path template),
+the label and how its values map to classes, the patient, the masks.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from fus2net.data.records import Record
+from fus2net.data.sources.base import DataSource, ProblemLog, resolve_path, sort_records
+
+_FIX_CSV = "Set dataset.csv=PATH to the manifest CSV (presets derive it from dataset.root)."
+_FIX_COLUMNS = "Set the dataset.*_column options to columns that exist in the CSV header."
+_FIX_FILE = "Fix the path in the CSV (or dataset.root / the path template), or restore the file."
+_FIX_EMPTY = "Fill in the empty cells, or drop those rows from the CSV."
+_FIX_ID = "Fix dataset.id_regex so it matches every id."
+_FIX_CONFLICT = "Rows naming the same image must agree on label and group; fix the CSV."
+
+
+def _template_fields(template: str) -> set[str]:
+    return {field for _, field, _, _ in string.Formatter().parse(template) if field}
+
+
+class ManifestSource(DataSource):
+    """Rows of a CSV -> records; every unknown label, missing file or empty cell is reported.
+
+    Paths come from `image_column` (relative to `root`) or from `path_template`, a
+    `str.format` string over `root`, `id` (the `id_column` value), every CSV column by name and
+    the named groups of `id_regex` (e.g. "{root}/Images/{id}.png"). `label_map` maps raw label
+    values to a class name or index; a value mapped to null drops the row. Rows naming the same
+    image are merged into one record (their masks joined).
+    """
+
+    def __init__(
+        self,
+        csv: str | Path,
+        classes: Sequence[str],
+        label_column: str,
+        image_column: str | None = None,
+        id_column: str | None = None,
+        path_template: str | None = None,
+        id_regex: str | None = None,
+        label_map: Mapping[Any, Any] | None = None,
+        group_column: str | None = None,
+        mask_column: str | None = None,
+        mask_template: str | None = None,
+        mask_separator: str = ";",
+        root: str | Path | None = None,
+        delimiter: str = ",",
+        name: str = "manifest",
+    ) -> None:
+        if (image_column is None) == (path_template is None):
+            raise ValueError("manifest: set exactly one of dataset.image_column, path_template")
+        if path_template is not None and id_column is None:
+            raise ValueError("manifest: dataset.path_template needs dataset.id_column")
+        if mask_column is not None and mask_template is not None:
+            raise ValueError("manifest: set at most one of dataset.mask_column, mask_template")
+        self.name = name
+        self.csv = resolve_path(csv)
+        self.root = resolve_path(root) if root is not None else self.csv.parent
+        self.class_names = [str(c) for c in classes]
+        self.label_column = label_column
+        self.image_column = image_column
+        self.id_column = id_column
+        self.path_template = path_template
+        self.id_regex = re.compile(id_regex) if id_regex else None
+        self.label_map = self._check_label_map(label_map)
+        self.group_column = group_column
+        self.mask_column = mask_column
+        self.mask_template = mask_template
+        self.mask_separator = mask_separator
+        self.delimiter = delimiter
+
+    def _check_label_map(self, label_map: Mapping[Any, Any] | None) -> dict[str, int | None] | None:
+        """Resolve every label_map target to a class index now, so bad config fails early."""
+        if label_map is None:
+            return None
+        resolved: dict[str, int | None] = {}
+        for raw, target in label_map.items():
+            if target is None:
+                resolved[str(raw)] = None
+            elif isinstance(target, int) and 0 <= target < len(self.class_names):
+                resolved[str(raw)] = target
+            elif str(target) in self.class_names:
+                resolved[str(raw)] = self.class_names.index(str(target))
+            else:
+                raise ValueError(
+                    f"manifest: dataset.label_map maps {raw!r} to {target!r}, which is neither a "
+                    f"class of {self.class_names} nor an index below {len(self.class_names)}"
+                )
+        return resolved
+
+    def options(self) -> dict[str, Any]:
+        return {
+            "csv": str(self.csv),
+            "label_column": self.label_column,
+            "image_column": self.image_column,
+            "id_column": self.id_column,
+            "path_template": self.path_template,
+            "id_regex": self.id_regex.pattern if self.id_regex else None,
+            "label_map": self.label_map,
+            "group_column": self.group_column,
+            "mask_column": self.mask_column,
+            "mask_template": self.mask_template,
+        }
+
+    def load(self) -> list[Record]:
+        log = ProblemLog(self.name)
+        table = self._read_table(log)
+        log.raise_if_any()
+        by_image: dict[Path, tuple[Record, int]] = {}
+        for row_number, row in enumerate(table.to_dict("records"), start=2):  # 1 = header
+            record = self._row_record(row, row_number, log)
+            if record is None:
+                continue
+            if record.image not in by_image:
+                by_image[record.image] = (record, row_number)
+                continue
+            first, first_row = by_image[record.image]
+            if (first.label, first.group) != (record.label, record.group):
+                reason = f"rows {first_row} and {row_number} give this image different label/group"
+                log.add(record.image, reason, _FIX_CONFLICT)
+                continue
+            masks = tuple(dict.fromkeys(first.masks + record.masks))
+            merged = Record(first.image, first.label, masks, first.group)
+            by_image[record.image] = (merged, first_row)
+        log.raise_if_any()
+        return sort_records(record for record, _ in by_image.values())
+
+    def _read_table(self, log: ProblemLog) -> pd.DataFrame:
+        """Read the CSV as strings and check every configured column and template field."""
+        if not self.csv.is_file():
+            log.add(self.csv, "manifest CSV does not exist", _FIX_CSV)
+            return pd.DataFrame()
+        try:
+            table = pd.read_csv(self.csv, sep=self.delimiter, dtype=str, keep_default_na=False)
+        except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+            log.add(self.csv, f"cannot parse the CSV ({exc})", "Fix the CSV or dataset.delimiter.")
+            return pd.DataFrame()
+        table.columns = [str(c).strip() for c in table.columns]
+        columns = set(table.columns)
+        wanted = {
+            "label_column": self.label_column,
+            "image_column": self.image_column,
+            "id_column": self.id_column,
+            "group_column": self.group_column,
+            "mask_column": self.mask_column,
+        }
+        for option, column in wanted.items():
+            if column is not None and column not in columns:
+                reason = f"dataset.{option}={column!r} is not a column (columns: {sorted(columns)})"
+                log.add(self.csv, reason, _FIX_COLUMNS)
+        id_groups = set(self.id_regex.groupindex) if self.id_regex else set()
+        known_fields = columns | {"root", "id"} | id_groups
+        templates = {"path_template": self.path_template, "mask_template": self.mask_template}
+        for option, template in templates.items():
+            unknown = _template_fields(template) - known_fields if template else set()
+            if unknown:
+                reason = f"dataset.{option} uses unknown field(s) {sorted(unknown)}"
+                log.add(self.csv, reason + f" (known: {sorted(known_fields)})", _FIX_COLUMNS)
+        return table
+
+    def _row_record(self, row: dict[str, str], row_number: int, log: ProblemLog) -> Record | None:
+        """One CSV row -> a record, or None (dropped by label_map, or problems logged)."""
+        where = f"{self.csv}:row {row_number}"
+        raw_label = row[self.label_column].strip()
+        label = self._label_of(raw_label, where, log)
+        if label is None:
+            return None
+        fields = self._template_values(row, where, log)
+        if fields is None:
+            return None
+        n_problems = len(log.problems)
+
+        if self.image_column is not None:
+            cell = row[self.image_column].strip()
+            if not cell:
+                log.add(where, f"empty image path in column {self.image_column!r}", _FIX_EMPTY)
+                return None
+            image = self._absolute(cell)
+        else:
+            image = self._absolute(self.path_template.format_map(fields))
+        if not image.is_file():
+            log.add(image, f"image listed in {where} does not exist", _FIX_FILE)
+
+        masks = self._masks_of(row, fields)
+        for mask in masks:
+            if not mask.is_file():
+                log.add(mask, f"mask listed in {where} does not exist", _FIX_FILE)
+
+        group = None
+        if self.group_column is not None:
+            group = row[self.group_column].strip()
+            if not group:
+                log.add(where, f"empty group in column {self.group_column!r}", _FIX_EMPTY)
+        if len(log.problems) > n_problems:
+            return None
+        return Record(image=image, label=label, masks=masks, group=group)
+
+    def _label_of(self, raw: str, where: str, log: ProblemLog) -> int | None:
+        if self.label_map is not None:
+            if raw in self.label_map:
+                return self.label_map[raw]
+            known = sorted(self.label_map)
+            fix = "Add the value to dataset.label_map (map it to null to drop such rows)."
+        else:
+            if raw in self.class_names:
+                return self.class_names.index(raw)
+            known = self.class_names
+            fix = "Set dataset.label_map to map the CSV's label values to classes."
+        reason = f"unknown label {raw!r} in column {self.label_column!r} (known: {known})"
+        log.add(where, reason, fix)
+        return None
+
+    def _template_values(
+        self, row: dict[str, str], where: str, log: ProblemLog
+    ) -> dict[str, str] | None:
+        fields = {**row, "root": str(self.root)}
+        if self.id_column is None:
+            return fields
+        fields["id"] = row[self.id_column].strip()
+        if self.id_regex is not None:
+            match = self.id_regex.search(fields["id"])
+            if match is None:
+                reason = f"id {fields['id']!r} does not match id_regex {self.id_regex.pattern!r}"
+                log.add(where, reason, _FIX_ID)
+                return None
+            fields.update(match.groupdict())
+        return fields
+
+    def _masks_of(self, row: dict[str, str], fields: dict[str, str]) -> tuple[Path, ...]:
+        if self.mask_template is not None:
+            return (self._absolute(self.mask_template.format_map(fields)),)
+        if self.mask_column is None:
+            return ()
+        cells = row[self.mask_column].split(self.mask_separator)
+        return tuple(self._absolute(cell.strip()) for cell in cells if cell.strip())
+
+    def _absolute(self, path: str) -> Path:
+        """CSV paths are relative to `root` (default: the CSV's folder) unless absolute."""
+        return (self.root / Path(path).expanduser()).resolve()

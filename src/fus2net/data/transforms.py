@@ -1,0 +1,99 @@
+"""Per-image standardisation (the paper's last preprocessing step) and augmentation pipelines.
+
+Augmentations are albumentations pipelines described in `conf/augmentation/*.yaml` and built by
+`hydra.utils.instantiate`; this module adds the one ultrasound effect albumentations lacks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import albumentations as A
+import hydra
+import numpy as np
+from albumentations.core.transforms_interface import BaseTransformInitSchema
+from omegaconf import DictConfig, OmegaConf
+from pydantic import field_validator
+
+
+def standardize(x: np.ndarray, eps: float | None = None) -> np.ndarray:
+    """float32 (x - mean) / max(std, eps) over the whole image (all pixels and channels).
+
+    eps defaults to 1 / sqrt(x.size), as in tf.image.per_image_standardization (the paper used
+    Keras/TensorFlow): a flat image maps to zeros instead of dividing by zero. Computed in place
+    with a BLAS dot for the variance: ~5x faster than x.std(), which matters on a 2-core CPU.
+    """
+    out = np.array(x, dtype=np.float32)  # always a copy: the input may be a read-only cache row
+    if out.size == 0:
+        return out
+    out -= np.float32(out.mean(dtype=np.float64))
+    flat = out.reshape(-1)
+    std = math.sqrt(float(np.dot(flat, flat)) / flat.size)
+    floor = eps if eps is not None else 1.0 / math.sqrt(flat.size)
+    out /= np.float32(max(std, floor))
+    return out
+
+
+class DepthAttenuation(A.ImageOnlyTransform):
+    """Ultrasound depth attenuation: brightness falls off exponentially from top to bottom.
+
+    Echoes from deep tissue come back weaker and the scanner's time-gain compensation (TGC)
+    only partly corrects it, so the depth profile of gain varies between scans and operators.
+    `attenuation` is the range of the fraction of brightness lost at the bottom row
+    (gain(depth) = (1 - a) ** depth, depth 0 at the top, 1 at the bottom); a negative value
+    brightens with depth (over-compensated TGC).
+    """
+
+    class InitSchema(BaseTransformInitSchema):
+        attenuation: tuple[float, float]
+
+        @field_validator("attenuation")
+        @classmethod
+        def _check_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+            low, high = value
+            if not -1.0 <= low <= high < 1.0:
+                raise ValueError(f"attenuation must satisfy -1 <= low <= high < 1, got {value}")
+            return value
+
+    def __init__(self, attenuation: tuple[float, float] = (0.0, 0.5), p: float = 0.5):
+        super().__init__(p=p)
+        self.attenuation = attenuation
+
+    def get_params(self) -> dict[str, Any]:
+        return {"loss": self.py_random.uniform(*self.attenuation)}
+
+    def apply(self, img: np.ndarray, loss: float, **params: Any) -> np.ndarray:
+        depth = np.linspace(0.0, 1.0, img.shape[0], dtype=np.float32)
+        gain = np.power(np.float32(1.0 - loss), depth).reshape((-1,) + (1,) * (img.ndim - 1))
+        out = img.astype(np.float32) * gain
+        if img.dtype == np.uint8:
+            return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+        return out.astype(img.dtype)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("attenuation",)
+
+
+def build_augmentation(cfg: DictConfig | Mapping[str, Any] | None) -> A.BaseCompose | None:
+    """Instantiate the `augmentation` config group node; None (group `none`) means no augmentation.
+
+    Lists in the YAML become tuples/lists (`_convert_=all`), which albumentations' argument
+    validation expects instead of OmegaConf containers.
+    """
+    if cfg is None:
+        return None
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.create(dict(cfg))
+    if len(cfg) == 0:
+        return None
+    if "_target_" not in cfg:
+        raise ValueError(
+            "augmentation config has no _target_: use one of conf/augmentation/*.yaml "
+            "(e.g. _target_: albumentations.Compose with a transforms list) or augmentation=none"
+        )
+    pipeline = hydra.utils.instantiate(cfg, _convert_="all")
+    if not isinstance(pipeline, A.BaseCompose):
+        raise TypeError(f"augmentation must build an albumentations Compose, got {type(pipeline)}")
+    return pipeline

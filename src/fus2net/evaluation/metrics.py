@@ -1,0 +1,54 @@
+"""The paper's metrics from predicted malignant probabilities (malignant = positive class)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
+
+METRICS: tuple[str, ...] = ("accuracy", "sensitivity", "specificity", "precision", "auc")
+
+
+def binary_metrics(
+    labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5
+) -> dict[str, float]:
+    """Accuracy, sensitivity, specificity, precision at `threshold`; ROC AUC (NaN if one class)."""
+    labels = np.asarray(labels, dtype=int)
+    probs = np.asarray(probs, dtype=float)
+    pred = (probs >= threshold).astype(int)
+    both = len(np.unique(labels)) == 2
+    return {
+        "accuracy": float(accuracy_score(labels, pred)),
+        "sensitivity": float(recall_score(labels, pred, pos_label=1, zero_division=0)),
+        "specificity": float(recall_score(labels, pred, pos_label=0, zero_division=0)),
+        "precision": float(precision_score(labels, pred, pos_label=1, zero_division=0)),
+        "auc": float(roc_auc_score(labels, probs)) if both else math.nan,
+    }
+
+
+def confusion(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """2x2 confusion matrix, rows = true class (benign, malignant), columns = predicted."""
+    pred = (np.asarray(probs) >= threshold).astype(int)
+    return confusion_matrix(np.asarray(labels, dtype=int), pred, labels=[0, 1])
+
+
+def mean_std(per_fold: Iterable[Mapping[str, float]]) -> dict[str, float]:
+    """Mean and sample standard deviation over folds, as `<metric>_mean` / `<metric>_std`."""
+    rows = list(per_fold)
+    out: dict[str, float] = {}
+    for name in METRICS:
+        values = np.array([r[name] for r in rows if name in r], dtype=float)
+        values = values[~np.isnan(values)]
+        if len(values) == 0:
+            continue
+        out[f"{name}_mean"] = float(values.mean())
+        out[f"{name}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return out

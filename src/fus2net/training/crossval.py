@@ -1,0 +1,358 @@
+"""One job = one cell: k-fold cross-validation, held-out test scoring, and its MLflow runs.
+
+MLflow layout: one parent run per cell (one resolved configuration, folds aside) tagged with a
+deterministic cell key and the sweep, and one child run per fold. Everything a comparison needs
+(fold metrics, pooled out-of-fold and test predictions, splits, config) is logged there.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from fus2net.data.cache import ImageCache
+from fus2net.data.records import Record, raise_if_problems
+from fus2net.data.splits import Split, make_split, records_fingerprint
+from fus2net.data.validation import validate_records
+from fus2net.evaluation.metrics import METRICS, binary_metrics, mean_std
+from fus2net.reporting.run_artifacts import (
+    predictions_frame,
+    split_metrics,
+    write_json,
+    write_prediction_artifacts,
+)
+from fus2net.tracking.mlflow_tracker import MlflowTracker, redact_uri
+from fus2net.tracking.provenance import (
+    cell_key,
+    flatten,
+    git_state,
+    hydra_tags,
+    package_versions,
+    resolved_container,
+)
+from fus2net.training.fold import FoldData, FoldResult, train_model
+from fus2net.training.preflight import check_config
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobData:
+    """Everything about the data that every fold of the job shares."""
+
+    records: list[Record]
+    class_names: list[str]
+    split: Split
+    cache: ImageCache
+    fingerprint: str
+    description: dict[str, Any]
+
+
+@dataclass
+class CellSummary:
+    """What a job prints at the end and returns to Hydra (the sweep's objective for Optuna)."""
+
+    cell_run_id: str
+    cell_key: str
+    folds: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)
+    cv: dict[str, float] = field(default_factory=dict)
+    test: dict[str, float] = field(default_factory=dict)
+    ui_command: str = ""
+
+
+def prepare_data(cfg: DictConfig) -> JobData:
+    """Load, validate, split and decode the dataset once for all folds (errors before training)."""
+    source = instantiate(cfg.dataset)
+    records = source.load()
+    raise_if_problems(
+        validate_records(records, int(cfg.data.channels)),
+        fix="remove or replace the files listed (fus2net-data shows the full summary)",
+        source=source.name,
+    )
+    fingerprint = records_fingerprint(records)
+    split = make_split(
+        records,
+        folds=int(cfg.cv.folds),
+        seed=int(cfg.seed),
+        test_fraction=cfg.data.test.fraction,
+        test_per_class=cfg.data.test.per_class,
+        dedupe=bool(cfg.data.dedupe),
+        duplicate_distance=int(cfg.data.duplicate_distance),
+        cache_dir=Path(cfg.paths.cache_dir),
+    )
+    cache = ImageCache.build(
+        records,
+        image_size=int(cfg.data.image_size),
+        channels=int(cfg.data.channels),
+        mode=str(cfg.data.cache),
+        fingerprint=fingerprint,
+        cache_dir=Path(cfg.paths.cache_dir),
+    )
+    counts = np.bincount([r.label for r in records], minlength=len(source.class_names))
+    description = {
+        **source.describe(),
+        "fingerprint": fingerprint,
+        "n_images": len(records),
+        "per_class": dict(zip(source.class_names, counts.tolist(), strict=True)),
+        "n_test": len(split.test),
+        "duplicate_groups": len(split.duplicate_groups),
+    }
+    return JobData(records, list(source.class_names), split, cache, fingerprint, description)
+
+
+def _output_dir(cfg: DictConfig) -> Path:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(HydraConfig.get().runtime.output_dir)
+    except ValueError:
+        return Path(cfg.paths.root) / "outputs" / "adhoc"
+
+
+def _provenance_files(cfg: DictConfig, data: JobData, out: Path) -> list[Path]:
+    config = out / "config.yaml"
+    config.write_text(OmegaConf.to_yaml(OmegaConf.create(resolved_container(cfg))))
+    files = [
+        config,
+        write_json(data.description, out / "dataset.json"),
+        write_json(package_versions(), out / "environment.json"),
+    ]
+    if data.split.path is not None and Path(data.split.path).exists():
+        files.append(Path(data.split.path))
+    return files
+
+
+def _paths(data: JobData, idx: np.ndarray) -> list[str]:
+    return [str(data.records[i].image) for i in idx]
+
+
+def run_fold(
+    cfg: DictConfig,
+    data: JobData,
+    fold: int,
+    tracker: MlflowTracker,
+    cell_run: str,
+    tags: dict[str, str],
+    params: dict[str, Any],
+    out: Path,
+) -> tuple[FoldResult, dict]:
+    """Train fold `fold` in its own child run; returns its predictions and metrics."""
+    train_idx, val_idx = data.split.fold(fold)
+    run_id = tracker.start_run(
+        f"fold-{fold}",
+        {**tags, "fus2net.role": "fold", "fus2net.fold": str(fold)},
+        parent_id=cell_run,
+    )
+    try:
+        tracker.log_params(
+            run_id, {**params, "fold": fold, "n_train": len(train_idx), "n_val": len(val_idx)}
+        )
+        fold_dir = out / f"fold_{fold}"
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        log.info(
+            "fold %d/%d: %d training, %d validation, %d test images",
+            fold + 1,
+            len(data.split.folds),
+            len(train_idx),
+            len(val_idx),
+            len(data.split.test),
+        )
+        result = train_model(
+            cfg,
+            FoldData(data.cache.images, data.cache.labels, train_idx, val_idx, data.split.test),
+            seed=int(cfg.seed) + fold,
+            num_classes=len(data.class_names),
+            out_dir=fold_dir,
+            logger=tracker.lightning_logger(run_id),
+        )
+        labels = data.cache.labels
+        preds = pd.concat(
+            [
+                predictions_frame(
+                    _paths(data, result.val_index),
+                    labels[result.val_index],
+                    result.val_prob,
+                    fold,
+                    "val",
+                ),
+                predictions_frame(
+                    _paths(data, data.split.test),
+                    labels[data.split.test],
+                    result.test_prob,
+                    fold,
+                    "test",
+                ),
+            ],
+            ignore_index=True,
+        )
+        metrics = split_metrics(preds)
+        flat = {f"fold/{split}_{name}": v for split, m in metrics.items() for name, v in m.items()}
+        tracker.log_metrics(run_id, {k: v for k, v in flat.items() if np.isfinite(v)})
+        files = write_prediction_artifacts(
+            preds, fold_dir / "report", data.class_names, f"fold {fold}"
+        )
+        files.append(write_json(metrics, fold_dir / "report" / "metrics.json"))
+        tracker.log_artifacts(run_id, files)
+        tracker.log_artifacts(run_id, _provenance_files(cfg, data, fold_dir), "provenance")
+        if cfg.tracking.get("log_checkpoints", True):
+            tracker.log_artifacts(run_id, [result.weights], "checkpoint")
+        tracker.end_run(run_id, "FINISHED")
+        return result, metrics
+    except BaseException as exc:
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        _safe_end(tracker, run_id, status, exc)
+        raise
+
+
+def _safe_end(tracker: MlflowTracker, run_id: str, status: str, exc: BaseException) -> None:
+    """Mark a run FAILED/KILLED with the reason, without hiding the original error."""
+    try:
+        tracker.set_tags(run_id, {"fus2net.error": f"{type(exc).__name__}: {exc}"[:5000]})
+        tracker.end_run(run_id, status)
+    except Exception:  # the store itself may be what failed
+        log.exception("could not mark MLflow run %s as %s", run_id, status)
+
+
+def run_job(cfg: DictConfig) -> CellSummary:
+    """Validate, then train every fold (or `cv.fold`), score the test set, and log it all."""
+    check_config(cfg)
+    torch.set_num_threads(int(cfg.trainer.threads or os.cpu_count() or 1))
+    tracker = MlflowTracker(
+        cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.get("artifact_location")
+    )
+    data = prepare_data(cfg)
+    out = _output_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    key = cell_key(cfg)
+    tags = {
+        "fus2net.cell_key": key,
+        "fus2net.dataset_fingerprint": data.fingerprint,
+        "fus2net.dataset": data.description.get("name", ""),
+        **hydra_tags(cfg.tracking.sweep),
+        **git_state(),
+    }
+    params = flatten(resolved_container(cfg))
+    params["tracking.uri"] = redact_uri(str(params.get("tracking.uri", "")))
+    params.update({"dataset.fingerprint": data.fingerprint, "dataset.n_images": len(data.records)})
+    folds = [int(cfg.cv.fold)] if cfg.cv.fold is not None else list(range(len(data.split.folds)))
+    name = (
+        " ".join(
+            f"{k.removeprefix('override.')}={v}"
+            for k, v in tags.items()
+            if k.startswith("override.")
+        )
+        or "default"
+    )
+    cell_run = tracker.start_run(
+        name, {**tags, "fus2net.role": "cell", "fus2net.folds_run": ",".join(map(str, folds))}
+    )
+    summary = CellSummary(cell_run_id=cell_run, cell_key=key, ui_command=tracker.ui_command())
+    try:
+        tracker.log_params(cell_run, params)
+        results: dict[int, FoldResult] = {}
+        for fold in folds:
+            results[fold], summary.folds[fold] = run_fold(
+                cfg, data, fold, tracker, cell_run, tags, params, out
+            )
+        _log_cell(cfg, data, tracker, cell_run, results, summary, out)
+        tracker.end_run(cell_run, "FINISHED")
+    except BaseException as exc:
+        _safe_end(
+            tracker, cell_run, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED", exc
+        )
+        raise
+    return summary
+
+
+def _log_cell(
+    cfg: DictConfig,
+    data: JobData,
+    tracker: MlflowTracker,
+    cell_run: str,
+    results: dict[int, FoldResult],
+    summary: CellSummary,
+    out: Path,
+) -> None:
+    """Fold means and standard deviations, pooled out-of-fold and test-set predictions."""
+    labels = data.cache.labels
+    test_idx = data.split.test
+    if cfg.cv.test_scoring == "refit" and cfg.cv.fold is None:
+        log.info("refit on all %d training images for the test set", len(data.split.train_pool()))
+        refit = train_model(
+            cfg,
+            FoldData(
+                data.cache.images, labels, data.split.train_pool(), np.zeros(0, dtype=int), test_idx
+            ),
+            seed=int(cfg.seed) + 1000,
+            num_classes=len(data.class_names),
+            out_dir=out / "refit",
+        )
+        test_prob = refit.test_prob
+    else:
+        test_prob = np.mean([r.test_prob for r in results.values()], axis=0)
+    frames = [
+        predictions_frame(_paths(data, r.val_index), labels[r.val_index], r.val_prob, f, "oof")
+        for f, r in results.items()
+    ]
+    frames.append(
+        predictions_frame(
+            _paths(data, test_idx), labels[test_idx], test_prob, str(cfg.cv.test_scoring), "test"
+        )
+    )
+    preds = pd.concat(frames, ignore_index=True)
+    summary.cv = mean_std(m["val"] for m in summary.folds.values() if "val" in m)
+    summary.test = binary_metrics(labels[test_idx], test_prob)
+    oof = preds[preds.split == "oof"]
+    pooled = binary_metrics(oof["label"].to_numpy(), oof["prob"].to_numpy())
+    metrics = {f"cv/{k}": v for k, v in summary.cv.items()}
+    metrics.update({f"test/{k}": v for k, v in summary.test.items()})
+    metrics.update({f"oof/{k}": v for k, v in pooled.items()})
+    metrics["cv/folds_completed"] = len(results)
+    tracker.log_metrics(cell_run, {k: v for k, v in metrics.items() if np.isfinite(v)})
+    report = out / "report"
+    files = write_prediction_artifacts(preds, report, data.class_names, "cell")
+    files.append(
+        write_json(
+            {"folds": summary.folds, "cv": summary.cv, "test": summary.test, "oof": pooled},
+            report / "results.json",
+        )
+    )
+    tracker.log_artifacts(cell_run, files)
+    tracker.log_artifacts(cell_run, _provenance_files(cfg, data, out), "provenance")
+
+
+def format_summary(summary: CellSummary) -> str:
+    """The table printed at the end of a job."""
+    header = f"{'':>10}" + "".join(f"{m:>13}" for m in METRICS)
+    lines = ["", "Validation metrics per fold (malignant = positive)", header]
+    for fold, metrics in summary.folds.items():
+        val = metrics.get("val", {})
+        lines.append(
+            f"{'fold ' + str(fold):>10}" + "".join(f"{val.get(m, np.nan):>13.4f}" for m in METRICS)
+        )
+    if summary.cv:
+        lines.append(
+            f"{'mean+-sd':>10}"
+            + "".join(
+                f"{summary.cv.get(m + '_mean', np.nan):>7.4f}"
+                f"+-{summary.cv.get(m + '_std', 0):<4.2f}"
+                for m in METRICS
+            )
+        )
+    if summary.test:
+        lines.append(f"{'test':>10}" + "".join(f"{summary.test[m]:>13.4f}" for m in METRICS))
+    lines += [
+        "",
+        f"MLflow cell run: {summary.cell_run_id} (cell key {summary.cell_key})",
+        f"Browse the results: {summary.ui_command}",
+    ]
+    return "\n".join(lines)

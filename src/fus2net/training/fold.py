@@ -1,0 +1,170 @@
+"""Train and score one model: a cross-validation fold, or the refit on all training images."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+
+from fus2net.data.datamodule import FoldDataModule
+from fus2net.training.module import BUSClassifier
+from fus2net.training.preflight import effective_precision
+
+log = logging.getLogger(__name__)
+
+# Keys of the `trainer` group that are ours, not pytorch_lightning.Trainer arguments.
+TRAINER_EXTRAS = ("channels_last", "compile", "threads")
+
+
+@dataclass
+class FoldData:
+    """The decoded images of the job and the indices this model trains, validates and tests on."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    test_idx: np.ndarray
+
+
+@dataclass
+class FoldResult:
+    """Malignant probabilities of one trained model, and where its weights were saved."""
+
+    val_index: np.ndarray
+    val_prob: np.ndarray
+    test_prob: np.ndarray  # aligned with FoldData.test_idx
+    weights: Path
+    epochs_run: int
+
+
+class KeepBestWeights(Callback):
+    """Keeps a CPU copy of the weights at the best validation AUC (cv.checkpoint=best)."""
+
+    def __init__(self, monitor: str = "val/auc") -> None:
+        self.monitor = monitor
+        self.best = -float("inf")
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
+            return
+        value = float(trainer.callback_metrics[self.monitor])
+        if value > self.best:
+            self.best = value
+            self.state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
+
+
+def build_trainer(
+    cfg: DictConfig, logger: Any, callbacks: list[Callback], root: Path, validate: bool
+) -> L.Trainer:
+    """A Lightning Trainer from the `trainer` group (its extra keys removed)."""
+    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    assert isinstance(kwargs, dict)
+    for key in TRAINER_EXTRAS:
+        kwargs.pop(key, None)
+    kwargs["precision"] = effective_precision(cfg.trainer)
+    if not validate:
+        kwargs["limit_val_batches"] = 0
+        kwargs["num_sanity_val_steps"] = 0
+    kwargs.setdefault("num_sanity_val_steps", 0)
+    return L.Trainer(
+        logger=logger,
+        callbacks=callbacks,
+        default_root_dir=str(root),
+        enable_model_summary=False,
+        **kwargs,
+    )
+
+
+def build_module(
+    cfg: DictConfig, num_classes: int, class_weights: torch.Tensor | None
+) -> BUSClassifier:
+    scheduler = instantiate(cfg.scheduler) if cfg.scheduler.get("_target_") else None
+    module = BUSClassifier(
+        model=OmegaConf.to_container(cfg.model, resolve=True),  # type: ignore[arg-type]
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=scheduler,
+        in_chans=int(cfg.data.channels),
+        num_classes=num_classes,
+        dropout=float(cfg.regularization.dropout),
+        l2=float(cfg.regularization.l2),
+        class_weights=class_weights,
+        channels_last=bool(cfg.trainer.channels_last),
+    )
+    if cfg.trainer.get("compile"):
+        module.net = torch.compile(module.net)  # type: ignore[assignment]
+    return module
+
+
+def _predict(
+    trainer: L.Trainer, module: BUSClassifier, loader: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    if loader is None or len(loader.dataset) == 0:
+        return np.zeros(0, dtype=int), np.zeros(0, dtype=float)
+    batches = trainer.predict(module, dataloaders=loader)
+    index = torch.cat([b["index"] for b in batches]).numpy()
+    prob = torch.cat([b["prob"] for b in batches]).float().numpy()
+    return index, prob
+
+
+def train_model(
+    cfg: DictConfig, data: FoldData, seed: int, num_classes: int, out_dir: Path, logger: Any = None
+) -> FoldResult:
+    """Fit a fresh model, optimiser and trainer on `data`, then predict validation and test."""
+    L.seed_everything(seed, workers=True, verbose=False)
+    augmentation = instantiate(cfg.augmentation) if cfg.augmentation else None
+    datamodule = FoldDataModule(
+        data.images,
+        data.labels,
+        data.train_idx,
+        data.val_idx,
+        data.test_idx,
+        batch_size=int(cfg.data.batch_size),
+        augmentation=augmentation,
+        balance=str(cfg.balance.mode),
+        sampler_weighting=cfg.balance.get("strategy", "loss") == "sampler",
+        num_workers=int(cfg.data.num_workers),
+        seed=seed,
+        pin_memory=cfg.trainer.accelerator == "gpu",
+    )
+    datamodule.setup("fit")
+    module = build_module(cfg, num_classes, datamodule.class_weights)
+    validate = len(data.val_idx) > 0
+    best = KeepBestWeights()
+    callbacks: list[Callback] = [
+        ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0),
+    ]
+    if cfg.cv.checkpoint == "best" and validate:
+        callbacks.append(best)
+    trainer = build_trainer(cfg, logger, callbacks, out_dir, validate=validate)
+    trainer.fit(module, datamodule=datamodule)
+    if best.state is not None:
+        module.load_state_dict(best.state)
+        log.info("restored the weights of the best validation AUC (%.4f)", best.best)
+    net = getattr(module.net, "_orig_mod", module.net)
+    weights = out_dir / "model.pt"
+    torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, weights)
+    predictor = build_trainer(cfg, False, [], out_dir, validate=False)
+    val_index, val_prob = _predict(
+        predictor, module, datamodule.val_dataloader() if validate else None
+    )
+    test_index, test_prob = _predict(predictor, module, datamodule.test_dataloader())
+    if len(test_index):
+        order = {int(i): n for n, i in enumerate(test_index)}
+        test_prob = test_prob[[order[int(i)] for i in data.test_idx]]
+    return FoldResult(
+        val_index=val_index,
+        val_prob=val_prob,
+        test_prob=test_prob,
+        weights=weights,
+        epochs_run=int(trainer.current_epoch),
+    )

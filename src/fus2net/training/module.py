@@ -1,0 +1,152 @@
+"""The LightningModule that trains any registry model as a benign (0) / malignant (1) classifier."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytorch_lightning as L
+import torch
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    BinaryAccuracy,
+    BinaryAUROC,
+    BinaryPrecision,
+    BinaryRecall,
+    BinarySpecificity,
+)
+
+from fus2net.models import create_model
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., Any]
+
+
+def epoch_metrics(prefix: str) -> MetricCollection:
+    """The paper's five metrics with malignant as the positive class, accumulated over an epoch."""
+    return MetricCollection(
+        {
+            "accuracy": BinaryAccuracy(),
+            "sensitivity": BinaryRecall(),
+            "specificity": BinarySpecificity(),
+            "precision": BinaryPrecision(),
+            "auc": BinaryAUROC(),
+        },
+        prefix=f"{prefix}/",
+    )
+
+
+class BUSClassifier(L.LightningModule):
+    """Cross-entropy training with Keras-style L2 on the first dense layer (paper, Table 2).
+
+    The L2 term is ``l2 * sum(w ** 2)`` over the first dense kernel only, which is what Keras'
+    ``kernel_regularizer=l2(0.05)`` adds; PyTorch's ``weight_decay`` would decay every weight
+    and scale differently, so it is not used for this.
+    """
+
+    def __init__(
+        self,
+        model: dict[str, Any],
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        *,
+        in_chans: int = 3,
+        num_classes: int = 2,
+        dropout: float = 0.5,
+        l2: float = 0.0,
+        class_weights: torch.Tensor | None = None,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(
+            {
+                "model": dict(model),
+                "in_chans": in_chans,
+                "num_classes": num_classes,
+                "dropout": dropout,
+                "l2": l2,
+                "channels_last": channels_last,
+            }
+        )
+        self.net = create_model(
+            **model, in_chans=in_chans, num_classes=num_classes, drop_rate=dropout
+        )
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.l2 = float(l2)
+        self.channels_last = channels_last
+        self.criterion = nn.CrossEntropyLoss(weight=class_weights)
+        self.train_metrics = epoch_metrics("train")
+        self.val_metrics = epoch_metrics("val")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x)
+
+    def l2_penalty(self) -> torch.Tensor:
+        weight = self.net.regularized_weight
+        return self.l2 * weight.float().pow(2).sum()
+
+    def _shared_step(self, batch: tuple[torch.Tensor, ...], stage: str) -> torch.Tensor:
+        x, y = batch[0], batch[1]
+        logits = self(x)
+        loss = self.criterion(logits.float(), y)
+        if stage == "train" and self.l2 > 0:
+            loss = loss + self.l2_penalty()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"{stage} loss is {loss.item()} at epoch {self.current_epoch}: training diverged "
+                "(lower optimizer.lr, or use trainer.precision=32-true to rule out bf16)"
+            )
+        prob = torch.softmax(logits.float(), dim=1)[:, 1]
+        metrics = self.train_metrics if stage == "train" else self.val_metrics
+        metrics.update(prob, y)
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            batch_size=len(y),
+            prog_bar=stage == "val",
+        )
+        return loss
+
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def _log_epoch(self, metrics: MetricCollection) -> None:
+        for name, value in metrics.compute().items():
+            self.log(name, value, prog_bar=name == "val/auc")
+        metrics.reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch(self.train_metrics)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            self.val_metrics.reset()
+            return
+        self._log_epoch(self.val_metrics)
+
+    def predict_step(
+        self, batch: tuple[torch.Tensor, ...], batch_idx: int
+    ) -> dict[str, torch.Tensor]:
+        x, y, idx = batch
+        prob = torch.softmax(self(x).float(), dim=1)[:, 1]
+        return {"index": idx.cpu(), "label": y.cpu(), "prob": prob.cpu()}
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.net.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "epoch"},
+        }

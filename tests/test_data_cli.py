@@ -1,0 +1,118 @@
+"""`fus2net-data`: same overrides as training, a readable summary, exit 1 naming every bad file."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+from fus2net.cli.data import CONFIG_DIR, check_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def save(path: Path, size: tuple[int, int] = (32, 24), value: int = 100) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("L", size, value).save(path)
+    return path
+
+
+def good_tree(root: Path) -> Path:
+    """benign: 2 images (one masked), malignant: 1 image; one image copied across classes."""
+    save(root / "benign/a.png", value=40)
+    save(root / "benign/a_mask.png", value=255)
+    noise = np.random.default_rng(0).integers(0, 256, (24, 32), dtype=np.uint8)
+    Image.fromarray(noise).save(root / "benign/b.png")
+    save(root / "malignant/c.png", value=40)  # the same picture as benign/a.png
+    return root
+
+
+def bad_tree(root: Path) -> list[Path]:
+    good_tree(root)
+    bad = [root / "benign/zero.png", root / "malignant/text.png", root / "malignant/cut.png"]
+    bad[0].write_bytes(b"")
+    bad[1].write_text("not an image")
+    bad[2].write_bytes((root / "benign/b.png").read_bytes()[:60])
+    return bad
+
+
+def compose_train(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+def run_cli(cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    command = [sys.executable, "-m", "fus2net.cli.data", *overrides]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_config_dir_is_the_repos() -> None:
+    assert CONFIG_DIR == REPO / "conf" and (CONFIG_DIR / "train.yaml").is_file()
+
+
+def test_summary_of_good_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = compose_train("dataset=folder", f"dataset.root={good_tree(tmp_path)}", "data.channels=1")
+    assert check_dataset(cfg) == 0
+    out = capsys.readouterr().out
+    table = [line.split() for line in out.splitlines()[1:4]]
+    assert table == [
+        ["label", "class", "images", "with", "mask"],
+        ["0", "benign", "2", "1"],
+        ["1", "malignant", "1", "0"],
+    ]
+    assert "32x24 (3)" in out and "Modes: L (3)" in out
+    assert "Masks: 1 for 3 images (2 with 0, 1 with 1)" in out
+    assert "1 group(s) covering 2 images" in out and "1 group(s) mix labels" in out
+    assert "Problems: none" in out
+
+
+def test_bad_files_all_named_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = bad_tree(tmp_path)
+    cfg = compose_train("dataset=folder", f"dataset.root={tmp_path}")
+    assert check_dataset(cfg) == 1
+    out = capsys.readouterr().out
+    assert "Problems: 3" in out and all(str(path) in out for path in bad)
+
+
+def test_structural_error_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = compose_train("dataset=busi", f"dataset.root={tmp_path / 'missing'}")
+    assert check_dataset(cfg) == 1
+    err = capsys.readouterr().err
+    assert str(tmp_path / "missing") in err and "Fix:" in err
+
+
+def test_incomplete_config_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
+    assert check_dataset(compose_train("dataset=folder")) == 1  # dataset.root is ???
+    assert "root" in capsys.readouterr().err
+
+
+def test_console_script_good_then_bad(tmp_path: Path) -> None:
+    """One subprocess each way: exit codes, every bad file named, no traceback, no files written."""
+    data, cwd = tmp_path / "data", tmp_path / "cwd"
+    cwd.mkdir()
+    good = run_cli(cwd, "dataset=folder", f"dataset.root={good_tree(data)}", "data.channels=1")
+    assert good.returncode == 0, good.stderr
+    assert "malignant" in good.stdout and "Problems: none" in good.stdout
+
+    bad = bad_tree(data / "more")
+    result = run_cli(cwd, "dataset=folder", f"dataset.root={data / 'more'}")
+    assert result.returncode == 1
+    assert all(str(path) in result.stdout for path in bad)
+    assert "Traceback" not in result.stdout + result.stderr
+    assert list(cwd.iterdir()) == []  # no Hydra output folder, no log file
+
+
+def test_console_script_structural_error(tmp_path: Path) -> None:
+    save(tmp_path / "benign/x_mask.png")
+    result = run_cli(tmp_path, "dataset=folder", f"dataset.root={tmp_path}")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert str(tmp_path / "benign/x_mask.png") in result.stderr
+    assert "mask without its image" in result.stderr
