@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,10 @@ from fus2net.training.module import BUSClassifier
 from fus2net.training.preflight import effective_precision
 
 log = logging.getLogger(__name__)
+# Lightning's per-trainer banners ("GPU available", tips) would repeat for every fold.
+logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
+warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
 
 # Keys of the `trainer` group that are ours, not pytorch_lightning.Trainer arguments.
 TRAINER_EXTRAS = ("channels_last", "compile", "threads")
@@ -64,7 +69,12 @@ class KeepBestWeights(Callback):
 
 
 def build_trainer(
-    cfg: DictConfig, logger: Any, callbacks: list[Callback], root: Path, validate: bool
+    cfg: DictConfig,
+    logger: Any,
+    callbacks: list[Callback],
+    root: Path,
+    validate: bool,
+    show_progress: bool = True,
 ) -> L.Trainer:
     """A Lightning Trainer from the `trainer` group (its extra keys removed)."""
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
@@ -72,6 +82,8 @@ def build_trainer(
     for key in TRAINER_EXTRAS:
         kwargs.pop(key, None)
     kwargs["precision"] = effective_precision(cfg.trainer)
+    if not show_progress:
+        kwargs["enable_progress_bar"] = False
     if not validate:
         kwargs["limit_val_batches"] = 0
         kwargs["num_sanity_val_steps"] = 0
@@ -153,7 +165,7 @@ def train_model(
     net = getattr(module.net, "_orig_mod", module.net)
     weights = out_dir / "model.pt"
     torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, weights)
-    predictor = build_trainer(cfg, False, [], out_dir, validate=False)
+    predictor = build_trainer(cfg, False, [], out_dir, validate=False, show_progress=False)
     val_index, val_prob = _predict(
         predictor, module, datamodule.val_dataloader() if validate else None
     )
