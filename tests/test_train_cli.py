@@ -85,11 +85,11 @@ def test_sweep_leaves_three_cells_with_two_folds_each(optimizer_sweep: Path) -> 
             "provenance/environment.json",
             "provenance/dataset.json",
         } <= provenance
-        assert any(
-            (p.startswith("provenance/") and p.endswith(".json") and "split" in p)
-            or ("/" in p and p.split("/")[1][:1].isalnum())
-            for p in provenance
+        assert "provenance/split.json" in provenance
+        split = json.loads(
+            Path(client.download_artifacts(cell.info.run_id, "provenance/split.json")).read_text()
         )
+        assert len(split["folds"]) == 2 and len(split["test"]) == 18
 
 
 def test_fold_runs_have_epoch_metrics_predictions_and_checkpoint(optimizer_sweep: Path) -> None:

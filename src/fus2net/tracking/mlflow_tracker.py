@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities import rank_zero_only
@@ -25,19 +24,16 @@ MAX_METRICS_PER_BATCH = 1000
 MAX_PARAM_VALUE = 6000
 
 T = TypeVar("T")
+_CREDENTIALS = re.compile(r"(://[^:/@\s]+):[^@/\s]+@")
 
 
 class TrackingError(RuntimeError):
     """The tracking store could not take what the job tried to log; the job must stop."""
 
 
-def redact_uri(uri: str) -> str:
-    """The URI without a password, for messages and tags (`postgresql://u:***@host/db`)."""
-    parts = urlsplit(uri)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return uri
+def redact_uri(text: str) -> str:
+    """Hide the password of any URI in `text` (`postgresql://u:***@host/db`)."""
+    return _CREDENTIALS.sub(r"\1:***@", text)
 
 
 def normalize_tracking_uri(uri: str) -> str:
@@ -81,13 +77,15 @@ class MlflowTracker:
     """A tracking store and one experiment in it."""
 
     def __init__(self, uri: str, experiment: str, artifact_location: str | None = None) -> None:
-        self.uri = normalize_tracking_uri(uri)
+        self.uri = uri
         self.experiment_name = experiment
         self._connect(artifact_location)
 
     @_guarded("opening the experiment")
     def _connect(self, artifact_location: str | None) -> None:
         from mlflow.tracking import MlflowClient
+
+        self.uri = normalize_tracking_uri(self.uri)
 
         self.client = MlflowClient(tracking_uri=self.uri)
         found = self.client.get_experiment_by_name(self.experiment_name)

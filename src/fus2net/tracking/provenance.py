@@ -12,11 +12,16 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from fus2net.tracking.mlflow_tracker import redact_uri
+
 # Keys that never change a result: where things are written, how many workers load data, which
 # fold of the cell this job runs, where it is tracked. The cell key ignores them.
+# Dataset locations are left out too: the dataset's content fingerprint stands for them.
 NON_RESULT_KEYS: tuple[str, ...] = (
     "cv.fold",
     "paths",
+    "dataset.root",
+    "dataset.csv",
     "tracking",
     "data.num_workers",
     "trainer.enable_progress_bar",
@@ -45,6 +50,8 @@ def resolved_container(cfg: DictConfig) -> dict[str, Any]:
     data = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     assert isinstance(data, dict)
     data.pop("hydra", None)
+    if isinstance(data.get("tracking"), dict) and data["tracking"].get("uri"):
+        data["tracking"]["uri"] = redact_uri(str(data["tracking"]["uri"]))
     return data
 
 
@@ -62,9 +69,10 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def cell_key(cfg: DictConfig) -> str:
-    """A deterministic key of the resolved configuration, folds and run-place settings aside."""
+def cell_key(cfg: DictConfig, dataset_fingerprint: str = "") -> str:
+    """A deterministic key of the resolved configuration and data, folds and places aside."""
     flat = flatten(resolved_container(cfg))
+    flat["dataset.fingerprint"] = dataset_fingerprint
     kept = {
         k: v
         for k, v in flat.items()
@@ -127,10 +135,10 @@ def hydra_tags(cfg_sweep: str | None) -> dict[str, str]:
         tags["sweep"] = "none"
     tags["hydra.mode"] = "multirun" if multirun else "run"
     overrides = list(hc.overrides.task)
-    tags["overrides"] = " ".join(overrides) or "(none)"
+    tags["overrides"] = " ".join(redact_uri(o) if "://" in o else o for o in overrides) or "(none)"
     for item in overrides:
         key, _, value = item.lstrip("+~").partition("=")
-        tags[f"override.{key}"] = value
+        tags[f"override.{key}"] = redact_uri(value) if "://" in value else value
     for group, choice in hc.runtime.choices.items():
         if not group.startswith("hydra"):
             tags[f"choice.{group}"] = str(choice)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from fus2net.reporting.run_artifacts import (
     write_json,
     write_prediction_artifacts,
 )
-from fus2net.tracking.mlflow_tracker import MlflowTracker, redact_uri
+from fus2net.tracking.mlflow_tracker import MlflowTracker
 from fus2net.tracking.provenance import (
     cell_key,
     flatten,
@@ -127,7 +128,7 @@ def _provenance_files(cfg: DictConfig, data: JobData, out: Path) -> list[Path]:
         write_json(package_versions(), out / "environment.json"),
     ]
     if data.split.path is not None and Path(data.split.path).exists():
-        files.append(Path(data.split.path))
+        files.append(Path(shutil.copyfile(data.split.path, out / "split.json")))
     return files
 
 
@@ -232,7 +233,7 @@ def run_job(cfg: DictConfig) -> CellSummary:
     data = prepare_data(cfg)
     out = _output_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    key = cell_key(cfg)
+    key = cell_key(cfg, data.fingerprint)
     tags = {
         "fus2net.cell_key": key,
         "fus2net.dataset_fingerprint": data.fingerprint,
@@ -241,7 +242,6 @@ def run_job(cfg: DictConfig) -> CellSummary:
         **git_state(),
     }
     params = flatten(resolved_container(cfg))
-    params["tracking.uri"] = redact_uri(str(params.get("tracking.uri", "")))
     params.update({"dataset.fingerprint": data.fingerprint, "dataset.n_images": len(data.records)})
     folds = [int(cfg.cv.fold)] if cfg.cv.fold is not None else list(range(len(data.split.folds)))
     name = (

@@ -1,0 +1,120 @@
+"""Units of the workflow: config composition, cell key, L2 term, metrics, tracking guards."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from fus2net.cli import CONF_DIR
+from fus2net.evaluation.metrics import binary_metrics, mean_std
+from fus2net.tracking.mlflow_tracker import MlflowTracker, TrackingError, redact_uri
+from fus2net.tracking.provenance import cell_key, flatten
+from fus2net.training.module import BUSClassifier
+from fus2net.training.preflight import ConfigError, check_config
+
+
+def compose_train(*overrides: str):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+@pytest.mark.parametrize(
+    ("name", "cls", "expected"),
+    [
+        ("adam", torch.optim.Adam, {"lr": 1e-3, "eps": 1e-7, "betas": (0.9, 0.999)}),
+        ("rmsprop", torch.optim.RMSprop, {"lr": 1e-3, "alpha": 0.9, "eps": 1e-7}),
+        ("sgd", torch.optim.SGD, {"lr": 0.01, "momentum": 0.0}),
+    ],
+)
+def test_optimizers_use_keras_defaults(name: str, cls: type, expected: dict) -> None:
+    cfg = compose_train(f"optimizer={name}")
+    optimizer = instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(1))])
+    assert isinstance(optimizer, cls)
+    for key, value in expected.items():
+        got = optimizer.defaults[key]
+        assert tuple(got) == value if isinstance(value, tuple) else got == pytest.approx(value)
+
+
+def test_every_experiment_preset_composes() -> None:
+    for preset in sorted(Path(CONF_DIR, "experiment").glob("*.yaml")):
+        cfg = compose_train(f"experiment={preset.stem}")
+        check_config(cfg)
+        assert cfg.data.image_size == 299 and cfg.cv.folds == 10
+        assert cfg.trainer.max_epochs == 53 and list(cfg.data.test.per_class) == [50, 50]
+        assert cfg.regularization.l2 == 0.05 and cfg.regularization.dropout == 0.5
+
+
+def test_cell_key_ignores_fold_and_tracking_but_not_hyperparameters() -> None:
+    base = cell_key(compose_train())
+    assert base == cell_key(compose_train("cv.fold=1", "tracking.experiment=other"))
+    assert base == cell_key(compose_train("data.num_workers=2", "paths.root=/elsewhere"))
+    assert base != cell_key(compose_train(), dataset_fingerprint="other data")
+    assert base != cell_key(compose_train("optimizer.lr=0.0005"))
+    assert base != cell_key(compose_train("optimizer=sgd"))
+    assert base != cell_key(compose_train("cv.folds=10"))
+
+
+def test_check_config_lists_every_problem() -> None:
+    cfg = compose_train("data.channels=2", "cv.folds=1", "data.image_size=40")
+    with pytest.raises(ConfigError) as err:
+        check_config(cfg)
+    text = str(err.value)
+    assert "data.channels=2" in text and "cv.folds=1" in text
+
+
+def test_image_size_below_model_minimum_is_rejected() -> None:
+    with pytest.raises(ConfigError, match=r"data\.image_size=40"):
+        check_config(compose_train("data.image_size=40"))
+
+
+def test_l2_is_the_keras_sum_of_squares_on_the_first_dense_kernel() -> None:
+    cfg = compose_train()
+    module = BUSClassifier(dict(cfg.model), instantiate(cfg.optimizer), l2=0.05, dropout=0.0)
+    kernel = module.net.regularized_weight
+    assert module.l2_penalty().item() == pytest.approx(0.05 * kernel.pow(2).sum().item(), rel=1e-5)
+    module.train()
+    x, y = torch.randn(2, 3, 64, 64), torch.tensor([0, 1])
+    logits = module(x)
+    ce = torch.nn.functional.cross_entropy(logits, y)
+    loss = module._shared_step((x, y), "train")
+    assert loss.item() == pytest.approx(ce.item() + module.l2_penalty().item(), rel=1e-4)
+
+
+def test_binary_metrics_match_hand_counts() -> None:
+    labels = np.array([1, 1, 1, 0, 0, 0, 0])
+    probs = np.array([0.9, 0.6, 0.2, 0.1, 0.4, 0.7, 0.3])
+    m = binary_metrics(labels, probs)
+    assert m["sensitivity"] == pytest.approx(2 / 3)
+    assert m["specificity"] == pytest.approx(3 / 4)
+    assert m["precision"] == pytest.approx(2 / 3)
+    assert m["accuracy"] == pytest.approx(5 / 7)
+    assert m["auc"] == pytest.approx(8 / 12)  # 8 of 12 malignant/benign pairs ranked right
+    assert math.isnan(binary_metrics(np.zeros(3), np.ones(3) * 0.2)["auc"])
+    agg = mean_std([{"auc": 0.8}, {"auc": 0.9}])
+    assert agg["auc_mean"] == pytest.approx(0.85) and agg["auc_std"] == pytest.approx(0.0707, 1e-3)
+
+
+def test_flatten_and_redaction() -> None:
+    assert flatten({"a": {"b": 1, "c": [1, 2]}}) == {"a.b": 1, "a.c": "[1, 2]"}
+    assert redact_uri("postgresql://user:secret@db:5432/mlflow") == (
+        "postgresql://user:***@db:5432/mlflow"
+    )
+    assert "secret" not in redact_uri("tracking.uri=http://bob:secret@host:5000")
+
+
+def test_plain_folder_store_is_refused_with_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(TrackingError, match="tracking=local"):
+        MlflowTracker(str(tmp_path / "mlruns"), "x")
+
+
+def test_unreachable_store_is_a_tracking_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(TrackingError, match="opening the experiment"):
+        MlflowTracker(f"sqlite:///{blocker}/sub/mlflow.db", "x")
