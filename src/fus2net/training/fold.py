@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
 from fus2net.data.datamodule import FoldDataModule
+from fus2net.training.callbacks import EpochThroughput
 from fus2net.training.module import BUSClassifier
 from fus2net.training.preflight import effective_precision
 
@@ -129,7 +130,7 @@ def _predict(
 
 
 def train_model(
-    cfg: DictConfig, data: FoldData, seed: int, num_classes: int, out_dir: Path, logger: Any = None
+    cfg: DictConfig, data: FoldData, seed: int, num_classes: int, out_dir: Path, logger: Any = False
 ) -> FoldResult:
     """Fit a fresh model, optimiser and trainer on `data`, then predict validation and test."""
     L.seed_everything(seed, workers=True, verbose=False)
@@ -154,6 +155,7 @@ def train_model(
     best = KeepBestWeights()
     callbacks: list[Callback] = [
         ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0),
+        EpochThroughput(),
     ]
     if cfg.cv.checkpoint == "best" and validate:
         callbacks.append(best)

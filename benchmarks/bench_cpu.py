@@ -1,0 +1,299 @@
+"""CPU benchmarks of the training path (issue "Performance"): run on an otherwise idle machine.
+
+    python benchmarks/bench_cpu.py throughput      # fp32 baseline vs bf16 + channels_last, 299 px
+    python benchmarks/bench_cpu.py pipeline        # fus2net-train vs a minimal hand-written loop
+    python benchmarks/bench_cpu.py precision-auc   # bf16 and fp32 reach the same validation AUC
+    python benchmarks/bench_cpu.py all
+
+Every sub-command prints a JSON line per measurement and appends it to
+`outputs/benchmarks/cpu-<date>.jsonl`; benchmarks/README.md quotes those lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "outputs" / "benchmarks"
+
+
+def machine() -> dict:
+    from fus2net.training.preflight import cpu_supports_bf16
+
+    cpu = "unknown"
+    if Path("/proc/cpuinfo").exists():
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "bf16_native": cpu_supports_bf16(),
+        "python": platform.python_version(),
+    }
+
+
+def record(kind: str, **values: object) -> dict:
+    row = {
+        "benchmark": kind,
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        **values,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS / f"cpu-{dt.date.today()}.jsonl", "a") as fh:
+        fh.write(json.dumps(row) + "\n")
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def train_steps(
+    image_size: int, batch_size: int, steps: int, warmup: int, *, bf16: bool, channels_last: bool
+) -> float:
+    """Images/s of Fus2Net training steps (forward, backward, Adam) on a fixed random batch."""
+    from fus2net.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("fus2net")
+    x = torch.randn(batch_size, 3, image_size, image_size)
+    y = torch.randint(0, 2, (batch_size,))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7)
+    model.train()
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(warmup):
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+def bench_throughput(args: argparse.Namespace) -> None:
+    torch.set_num_threads(os.cpu_count() or 1)
+    base = train_steps(
+        args.image_size, args.batch_size, args.steps, args.warmup, bf16=False, channels_last=False
+    )
+    fast = train_steps(
+        args.image_size, args.batch_size, args.steps, args.warmup, bf16=True, channels_last=True
+    )
+    record(
+        "throughput",
+        machine=machine(),
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        fp32_images_per_s=round(base, 2),
+        bf16_channels_last_images_per_s=round(fast, 2),
+        speedup=round(fast / base, 2),
+        target_speedup=4.5,
+        met=fast / base >= 4.5,
+    )
+
+
+def hand_loop(
+    images: np.ndarray, labels: np.ndarray, train_idx: np.ndarray, epochs: int, batch_size: int
+) -> tuple[float, int]:
+    """The minimal loop: same cached images, per-image standardisation, bf16 + channels_last."""
+    from fus2net.data.transforms import standardize
+    from fus2net.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("fus2net").to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7)
+    rng = np.random.default_rng(0)
+    seen = 0
+    times = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        order = rng.permutation(train_idx)
+        for i in range(0, len(order) - batch_size + 1, batch_size):
+            idx = order[i : i + batch_size]
+            x = np.stack([standardize(images[j]) for j in idx]).transpose(0, 3, 1, 2)
+            xt = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = torch.nn.functional.cross_entropy(
+                    model(xt).float(), torch.from_numpy(labels[idx]).long()
+                )
+            loss.backward()
+            optimizer.step()
+            seen += len(idx)
+        times.append(time.perf_counter() - start)
+    per_epoch = len(train_idx) // batch_size * batch_size
+    steady = per_epoch / float(np.median(times[1:] if len(times) > 1 else times))
+    return steady, seen
+
+
+def run_train(overrides: list[str], home: Path) -> float:
+    env = {**os.environ, "FUS2NET_HOME": str(home)}
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "fus2net.cli.train", *overrides],
+        cwd=home,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return time.perf_counter() - start
+
+
+def mlflow_runs(home: Path, role: str) -> tuple:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlruns' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("fus2net")
+    return client, client.search_runs([exp.experiment_id], f"tags.`fus2net.role` = '{role}'")
+
+
+def bench_pipeline(args: argparse.Namespace) -> None:
+    """Steady-state training images/s of fus2net-train (Lightning, Hydra, MLflow, loading,
+    `paper` augmentation, flip balance) vs the hand loop on the same cached images."""
+    from fus2net.data.cache import ImageCache
+    from fus2net.data.sources import SyntheticSource
+
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp)
+        common = [
+            f"dataset.n_images={args.n_images}",
+            f"data.image_size={args.image_size}",
+            f"data.batch_size={args.batch_size}",
+            "cv.fold=0",
+            "cv.folds=5",
+            f"trainer.max_epochs={args.epochs}",
+            "trainer.enable_progress_bar=false",
+            "tracking.log_checkpoints=false",
+        ]
+        wall = run_train(common, home)
+        client, folds = mlflow_runs(home, "fold")
+        history = client.get_metric_history(folds[0].info.run_id, "perf/train_images_per_s")
+        pipeline = float(np.median([m.value for m in history if m.step >= 1]))
+        records = SyntheticSource(
+            root=home / "data" / "synthetic", n_images=args.n_images, progress=False
+        ).load()
+        cache = ImageCache.build(
+            records, image_size=args.image_size, channels=3, mode="memory", progress=False
+        )
+        train_idx = np.arange(int(len(records) * 0.8 * 0.8))
+        torch.set_num_threads(os.cpu_count() or 1)
+        hand, _ = hand_loop(cache.images, cache.labels, train_idx, args.epochs, args.batch_size)
+        record(
+            "pipeline",
+            machine=machine(),
+            image_size=args.image_size,
+            batch_size=args.batch_size,
+            epochs=args.epochs,
+            pipeline_images_per_s=round(pipeline, 2),
+            hand_loop_images_per_s=round(hand, 2),
+            ratio=round(pipeline / hand, 3),
+            target_ratio=0.9,
+            met=pipeline / hand >= 0.9,
+            pipeline_job_wall_s=round(wall, 1),
+        )
+
+
+def bench_precision_auc(args: argparse.Namespace) -> None:
+    """Same folds, same seed: bf16-mixed vs 32-true validation AUC, paired by fold."""
+    from scipy.stats import ttest_rel
+
+    results = {}
+    for precision in ("bf16-mixed", "32-true"):
+        with tempfile.TemporaryDirectory() as tmp:
+            home = Path(tmp)
+            wall = run_train(
+                [
+                    f"data.image_size={args.image_size}",
+                    f"cv.folds={args.folds}",
+                    f"trainer.max_epochs={args.epochs}",
+                    "trainer.enable_progress_bar=false",
+                    f"trainer.precision={precision}",
+                    "tracking.log_checkpoints=false",
+                ],
+                home,
+            )
+            _, cells = mlflow_runs(home, "cell")
+            _, folds = mlflow_runs(home, "fold")
+            by_fold = {
+                int(f.data.tags["fus2net.fold"]): f.data.metrics["fold/val_auc"] for f in folds
+            }
+            results[precision] = {
+                "fold_val_auc": [by_fold[k] for k in sorted(by_fold)],
+                "cv_auc_mean": cells[0].data.metrics["cv/auc_mean"],
+                "cv_auc_std": cells[0].data.metrics["cv/auc_std"],
+                "test_auc": cells[0].data.metrics["test/auc"],
+                "wall_s": round(wall, 1),
+            }
+    bf16, fp32 = results["bf16-mixed"], results["32-true"]
+    diff = np.array(bf16["fold_val_auc"]) - np.array(fp32["fold_val_auc"])
+    p_value = float(ttest_rel(bf16["fold_val_auc"], fp32["fold_val_auc"]).pvalue)
+    record(
+        "precision_auc",
+        machine=machine(),
+        image_size=args.image_size,
+        folds=args.folds,
+        epochs=args.epochs,
+        bf16=bf16,
+        fp32=fp32,
+        mean_auc_difference=round(float(diff.mean()), 4),
+        fold_difference_std=round(float(diff.std(ddof=1)), 4),
+        paired_t_p_value=round(p_value, 3),
+        within_noise=bool(abs(diff.mean()) <= max(bf16["cv_auc_std"], fp32["cv_auc_std"])),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("what", choices=["throughput", "pipeline", "precision-auc", "all"])
+    parser.add_argument("--image-size", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--n-images", type=int, default=300)
+    args = parser.parse_args()
+    if args.what in ("throughput", "all"):
+        bench_throughput(argparse.Namespace(**{**vars(args), "image_size": args.image_size or 299}))
+    if args.what in ("pipeline", "all"):
+        bench_pipeline(
+            argparse.Namespace(
+                **{**vars(args), "image_size": args.image_size or 299, "epochs": args.epochs or 3}
+            )
+        )
+    if args.what in ("precision-auc", "all"):
+        bench_precision_auc(
+            argparse.Namespace(
+                **{**vars(args), "image_size": args.image_size or 96, "epochs": args.epochs or 10}
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()

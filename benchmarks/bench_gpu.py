@@ -1,0 +1,187 @@
+"""GPU benchmarks (issue "Performance"): one device call, see benchmarks/gpu/run.sh.
+
+    python benchmarks/bench_gpu.py throughput [--batch-sizes 16 64 128]
+    python benchmarks/bench_gpu.py paper --root BUSI_ROOT [--workers 12]
+
+`paper` runs the paper's protocol (299 px, batch 16, 10 folds x 53 epochs, 50 + 50 test set)
+through the project's own data pipeline and Lightning training (`train_model`), without MLflow
+(the GPU image lacks it), and reports the wall time and whether the GPU was data-bound.
+`--trainer cpu --folds 2 --epochs 1 --image-size 96` runs the same code on a CPU for a check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "outputs" / "benchmarks"
+
+
+def record(kind: str, **values: object) -> dict:
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    row = {
+        "benchmark": kind,
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "device": device,
+        "torch": torch.__version__,
+        **values,
+    }
+    if torch.cuda.is_available():
+        row["peak_gpu_mem_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS / f"gpu-{dt.date.today()}.jsonl", "a") as fh:
+        fh.write(json.dumps(row) + "\n")
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def step_rate(batch_size: int, image_size: int, mode: str, steps: int = 30) -> float:
+    """Training images/s on one fixed batch: fp32, bf16 (+ channels_last), or + torch.compile."""
+    from fus2net.models import create_model
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    model = create_model("fus2net").to(device)
+    x = torch.randn(batch_size, 3, image_size, image_size, device=device)
+    y = torch.randint(0, 2, (batch_size,), device=device)
+    bf16 = mode != "fp32"
+    if bf16:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    net = torch.compile(model) if mode == "bf16+compile" else model
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+            loss = torch.nn.functional.cross_entropy(net(x).float(), y)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(5):
+        step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+def bench_throughput(args: argparse.Namespace) -> None:
+    torch.backends.cudnn.benchmark = True
+    for batch_size in args.batch_sizes:
+        rates = {
+            mode: round(step_rate(batch_size, args.image_size, mode), 1)
+            for mode in ("fp32", "bf16", "bf16+compile")
+        }
+        record(
+            "gpu_throughput",
+            image_size=args.image_size,
+            batch_size=batch_size,
+            images_per_s=rates,
+            bf16_speedup=round(rates["bf16"] / rates["fp32"], 2),
+        )
+
+
+def bench_paper(args: argparse.Namespace) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from fus2net.cli import CONF_DIR
+    from fus2net.training.crossval import prepare_data
+    from fus2net.training.fold import FoldData, train_model
+
+    overrides = [
+        "experiment=paper",
+        "dataset=busi",
+        f"dataset.root={Path(args.root).resolve()}",
+        f"trainer={args.trainer}",
+        f"data.num_workers={args.workers}",
+        "trainer.enable_progress_bar=false",
+    ]
+    if args.folds:
+        overrides.append(f"cv.folds={args.folds}")
+    if args.epochs:
+        overrides.append(f"trainer.max_epochs={args.epochs}")
+    if args.image_size != 299:
+        overrides.append(f"data.image_size={args.image_size}")
+    if args.compile:
+        overrides.append("trainer.compile=true")
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg.paths.root = tmp
+        start = time.perf_counter()
+        data = prepare_data(cfg)
+        prep = time.perf_counter() - start
+        fold_seconds, images = [], 0
+        labels = data.cache.labels
+        for fold in range(len(data.split.folds)):
+            train_idx, val_idx = data.split.fold(fold)
+            t0 = time.perf_counter()
+            result = train_model(
+                cfg,
+                FoldData(data.cache.images, labels, train_idx, val_idx, data.split.test),
+                seed=int(cfg.seed) + fold,
+                num_classes=2,
+                out_dir=Path(tmp) / f"fold_{fold}",
+            )
+            fold_seconds.append(time.perf_counter() - t0)
+            balanced = 2 * int(np.bincount(labels[train_idx], minlength=2).max())
+            images += balanced * (result.epochs_run + 1)
+            print(f"fold {fold}: {fold_seconds[-1]:.1f} s", flush=True)
+        total = time.perf_counter() - start
+    step_only = step_rate(int(cfg.data.batch_size), int(cfg.data.image_size), "bf16")
+    pipeline = images / sum(fold_seconds)
+    record(
+        "paper_protocol",
+        dataset="BUSI (benign+malignant)",
+        folds=len(fold_seconds),
+        epochs=int(cfg.trainer.max_epochs),
+        image_size=int(cfg.data.image_size),
+        workers=args.workers,
+        compile=args.compile,
+        prepare_s=round(prep, 1),
+        fold_s=[round(s, 1) for s in fold_seconds],
+        total_s=round(total, 1),
+        pipeline_images_per_s=round(pipeline, 1),
+        step_only_images_per_s=round(step_only, 1),
+        data_bound=pipeline < 0.8 * step_only,
+        target_s=600,
+        met=total < 600,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("what", choices=["throughput", "paper"])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--image-size", type=int, default=299)
+    parser.add_argument("--root", default=str(REPO / ".busi" / "Dataset_BUSI_with_GT"))
+    parser.add_argument("--workers", type=int, default=min(12, os.cpu_count() or 1))
+    parser.add_argument("--trainer", default="gpu", choices=["gpu", "cpu"])
+    parser.add_argument("--folds", type=int, default=None)
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--compile", action="store_true")
+    args = parser.parse_args()
+    if args.what == "throughput":
+        bench_throughput(args)
+    else:
+        bench_paper(args)
+
+
+if __name__ == "__main__":
+    main()
