@@ -9,18 +9,21 @@
 # Both folders are git-ignored through .git/info/exclude: they never enter the repository.
 set -euo pipefail
 busi="${1:-../shared/data/busi/Dataset_BUSI_with_GT}"
+py="${PYTHON:-python3}"
+[ -x .venv/bin/python ] && py="${PYTHON:-.venv/bin/python}"
+touch .git/info/exclude
 grep -qx "/.whl/" .git/info/exclude || echo "/.whl/" >> .git/info/exclude
 grep -qx "/.busi/" .git/info/exclude || echo "/.busi/" >> .git/info/exclude
 rm -rf .whl && mkdir -p .whl
 plat=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64
       --platform manylinux2014_x86_64 --platform manylinux1_x86_64)
-python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+"$py" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   "${plat[@]}" -d .whl hydra-core==1.3.2 omegaconf==2.3.0 albumentations==2.0.8 albucore==0.0.24 \
   imagehash==4.3.2 pywavelets==1.9.0 pydantic==2.11.7 pydantic-core==2.33.2 annotated-types==0.7.0 \
   typing-inspection==0.4.1 simsimd==6.5.0 stringzilla==3.12.6
 # omegaconf needs antlr4 4.9.x, published as a pure-Python source archive only.
-python3 -m pip download -q --no-deps --no-binary=:all: -d .whl antlr4-python3-runtime==4.9.3
-python3 - "$busi" <<'PY'
+"$py" -m pip download -q --no-deps --no-binary=:all: -d .whl antlr4-python3-runtime==4.9.3
+"$py" - "$busi" <<'PY'
 import sys
 from pathlib import Path
 from PIL import Image
