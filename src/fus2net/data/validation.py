@@ -81,3 +81,11 @@ def validate_records(
     """Every problem of every image and mask, in record order (empty when all decode)."""
     infos = inspect_records(records, channels=channels, max_workers=max_workers)
     return [problem for info in infos for problem in info.problems]
+
+
+def drop_bad_records(records: Sequence[Record], problems: Sequence[Problem]) -> list[Record]:
+    """The records none of whose files (image or masks) has a problem (data.on_bad_image=skip)."""
+    bad = {problem.path for problem in problems}
+    return [
+        r for r in records if str(r.image) not in bad and not any(str(m) in bad for m in r.masks)
+    ]

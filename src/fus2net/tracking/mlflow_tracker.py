@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities import rank_zero_only
@@ -77,6 +80,9 @@ class MlflowTracker:
     """A tracking store and one experiment in it."""
 
     def __init__(self, uri: str, experiment: str, artifact_location: str | None = None) -> None:
+        # MLflow prints each run's URL, credentials of the tracking URI included, when the run
+        # ends; the job prints one redacted link to the UI instead.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.uri = uri
         self.experiment_name = experiment
         self._connect(artifact_location)
@@ -164,6 +170,174 @@ class MlflowTracker:
 
     def lightning_logger(self, run_id: str) -> MlflowRunLogger:
         return MlflowRunLogger(self, run_id)
+
+    # --- Reading runs back and the model registry (prediction, fus2net.inference) ---
+
+    @_guarded("reading a run")
+    def get_run(self, run_id: str) -> Any:
+        return self.client.get_run(run_id)
+
+    @_guarded("searching child runs")
+    def child_runs(self, run_id: str) -> list[Any]:
+        """The runs whose parent is `run_id` (a cell's folds), in the parent's experiment."""
+        experiment = self.client.get_run(run_id).info.experiment_id
+        return list(
+            self.client.search_runs(
+                [experiment], filter_string=f"tags.`{PARENT_TAG}` = '{run_id}'", max_results=1000
+            )
+        )
+
+    @_guarded("downloading artifacts")
+    def download_artifacts(self, run_id: str, path: str, dst: Path) -> Path:
+        dst.mkdir(parents=True, exist_ok=True)
+        return Path(self.client.download_artifacts(run_id, path, str(dst)))
+
+    @_guarded("registering a model")
+    def register_model(
+        self,
+        run_id: str,
+        name: str,
+        package: Path,
+        loader_module: str,
+        examples: tuple[Any, Any],
+        pip_requirements: list[str],
+        artifact_path: str = "registered_model",
+    ) -> str:
+        """Log `package` (a folder) under the run as a pyfunc model of the `loader_module`
+        flavour, with the signature of (input, output) `examples` and the input example, and
+        register it as a new version of `name`; returns that version.
+
+        The input is a uint8 image array whose dimensions but the channels may vary (any batch
+        and image size), so the signature's tensor shape is (-1, -1, -1, C).
+        """
+        import tempfile
+
+        import mlflow.pyfunc
+        from mlflow.exceptions import MlflowException
+        from mlflow.models import infer_signature
+        from mlflow.types import Schema, TensorSpec
+
+        signature = infer_signature(*examples)
+        example = examples[0]
+        shape = (-1,) * (example.ndim - 1) + (example.shape[-1],)
+        signature.inputs = Schema([TensorSpec(example.dtype, shape)])
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / artifact_path
+            mlflow.pyfunc.save_model(
+                path=str(local),
+                loader_module=loader_module,
+                data_path=str(package),
+                signature=signature,
+                input_example=example,
+                pip_requirements=pip_requirements,
+            )
+            self.client.log_artifacts(run_id, str(local), artifact_path)
+        try:
+            self.client.create_registered_model(name)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        source = f"{self.client.get_run(run_id).info.artifact_uri}/{artifact_path}"
+        return str(self.client.create_model_version(name, source=source, run_id=run_id).version)
+
+    @_guarded("downloading a registered model")
+    def download_model_version(self, name: str, version: str | None, dst: Path) -> Path:
+        """The files of `name` at `version` (None: the latest) in `dst`."""
+        from mlflow.artifacts import download_artifacts
+
+        if version is None:
+            found = self.client.search_model_versions(f"name = '{name}'")
+            if not found:
+                raise TrackingError(f"no registered model named {name!r} in {self.uri}")
+            version = str(max(int(v.version) for v in found))
+        source = self.client.get_model_version(name, version).source
+        dst.mkdir(parents=True, exist_ok=True)
+        return Path(download_artifacts(artifact_uri=source, dst_path=str(dst)))
+
+    # Reading results back (fus2net-compare).
+
+    @classmethod
+    def open_existing(cls, uri: str, experiment: str) -> MlflowTracker:
+        """An experiment that must already exist: a reader must not create an empty one."""
+        if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
+            raise TrackingError(
+                f"no tracking store at {uri[len('sqlite:///') :]}: run fus2net-train from this "
+                "folder first, or give the store with --tracking-uri"
+            )
+        from mlflow.tracking import MlflowClient
+
+        try:
+            client = MlflowClient(tracking_uri=normalize_tracking_uri(uri))
+            found = client.get_experiment_by_name(experiment)
+            names = sorted(e.name for e in client.search_experiments())
+        except Exception as exc:
+            raise TrackingError(
+                f"MLflow tracking at {redact_uri(uri)} could not be read: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        if found is None or found.lifecycle_stage == "deleted":
+            raise TrackingError(
+                f"experiment {experiment!r} not found in {redact_uri(uri)}; it has: "
+                f"{', '.join(names) or 'no experiments'} (choose one with --experiment)"
+            )
+        return cls(uri, experiment)
+
+    @_guarded("searching runs")
+    def search_all_runs(
+        self,
+        filter_string: str = "",
+        order_by: list[str] | None = None,
+        max_results: int | None = None,
+        page_size: int = 1000,
+    ) -> list[Any]:
+        """Every matching run of the experiment, page by page: one store call per page."""
+        runs: list[Any] = []
+        token = None
+        while max_results is None or len(runs) < max_results:
+            want = page_size if max_results is None else min(page_size, max_results - len(runs))
+            page = self.client.search_runs(
+                [self.experiment_id],
+                filter_string=filter_string,
+                order_by=order_by,
+                max_results=want,
+                page_token=token,
+            )
+            runs.extend(page)
+            token = page.token
+            if not token:
+                break
+        return runs
+
+    @_guarded("reading an artifact")
+    def artifact_file(self, run: Any, path: str, download_dir: Path) -> Path:
+        """One artifact of `run` as a local file: read in place from a local store, else fetched."""
+        uri = str(run.info.artifact_uri)
+        if uri.startswith("file:"):
+            local = Path(url2pathname(urlparse(uri).path)) / path
+            if local.is_file():
+                return local
+        download_dir.mkdir(parents=True, exist_ok=True)
+        return Path(self.client.download_artifacts(run.info.run_id, path, str(download_dir)))
+
+    # Resuming sweeps and jobs (fus2net.tracking.resume).
+
+    @_guarded("changing a run's status")
+    def set_status(self, run_id: str, status: str) -> None:
+        """Reopen a run (RUNNING) or park it (SCHEDULED) without touching its end time."""
+        self.client.update_run(run_id, status=status)
+
+    @_guarded("deleting a tag")
+    def delete_tag(self, run_id: str, key: str) -> None:
+        if key in self.client.get_run(run_id).data.tags:
+            self.client.delete_tag(run_id, key)
+
+    @_guarded("deleting a run")
+    def delete_run(self, run_id: str) -> None:
+        self.client.delete_run(run_id)
+
+    @_guarded("listing artifacts")
+    def list_artifacts(self, run_id: str, path: str | None = None) -> list[Any]:
+        return list(self.client.list_artifacts(run_id, path))
 
 
 class MlflowRunLogger(Logger):

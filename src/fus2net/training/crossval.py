@@ -17,13 +17,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from fus2net.data.cache import ImageCache
-from fus2net.data.records import Record, raise_if_problems
-from fus2net.data.splits import Split, make_split, records_fingerprint
-from fus2net.data.validation import validate_records
+from fus2net.evaluation.clinical import evaluate_clinically
 from fus2net.evaluation.metrics import METRICS, binary_metrics, mean_std
 from fus2net.reporting.run_artifacts import (
     predictions_frame,
@@ -31,6 +27,7 @@ from fus2net.reporting.run_artifacts import (
     write_json,
     write_prediction_artifacts,
 )
+from fus2net.tracking import resume
 from fus2net.tracking.mlflow_tracker import MlflowTracker
 from fus2net.tracking.provenance import (
     cell_key,
@@ -40,22 +37,14 @@ from fus2net.tracking.provenance import (
     package_versions,
     resolved_container,
 )
+from fus2net.training import cells
 from fus2net.training.fold import FoldData, FoldResult, train_model
-from fus2net.training.preflight import check_config
+from fus2net.training.interrupts import JobInterrupted, stop_on_signals
+from fus2net.training.job_data import JobData, prepare_data
+from fus2net.training.preflight import check_config, check_tracking
+from fus2net.training.stored_folds import load_fold_result
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class JobData:
-    """Everything about the data that every fold of the job shares."""
-
-    records: list[Record]
-    class_names: list[str]
-    split: Split
-    cache: ImageCache
-    fingerprint: str
-    description: dict[str, Any]
 
 
 @dataclass
@@ -68,46 +57,8 @@ class CellSummary:
     cv: dict[str, float] = field(default_factory=dict)
     test: dict[str, float] = field(default_factory=dict)
     ui_command: str = ""
-
-
-def prepare_data(cfg: DictConfig) -> JobData:
-    """Load, validate, split and decode the dataset once for all folds (errors before training)."""
-    source = instantiate(cfg.dataset)
-    records = source.load()
-    raise_if_problems(
-        validate_records(records, int(cfg.data.channels)),
-        fix="remove or replace the files listed (fus2net-data shows the full summary)",
-        source=source.name,
-    )
-    fingerprint = records_fingerprint(records)
-    split = make_split(
-        records,
-        folds=int(cfg.cv.folds),
-        seed=int(cfg.seed),
-        test_fraction=cfg.data.test.fraction,
-        test_per_class=cfg.data.test.per_class,
-        dedupe=bool(cfg.data.dedupe),
-        duplicate_distance=int(cfg.data.duplicate_distance),
-        cache_dir=Path(cfg.paths.cache_dir),
-    )
-    cache = ImageCache.build(
-        records,
-        image_size=int(cfg.data.image_size),
-        channels=int(cfg.data.channels),
-        mode=str(cfg.data.cache),
-        fingerprint=fingerprint,
-        cache_dir=Path(cfg.paths.cache_dir),
-    )
-    counts = np.bincount([r.label for r in records], minlength=len(source.class_names))
-    description = {
-        **source.describe(),
-        "fingerprint": fingerprint,
-        "n_images": len(records),
-        "per_class": dict(zip(source.class_names, counts.tolist(), strict=True)),
-        "n_test": len(split.test),
-        "duplicate_groups": len(split.duplicate_groups),
-    }
-    return JobData(records, list(source.class_names), split, cache, fingerprint, description)
+    status: str = "FINISHED"  # or SCHEDULED (folds left to other jobs), FAILED, KILLED
+    error: str = ""
 
 
 def _output_dir(cfg: DictConfig) -> Path:
@@ -145,73 +96,92 @@ def run_fold(
     tags: dict[str, str],
     params: dict[str, Any],
     out: Path,
+    previous: Any = None,
 ) -> tuple[FoldResult, dict]:
-    """Train fold `fold` in its own child run; returns its predictions and metrics."""
+    """Train fold `fold` in its own child run; returns its predictions and metrics.
+
+    `previous` is an unfinished attempt of the fold (a KILLED or FAILED run): that run is
+    reopened and training resumes from the fold's last checkpoint, when there is one.
+    """
     train_idx, val_idx = data.split.fold(fold)
-    run_id = tracker.start_run(
-        f"fold-{fold}",
-        {**tags, "fus2net.role": "fold", "fus2net.fold": str(fold)},
-        parent_id=cell_run,
-    )
-    try:
-        tracker.log_params(
-            run_id, {**params, "fold": fold, "n_train": len(train_idx), "n_val": len(val_idx)}
+    fold_tags = {**tags, "fus2net.role": "fold", "fus2net.fold": str(fold)}
+    if previous is None:
+        run_id = tracker.start_run(
+            f"fold-{fold}", {**fold_tags, **resume.owner_tags()}, parent_id=cell_run
         )
-        fold_dir = out / f"fold_{fold}"
-        fold_dir.mkdir(parents=True, exist_ok=True)
-        log.info(
-            "fold %d/%d: %d training, %d validation, %d test images",
-            fold + 1,
-            len(data.split.folds),
-            len(train_idx),
-            len(val_idx),
-            len(data.split.test),
-        )
-        result = train_model(
-            cfg,
-            FoldData(data.cache.images, data.cache.labels, train_idx, val_idx, data.split.test),
-            seed=int(cfg.seed) + fold,
-            num_classes=len(data.class_names),
-            out_dir=fold_dir,
-            logger=tracker.lightning_logger(run_id),
-        )
-        labels = data.cache.labels
-        preds = pd.concat(
-            [
-                predictions_frame(
-                    _paths(data, result.val_index),
-                    labels[result.val_index],
-                    result.val_prob,
-                    fold,
-                    "val",
-                ),
-                predictions_frame(
-                    _paths(data, data.split.test),
-                    labels[data.split.test],
-                    result.test_prob,
-                    fold,
-                    "test",
-                ),
-            ],
-            ignore_index=True,
-        )
-        metrics = split_metrics(preds)
-        flat = {f"fold/{split}_{name}": v for split, m in metrics.items() for name, v in m.items()}
-        tracker.log_metrics(run_id, {k: v for k, v in flat.items() if np.isfinite(v)})
-        files = write_prediction_artifacts(
-            preds, fold_dir / "report", data.class_names, f"fold {fold}"
-        )
-        files.append(write_json(metrics, fold_dir / "report" / "metrics.json"))
-        tracker.log_artifacts(run_id, files)
-        tracker.log_artifacts(run_id, _provenance_files(cfg, data, fold_dir), "provenance")
-        if cfg.tracking.get("log_checkpoints", True):
-            tracker.log_artifacts(run_id, [result.weights], "checkpoint")
-        tracker.end_run(run_id, "FINISHED")
-        return result, metrics
-    except BaseException as exc:
-        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-        _safe_end(tracker, run_id, status, exc)
-        raise
+        logged: dict[str, str] = {}
+    else:
+        run_id, logged = previous.info.run_id, previous.data.params
+        cells.reopen(tracker, previous, {**fold_tags, "fus2net.resumed_from": previous.info.status})
+    with resume.working_on(run_id):
+        try:
+            fold_params = {**params, "fold": fold, "n_train": len(train_idx), "n_val": len(val_idx)}
+            tracker.log_params(run_id, {k: v for k, v in fold_params.items() if k not in logged})
+            fold_dir = out / f"fold_{fold}"
+            fold_dir.mkdir(parents=True, exist_ok=True)
+            log.info(
+                "fold %d/%d: %d training, %d validation, %d test images",
+                fold + 1,
+                len(data.split.folds),
+                len(train_idx),
+                len(val_idx),
+                len(data.split.test),
+            )
+            checkpoints = cells.checkpoint_dir(cfg, tags["fus2net.cell_key"], fold)
+            result = train_model(
+                cfg,
+                FoldData(data.cache.images, data.cache.labels, train_idx, val_idx, data.split.test),
+                seed=int(cfg.seed) + fold,
+                num_classes=len(data.class_names),
+                out_dir=fold_dir,
+                logger=tracker.lightning_logger(run_id),
+                checkpoint_dir=checkpoints,
+                resume=previous is not None,
+                callbacks=[resume.Heartbeat(tracker, [run_id, cell_run])],
+            )
+            if result.start_epoch:
+                tracker.set_tags(run_id, {"fus2net.resumed_from_epoch": result.start_epoch})
+            labels = data.cache.labels
+            preds = pd.concat(
+                [
+                    predictions_frame(
+                        _paths(data, result.val_index),
+                        labels[result.val_index],
+                        result.val_prob,
+                        fold,
+                        "val",
+                    ),
+                    predictions_frame(
+                        _paths(data, data.split.test),
+                        labels[data.split.test],
+                        result.test_prob,
+                        fold,
+                        "test",
+                    ),
+                ],
+                ignore_index=True,
+            )
+            metrics = split_metrics(preds)
+            flat = {f"fold/{sp}_{name}": v for sp, m in metrics.items() for name, v in m.items()}
+            tracker.log_metrics(run_id, {k: v for k, v in flat.items() if np.isfinite(v)})
+            files = write_prediction_artifacts(
+                preds, fold_dir / "report", data.class_names, f"fold {fold}"
+            )
+            files.append(write_json(metrics, fold_dir / "report" / "metrics.json"))
+            tracker.log_artifacts(run_id, files)
+            tracker.log_artifacts(run_id, _provenance_files(cfg, data, fold_dir), "provenance")
+            if cfg.tracking.get("log_checkpoints", True):
+                tracker.log_artifacts(run_id, [result.weights], "checkpoint")
+            tracker.end_run(run_id, "FINISHED")
+            shutil.rmtree(checkpoints, ignore_errors=True)  # the store has it all now
+            return result, metrics
+        except BaseException as exc:
+            _safe_end(tracker, run_id, _end_status(exc), exc)
+            raise
+
+
+def _end_status(exc: BaseException) -> str:
+    return "KILLED" if isinstance(exc, KeyboardInterrupt | JobInterrupted) else "FAILED"
 
 
 def _safe_end(tracker: MlflowTracker, run_id: str, status: str, exc: BaseException) -> None:
@@ -224,53 +194,112 @@ def _safe_end(tracker: MlflowTracker, run_id: str, status: str, exc: BaseExcepti
 
 
 def run_job(cfg: DictConfig) -> CellSummary:
-    """Validate, then train every fold (or `cv.fold`), score the test set, and log it all."""
+    """Check, then train the folds of the cell (or `cv.fold`) the tracking store lacks, score
+    the test set once every fold is done, and log it all.
+
+    A re-run finds the cell by its key: finished folds are skipped, an interrupted fold resumes
+    from its last checkpoint, a finished cell is not trained again (fus2net.training.cells). A
+    diverged fold (non-finite loss) fails alone; the other folds and jobs go on.
+    """
     check_config(cfg)
+    check_tracking(str(cfg.tracking.uri))  # before anything is prepared or written
     torch.set_num_threads(int(cfg.trainer.threads or os.cpu_count() or 1))
-    tracker = MlflowTracker(
-        cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.get("artifact_location")
-    )
-    data = prepare_data(cfg)
-    out = _output_dir(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    key = cell_key(cfg, data.fingerprint)
-    tags = {
-        "fus2net.cell_key": key,
-        "fus2net.dataset_fingerprint": data.fingerprint,
-        "fus2net.dataset": data.description.get("name", ""),
-        **hydra_tags(cfg.tracking.sweep),
-        **git_state(),
-    }
-    params = flatten(resolved_container(cfg))
-    params.update({"dataset.fingerprint": data.fingerprint, "dataset.n_images": len(data.records)})
-    folds = [int(cfg.cv.fold)] if cfg.cv.fold is not None else list(range(len(data.split.folds)))
-    name = (
-        " ".join(
-            f"{k.removeprefix('override.')}={v}"
-            for k, v in tags.items()
-            if k.startswith("override.")
+    with stop_on_signals():
+        data = prepare_data(cfg)
+        tracker = MlflowTracker(
+            cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.get("artifact_location")
         )
-        or "default"
-    )
-    cell_run = tracker.start_run(
-        name, {**tags, "fus2net.role": "cell", "fus2net.folds_run": ",".join(map(str, folds))}
-    )
-    summary = CellSummary(cell_run_id=cell_run, cell_key=key, ui_command=tracker.ui_command())
-    try:
-        tracker.log_params(cell_run, params)
-        results: dict[int, FoldResult] = {}
-        for fold in folds:
-            results[fold], summary.folds[fold] = run_fold(
-                cfg, data, fold, tracker, cell_run, tags, params, out
-            )
-        _log_cell(cfg, data, tracker, cell_run, results, summary, out)
-        tracker.end_run(cell_run, "FINISHED")
-    except BaseException as exc:
-        _safe_end(
-            tracker, cell_run, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED", exc
+        out = _output_dir(cfg)
+        out.mkdir(parents=True, exist_ok=True)
+        key = cell_key(cfg, data.fingerprint)
+        tags = {
+            "fus2net.cell_key": key,
+            "fus2net.dataset_fingerprint": data.fingerprint,
+            "fus2net.dataset": data.description.get("name", ""),
+            **hydra_tags(cfg.tracking.sweep),
+            **git_state(),
+        }
+        params = flatten(resolved_container(cfg))
+        params.update(
+            {"dataset.fingerprint": data.fingerprint, "dataset.n_images": len(data.records)}
         )
-        raise
+        n_folds = len(data.split.folds)
+        folds = [int(cfg.cv.fold)] if cfg.cv.fold is not None else list(range(n_folds))
+        name = cells.cell_name(tags)
+        stale = float(cfg.tracking.get("stale_after_s") or resume.STALE_AFTER_S)
+        cell = cells.open_cell(
+            tracker,
+            key,
+            name,
+            {**tags, "fus2net.role": "cell", "fus2net.folds_run": ",".join(map(str, folds))},
+            {**params, "cv.fold": None},  # the cell is all folds, whichever this job runs
+            n_folds,
+            stale,
+        )
+        summary = CellSummary(cell.run_id, key, ui_command=tracker.ui_command())
+        if cell.finished:
+            cells.stored_summary(cell, summary)
+            return summary
+        with resume.working_on(cell.run_id):
+            try:
+                _train_cell(cfg, data, tracker, cell, folds, tags, params, out, summary, stale)
+            except BaseException as exc:
+                _safe_end(tracker, cell.run_id, _end_status(exc), exc)
+                raise
     return summary
+
+
+def _train_cell(
+    cfg: DictConfig,
+    data: JobData,
+    tracker: MlflowTracker,
+    cell: cells.OpenCell,
+    folds: list[int],
+    tags: dict[str, str],
+    params: dict[str, Any],
+    out: Path,
+    summary: CellSummary,
+    stale: float,
+) -> None:
+    """Train the folds of `folds` the store lacks, then let `cells.finish_cell` close the cell."""
+    if data.skipped:
+        skipped = out / "skipped_images.csv"
+        pd.DataFrame([vars(p) for p in data.skipped]).to_csv(skipped, index=False)
+        tracker.log_artifacts(cell.run_id, [skipped])
+    results: dict[int, FoldResult] = {}
+    for fold in folds:
+        previous = cell.folds.get(fold)
+        status = previous.info.status if previous is not None else None
+        if status == "FINISHED":
+            log.info("fold %d: finished in run %s, not trained again", fold, previous.info.run_id)
+            continue
+        if status == "RUNNING":
+            owner = previous.data.tags
+            log.warning(
+                "fold %d: being trained by process %s on %s (run %s); left to it",
+                fold,
+                owner.get(resume.PID_TAG),
+                owner.get(resume.HOST_TAG),
+                previous.info.run_id,
+            )
+            continue
+        try:
+            results[fold], summary.folds[fold] = run_fold(
+                cfg, data, fold, tracker, cell.run_id, tags, params, out, previous
+            )
+        except FloatingPointError as exc:  # diverged: this fold fails, the others go on
+            log.error("fold %d failed: %s", fold, exc)
+
+    def load(fold: int, run: Any) -> tuple[FoldResult, dict]:
+        return load_fold_result(tracker, run, data.records, data.split.test, out / f"fold_{fold}")
+
+    def score(all_results: dict[int, FoldResult]) -> None:
+        whole = OmegaConf.merge(cfg, {"cv": {"fold": None}})  # the cell, not one fold job
+        _log_cell(whole, data, tracker, cell.run_id, all_results, summary, out)
+
+    cells.finish_cell(
+        tracker, summary, len(data.split.folds), results, load, score, stale_after_s=stale
+    )
 
 
 def _log_cell(
@@ -328,6 +357,7 @@ def _log_cell(
     )
     tracker.log_artifacts(cell_run, files)
     tracker.log_artifacts(cell_run, _provenance_files(cfg, data, out), "provenance")
+    evaluate_clinically(cfg, data, results, preds, tracker, cell_run, out)
 
 
 def format_summary(summary: CellSummary) -> str:

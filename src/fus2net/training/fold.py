@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ log = logging.getLogger(__name__)
 logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
 warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
 warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
+warnings.filterwarnings("ignore", message=".*exists and is not empty.*")  # resuming a fold
 
 # Keys of the `trainer` group that are ours, not pytorch_lightning.Trainer arguments.
 TRAINER_EXTRAS = ("channels_last", "compile", "threads")
@@ -50,6 +53,7 @@ class FoldResult:
     test_prob: np.ndarray  # aligned with FoldData.test_idx
     weights: Path
     epochs_run: int
+    start_epoch: int = 0  # > 0: resumed from a checkpoint taken after that many epochs
 
 
 class KeepBestWeights(Callback):
@@ -67,6 +71,24 @@ class KeepBestWeights(Callback):
         if value > self.best:
             self.best = value
             self.state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in last.ckpt, so a resumed fold still knows its best epoch so far."""
+        return {"best": self.best, "state": self.state}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best = float(state_dict["best"])
+        self.state = state_dict["state"]
+
+
+class StartEpoch(Callback):
+    """Remembers the first epoch this fit trains: 0, or where a resumed checkpoint left off."""
+
+    epoch: int | None = None
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.epoch is None:
+            self.epoch = int(trainer.current_epoch)
 
 
 def build_trainer(
@@ -129,10 +151,37 @@ def _predict(
     return index, prob
 
 
+def _loadable(checkpoint: Path) -> bool:
+    """Whether `checkpoint` exists and unpickles with weights_only (no code runs); a torn or
+    tampered file is reported and training starts over rather than failing every re-run."""
+    if not checkpoint.is_file():
+        return False
+    try:
+        torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:
+        log.warning("cannot resume from %s (%s): training this fold from scratch", checkpoint, exc)
+        return False
+    return True
+
+
 def train_model(
-    cfg: DictConfig, data: FoldData, seed: int, num_classes: int, out_dir: Path, logger: Any = False
+    cfg: DictConfig,
+    data: FoldData,
+    seed: int,
+    num_classes: int,
+    out_dir: Path,
+    logger: Any = False,
+    *,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+    callbacks: Sequence[Callback] = (),
 ) -> FoldResult:
-    """Fit a fresh model, optimiser and trainer on `data`, then predict validation and test."""
+    """Fit a fresh model, optimiser and trainer on `data`, then predict validation and test.
+
+    `checkpoint_dir` (default `out_dir/checkpoints`) receives `last.ckpt` after every epoch;
+    with `resume`, training continues from the `last.ckpt` found there (an interrupted fold),
+    loaded with `weights_only=True`: a checkpoint never runs pickled code.
+    """
     L.seed_everything(seed, workers=True, verbose=False)
     augmentation = instantiate(cfg.augmentation) if cfg.augmentation else None
     datamodule = FoldDataModule(
@@ -153,14 +202,27 @@ def train_model(
     module = build_module(cfg, num_classes, datamodule.class_weights)
     validate = len(data.val_idx) > 0
     best = KeepBestWeights()
-    callbacks: list[Callback] = [
-        ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0),
+    checkpoint_dir = checkpoint_dir or out_dir / "checkpoints"
+    last = checkpoint_dir / "last.ckpt"
+    ckpt_path = last if resume and _loadable(last) else None
+    if ckpt_path is None and checkpoint_dir.is_dir():
+        shutil.rmtree(checkpoint_dir)  # a fresh start must not pick up a stale last.ckpt
+    start = StartEpoch()
+    all_callbacks: list[Callback] = [
+        # One file, rewritten after every epoch (save_last alone would only write at the end).
+        ModelCheckpoint(
+            dirpath=checkpoint_dir, filename="last", save_top_k=1, enable_version_counter=False
+        ),
         EpochThroughput(),
+        start,
+        *callbacks,
     ]
     if cfg.cv.checkpoint == "best" and validate:
-        callbacks.append(best)
-    trainer = build_trainer(cfg, logger, callbacks, out_dir, validate=validate)
-    trainer.fit(module, datamodule=datamodule)
+        all_callbacks.append(best)
+    trainer = build_trainer(cfg, logger, all_callbacks, out_dir, validate=validate)
+    if ckpt_path is not None:
+        log.info("resuming from %s", ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     if best.state is not None:
         module.load_state_dict(best.state)
         log.info("restored the weights of the best validation AUC (%.4f)", best.best)
@@ -181,4 +243,5 @@ def train_model(
         test_prob=test_prob,
         weights=weights,
         epochs_run=int(trainer.current_epoch),
+        start_epoch=start.epoch if start.epoch is not None else int(trainer.current_epoch),
     )

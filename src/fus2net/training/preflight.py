@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import functools
+import os
+import shutil
+import socket
 from pathlib import Path
+from urllib.error import HTTPError, URLError
+from urllib.parse import urlsplit
+from urllib.request import urlopen
 
 import torch
 from omegaconf import DictConfig
 
 from fus2net.models import create_model, list_models
 
+DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
+
 
 class ConfigError(ValueError):
     """An invalid configuration; the message names every offending key and the fix."""
+
+
+class PreflightError(ConfigError):
+    """The machine or a service is not ready for the job (tracking store, disk space)."""
 
 
 @functools.cache
@@ -48,6 +60,8 @@ def check_config(cfg: DictConfig) -> None:
         errors.append(f"data.batch_size={data.batch_size}: must be >= 1")
     if data.cache not in ("memory", "disk", "none"):
         errors.append(f"data.cache={data.cache}: must be memory, disk or none")
+    if data.get("on_bad_image", "error") not in ("error", "skip"):
+        errors.append(f"data.on_bad_image={data.on_bad_image}: must be error or skip")
     test = data.test
     if (test.fraction is None) == (test.per_class is None):
         errors.append(
@@ -86,5 +100,78 @@ def check_config(cfg: DictConfig) -> None:
                 f"data.image_size={data.image_size}: {name} needs at least "
                 f"{minimum} px; set data.image_size>={minimum}"
             )
+    launcher = parallel_launcher()
+    if launcher and str(cfg.tracking.uri).startswith("sqlite:"):
+        errors.append(
+            f"hydra/launcher={launcher} runs jobs at the same time, and the local SQLite store "
+            "(tracking=local) is not safe for parallel writers (locked database, lost runs): "
+            "use tracking=server with an MLflow server on PostgreSQL (README, 'Scale-out'), or "
+            "drop hydra/launcher to run the jobs one after another"
+        )
     if errors:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
+
+
+def parallel_launcher() -> str | None:
+    """The Hydra launcher's name when this job's sweep runs jobs concurrently, else None."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hydra_cfg = HydraConfig.get()
+    except ValueError:  # not under Hydra (tests, notebooks)
+        return None
+    target = str(hydra_cfg.launcher.get("_target_", ""))
+    if target.endswith("BasicLauncher"):
+        return None
+    if "Joblib" in target and hydra_cfg.launcher.get("n_jobs") == 1:
+        return None
+    return str(hydra_cfg.runtime.choices.get("hydra/launcher") or target)
+
+
+def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds when the tracking store cannot be reached (MLflow itself retries for
+    minutes), before any data is prepared or any run is created."""
+    parts = urlsplit(uri)
+    scheme = parts.scheme.split("+")[0]
+    if scheme == "sqlite":
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise PreflightError(
+                f"tracking.uri: cannot write the SQLite store under {folder}: choose a writable "
+                "paths.root (or FUS2NET_HOME)"
+            )
+        return
+    if scheme not in ("http", "https", *DATABASE_PORTS) or not parts.hostname:
+        return
+    host = parts.hostname
+    port = parts.port or {"http": 80, "https": 443, **DATABASE_PORTS}[scheme]
+    where = f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"  # no credentials
+    try:
+        if scheme in DATABASE_PORTS:
+            socket.create_connection((host, port), timeout=timeout_s).close()
+        else:
+            urlopen(f"{where}{parts.path.rstrip('/')}/health", timeout=timeout_s).close()
+    except HTTPError:
+        return  # something answered: MLflow's own calls report what is wrong with it
+    except (URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise PreflightError(
+            f"tracking.uri: cannot reach the tracking store at {where} within {timeout_s:g} s "
+            f"({reason}). Start the MLflow server (README, 'Scale-out': mlflow server ...), "
+            "check MLFLOW_TRACKING_URI / tracking.uri, or use tracking=local. Nothing was run."
+        ) from None
+
+
+def check_free_space(folder: Path, need_bytes: int, what: str, fix: str) -> None:
+    """Refuse to start writing `need_bytes` (plus 10 % and 64 MB) under `folder` without room."""
+    existing = Path(folder)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    if free < need_bytes * 1.1 + 64e6:
+        raise PreflightError(
+            f"{what} needs {need_bytes / 1e6:.0f} MB, but {existing} has only "
+            f"{free / 1e6:.0f} MB free: {fix}"
+        )

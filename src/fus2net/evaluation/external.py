@@ -1,0 +1,119 @@
+"""External validation: score a trained model on another dataset (another hospital, scanner).
+
+Each entry of `eval_datasets` is a dataset config like those of the `dataset` group. It is
+scored after training with the test-set protocol (the same ensemble, temperature and operating
+points, all fixed on the training data), and, where the source gives patient ids, per patient
+too: a patient's probability is the mean over their images, their label the worst (any
+malignant image makes a malignant patient), so one patient's many images count once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from hydra.utils import instantiate
+
+from fus2net.data.cache import ImageCache
+from fus2net.data.validation import validate_records
+from fus2net.evaluation.calibration import calibrated_ensemble, expected_calibration_error
+from fus2net.evaluation.metrics import binary_metrics
+from fus2net.evaluation.operating_points import OperatingPoint
+from fus2net.inference.loading import LoadedModel
+from fus2net.reporting.plots import save_roc
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExternalResult:
+    """Metrics (without the `external/<name>/` prefix), files to log, and provenance."""
+
+    name: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)
+    description: dict[str, Any] = field(default_factory=dict)
+
+
+def patient_level(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per group id: mean probability, malignant if any image is."""
+    grouped = frame.dropna(subset=["group"]).groupby("group", sort=True)
+    return grouped.agg(label=("label", "max"), prob=("prob", "mean")).reset_index()
+
+
+def evaluate_external(
+    name: str,
+    dataset_cfg: Any,
+    model: LoadedModel,
+    points: list[OperatingPoint],
+    out_dir: Path,
+    n_bins: int = 15,
+) -> ExternalResult:
+    """Load, check and score one external dataset; unreadable images are skipped and counted."""
+    source = instantiate(dataset_cfg)
+    if list(source.class_names) != list(model.spec.class_names):
+        raise ValueError(
+            f"eval_datasets.{name}: classes {list(source.class_names)} differ from the model's "
+            f"{model.spec.class_names} (index = label); set eval_datasets.{name}.classes"
+        )
+    records = source.load()
+    problems = validate_records(records, model.spec.in_chans)
+    bad = {p.path for p in problems}
+    kept = [r for r in records if str(r.image) not in bad]
+    if len(kept) < len(records):
+        log.warning(
+            "eval_datasets.%s: skipping %d unreadable images: %s",
+            name,
+            len(records) - len(kept),
+            ", ".join(sorted(bad)[:5]),
+        )
+    if not kept:
+        raise ValueError(f"eval_datasets.{name}: no readable images in {source!r}")
+    cache = ImageCache.build(
+        kept, model.spec.image_size, model.spec.in_chans, mode="none", progress=False
+    )
+    members = model.member_probabilities(cache.images)
+    probs = members.mean(axis=0)
+    frame = pd.DataFrame(
+        {
+            "path": [str(r.image) for r in kept],
+            "label": cache.labels,
+            "prob": probs,
+            "prob_calibrated": calibrated_ensemble(members, model.spec.temperature),
+            "group": [r.group for r in kept],
+        }
+    )
+    result = ExternalResult(name, description=source.describe())
+    result.metrics.update(binary_metrics(frame.label, frame.prob))
+    result.metrics["ece"] = expected_calibration_error(frame.label, frame.prob, n_bins)
+    result.metrics["ece_temperature"] = expected_calibration_error(
+        frame.label, frame.prob_calibrated, n_bins
+    )
+    for point in points:
+        at = binary_metrics(frame.label, frame.prob, point.threshold)
+        for metric in ("sensitivity", "specificity"):
+            result.metrics[f"{point.name}_{metric}"] = at[metric]
+    result.metrics["n_images"] = float(len(kept))
+    result.metrics["n_skipped"] = float(len(records) - len(kept))
+    curves = {f"{name} images (n={len(frame)})": (frame.label.to_numpy(), frame.prob.to_numpy())}
+    patients = patient_level(frame)
+    if len(patients):
+        patient = binary_metrics(patients.label, patients.prob)
+        result.metrics.update({f"patient_{k}": v for k, v in patient.items()})
+        result.metrics["n_patients"] = float(len(patients))
+        curves[f"{name} patients (n={len(patients)})"] = (
+            patients.label.to_numpy(),
+            patients.prob.to_numpy(),
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out_dir / "predictions.csv", index=False)
+    result.files = [
+        out_dir / "predictions.csv",
+        save_roc(curves, out_dir / "roc.png", f"External validation: {name}"),
+    ]
+    result.metrics = {k: float(v) for k, v in result.metrics.items() if np.isfinite(v)}
+    return result

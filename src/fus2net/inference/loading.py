@@ -1,0 +1,212 @@
+"""Load a trained (ensemble) model from a folder, an MLflow run, or the MLflow model registry.
+
+All three end in the same folder layout (`fus2net_model.json` + weight files), read by
+`load_package`, so a registered model predicts exactly like the run it came from.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import nn
+
+from fus2net.data.transforms import standardize
+from fus2net.evaluation.gradcam import CamTarget, ensemble_grad_cam, find_cam_layer
+from fus2net.inference.spec import SPEC_FILE, Member, ModelSpec
+from fus2net.models import create_model
+
+if TYPE_CHECKING:
+    from fus2net.tracking.mlflow_tracker import MlflowTracker
+
+_RUN_ID = re.compile(r"^(runs:/)?([0-9a-f]{32})/?$")
+_MODEL_URI = re.compile(r"^models:/(?P<name>[^/]+)(/(?P<version>[^/]+))?/?$")
+WHAT_TO_PASS = (
+    "pass the job's output folder (it holds fus2net_model.json and fold_*/model.pt), a weights "
+    "file inside it, an MLflow run id (runs:/<id>) or a registered model (models:/<name>/<version>)"
+)
+
+
+@dataclass
+class LoadedModel:
+    """The members of an ensemble on CPU in eval mode, and the spec they were built from."""
+
+    spec: ModelSpec
+    members: list[nn.Module]
+    cam_layers: list[str]
+    origin: str
+
+    def member_probabilities(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """(members, N) malignant probabilities for (N, S, S, C) uint8 resized images."""
+        probs = np.zeros((len(self.members), len(images)), dtype=np.float64)
+        with torch.inference_mode():
+            for start in range(0, len(images), batch_size):
+                x = to_tensor(images[start : start + batch_size])
+                for k, member in enumerate(self.members):
+                    prob = torch.softmax(member(x).float(), dim=1)[:, 1]
+                    probs[k, start : start + len(x)] = prob.double().numpy()
+        return probs
+
+    def probabilities(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """The ensemble's malignant probability: the members' mean (as the test set is scored)."""
+        return self.member_probabilities(images, batch_size).mean(axis=0)
+
+    def grad_cams(self, images: np.ndarray, target: CamTarget = "predicted") -> np.ndarray:
+        """(N, S, S) Grad-CAM maps in [0, 1], averaged over the members."""
+        return ensemble_grad_cam(self.members, to_tensor(images), self.cam_layers, target)
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """(N, C, S, S) float32 of (N, S, S, C) uint8 images, standardised as in training."""
+    return torch.from_numpy(np.stack([standardize(im).transpose(2, 0, 1) for im in images]))
+
+
+def build_member(spec: ModelSpec, weights: Path) -> nn.Module:
+    """The registry model of `spec` with `weights` (a plain state dict), in eval mode."""
+    model = create_model(
+        **spec.model,
+        in_chans=spec.in_chans,
+        num_classes=spec.num_classes,
+        drop_rate=spec.drop_rate,
+    )
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def _find_spec(path: Path) -> tuple[Path, Path | None]:
+    """(spec file, the weights file asked for or None) for a folder, spec or weights path."""
+    if path.is_dir():
+        spec = path / SPEC_FILE
+        if spec.is_file():
+            return spec, None
+        raise ValueError(f"{path}: no {SPEC_FILE} in this folder; {WHAT_TO_PASS}")
+    if path.name == SPEC_FILE:
+        return path, None
+    for folder in (path.parent, path.parent.parent):
+        if (folder / SPEC_FILE).is_file():
+            return folder / SPEC_FILE, path
+    raise ValueError(f"{path}: no {SPEC_FILE} beside it or in its parent folder; {WHAT_TO_PASS}")
+
+
+def load_package(path: str | Path) -> LoadedModel:
+    """Load from a folder with `fus2net_model.json`, that file, or one weights file below it
+    (then only that member, e.g. `fold_0/model.pt`)."""
+    path = Path(path).expanduser().resolve()
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; {WHAT_TO_PASS}")
+    spec_file, only = _find_spec(path)
+    spec = ModelSpec.read(spec_file)
+    files = [(spec_file.parent / m.weights).resolve() for m in spec.members]
+    if only is not None:
+        files = [f for f in files if f == only] or [only]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{spec_file} lists weights that do not exist: {', '.join(missing)}; the folder is "
+            "incomplete (was a fold run deleted or tracking.log_checkpoints false?)"
+        )
+    members = [build_member(spec, f) for f in files]
+    layer = spec.cam_layer or "auto"
+    layers = [
+        find_cam_layer(m, spec.image_size, spec.in_chans) if layer == "auto" else layer
+        for m in members
+    ]
+    return LoadedModel(spec, members, layers, origin=str(path))
+
+
+def load_from_run(tracker: MlflowTracker, run_id: str, folder: Path) -> LoadedModel:
+    """A cell run's ensemble (spec logged by the clinical step, weights from its fold runs'
+    `checkpoint/model.pt`), or one fold run's own model."""
+    run = tracker.get_run(run_id)
+    tags = run.data.tags
+    cell_id, fold = run_id, None
+    if tags.get("fus2net.role") == "fold":
+        cell_id, fold = tags["mlflow.parentRunId"], int(tags["fus2net.fold"])
+    try:
+        spec = ModelSpec.read(tracker.download_artifacts(cell_id, f"model/{SPEC_FILE}", folder))
+    except Exception as err:
+        raise ValueError(
+            f"run {cell_id} has no model/{SPEC_FILE} artifact (trained before prediction "
+            f"support, or evaluation.enabled=false): {err}"
+        ) from err
+    children = {
+        int(r.data.tags["fus2net.fold"]): r.info.run_id
+        for r in tracker.child_runs(cell_id)
+        if r.data.tags.get("fus2net.role") == "fold"
+        and "fus2net.fold" in r.data.tags
+        and r.info.status == "FINISHED"  # not an earlier, killed attempt of a resumed fold
+    }
+    members = []
+    for member in spec.members:
+        if fold is not None and member.fold != fold:
+            continue
+        if member.fold is None:
+            source, artifact = cell_id, "checkpoint/refit/model.pt"
+        elif member.fold in children:
+            source, artifact = children[member.fold], "checkpoint/model.pt"
+        else:
+            raise ValueError(f"run {cell_id} has no fold run for fold {member.fold}")
+        local = tracker.download_artifacts(source, artifact, folder / f"member_{len(members)}")
+        members.append(Member(str(Path(local).relative_to(folder)), member.fold))
+    replace(spec, members=members).write(folder)
+    return load_package(folder)
+
+
+def load_from_registry(
+    tracker: MlflowTracker, name: str, version: str | None, folder: Path
+) -> LoadedModel:
+    """A model version registered by the clinical step (the package folder inside it)."""
+    local = tracker.download_model_version(name, version, folder)
+    found = sorted(Path(local).rglob(SPEC_FILE))
+    if not found:
+        raise ValueError(f"models:/{name}/{version or 'latest'} holds no {SPEC_FILE}")
+    return load_package(found[0].parent)
+
+
+def default_tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI, else the store fus2net-train writes by default (tracking=local)."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    root = Path(os.environ.get("FUS2NET_HOME", ".")).resolve()
+    return f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+
+
+def load_model(
+    ref: str, tracking_uri: str | None = None, experiment: str = "fus2net"
+) -> LoadedModel:
+    """Load `ref`: a path, an MLflow run id (`runs:/<id>` or the bare 32-hex id), or
+    `models:/<name>[/<version>]` (latest version when none is given)."""
+    run = _RUN_ID.match(ref)
+    registered = _MODEL_URI.match(ref)
+    if Path(ref).expanduser().exists() or not (run or registered):
+        return load_package(ref)
+    from fus2net.tracking.mlflow_tracker import MlflowTracker
+
+    uri = tracking_uri or default_tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
+        raise FileNotFoundError(
+            f"no MLflow store at {uri}; pass --tracking-uri or run where fus2net-train ran "
+            "(FUS2NET_HOME)"
+        )
+    tracker = MlflowTracker(uri, experiment)
+    with tempfile.TemporaryDirectory(prefix="fus2net-model-") as tmp:
+        if run:
+            loaded = load_from_run(tracker, run.group(2), Path(tmp))
+        else:
+            assert registered is not None
+            version = registered.group("version")
+            loaded = load_from_registry(
+                tracker,
+                registered.group("name"),
+                None if version in (None, "latest") else version,
+                Path(tmp),
+            )
+    loaded.origin = ref
+    return loaded

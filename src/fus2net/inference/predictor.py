@@ -1,0 +1,161 @@
+"""Predict image files: malignant probability, class at an operating point, Grad-CAM overlay.
+
+Images go through the training preprocessing (`load_resized`: any PIL mode and size, bilinear
+resize, per-image standardisation). A file that cannot be read becomes a row with its error,
+and the others are still predicted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from fus2net.data.cache import load_resized
+from fus2net.data.imageio import IMAGE_SUFFIXES, load_image
+from fus2net.evaluation.calibration import calibrated_ensemble
+from fus2net.evaluation.gradcam import CamTarget, overlay
+from fus2net.inference.loading import LoadedModel
+
+log = logging.getLogger(__name__)
+
+COLUMNS = [
+    "path",
+    "prob_malignant",
+    "prob_calibrated",
+    "operating_point",
+    "threshold",
+    "predicted_class",
+    "overlay",
+    "error",
+]
+# Folders are searched recursively; BUSI-style lesion masks beside the images are not inputs.
+MASK_MARKER = "_mask"
+READ_ERRORS = (ValueError, OSError, Image.DecompressionBombError)
+
+
+def collect_images(inputs: Iterable[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Image files of `inputs` (files as given; folders recursively, masks skipped, sorted),
+    and (input, reason) for each input that gives nothing."""
+    files: list[Path] = []
+    problems: list[tuple[str, str]] = []
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_file():
+            files.append(path)
+        elif path.is_dir():
+            found = sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file()
+                and p.suffix.lower() in IMAGE_SUFFIXES
+                and not p.name.startswith(".")
+                and MASK_MARKER not in p.stem
+            )
+            files += found
+            if not found:
+                problems.append((str(path), f"folder has no {'/'.join(IMAGE_SUFFIXES)} images"))
+        else:
+            problems.append((str(path), "no such file or folder"))
+    return files, problems
+
+
+def _unique_name(stem: str, used: set[str]) -> str:
+    name, n = f"{stem}_gradcam.png", 1
+    while name in used:
+        n += 1
+        name = f"{stem}_{n}_gradcam.png"
+    used.add(name)
+    return name
+
+
+def predict_files(
+    model: LoadedModel,
+    inputs: Sequence[str | Path],
+    out_dir: Path,
+    operating_point: str | float | None = None,
+    gradcam: bool = True,
+    cam_target: CamTarget = "predicted",
+    batch_size: int = 16,
+) -> pd.DataFrame:
+    """Predict every image of `inputs`; write predictions.csv, predictions.json and
+    overlays/<name>_gradcam.png (on the original image) under `out_dir`."""
+    spec = model.spec
+    point, threshold = spec.threshold(operating_point)
+    files, problems = collect_images(inputs)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    overlay_dir = out_dir / "overlays"
+    rows = [_row(path, error=reason) for path, reason in problems]
+    results: dict[Path, dict[str, object]] = {}  # by file, so rows keep the input order
+    used: set[str] = set()
+    for start in range(0, len(files), batch_size):
+        batch, resized, originals = [], [], []
+        for path in files[start : start + batch_size]:
+            try:
+                resized.append(load_resized(path, spec.image_size, spec.in_chans))
+                originals.append(load_image(path, channels=3) if gradcam else None)
+                batch.append(path)
+            except READ_ERRORS as err:
+                log.warning("skipping %s", err)
+                results[path] = _row(path, error=str(err).removeprefix(f"{path}: "))
+        if not batch:
+            continue
+        images = np.stack(resized)
+        members = model.member_probabilities(images)
+        probs = members.mean(axis=0)
+        calibrated = calibrated_ensemble(members, spec.temperature)
+        cams = model.grad_cams(images, cam_target) if gradcam else [None] * len(batch)
+        for path, prob, cal, cam, original in zip(
+            batch, probs, calibrated, cams, originals, strict=True
+        ):
+            overlay_path = ""
+            if cam is not None:
+                overlay_dir.mkdir(parents=True, exist_ok=True)
+                target = overlay_dir / _unique_name(path.stem, used)
+                Image.fromarray(overlay(original, cam)).save(target)
+                overlay_path = str(target)
+            results[path] = _row(
+                path,
+                prob_malignant=float(prob),
+                prob_calibrated=float(cal),
+                operating_point=point,
+                threshold=threshold,
+                predicted_class=spec.class_names[int(prob >= threshold)],
+                overlay=overlay_path,
+            )
+    rows += [results[path] for path in files]
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    frame.to_csv(out_dir / "predictions.csv", index=False)
+    _write_json(frame, model, point, threshold, out_dir / "predictions.json")
+    return frame
+
+
+def _row(path: str | Path, **values: object) -> dict[str, object]:
+    row: dict[str, object] = dict.fromkeys(COLUMNS, None)
+    row.update({"path": str(path), "error": "", **values})
+    return row
+
+
+def _write_json(
+    frame: pd.DataFrame, model: LoadedModel, point: str, threshold: float, path: Path
+) -> None:
+    records = [
+        {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+        for row in frame.to_dict(orient="records")
+    ]
+    data = {
+        "model": model.origin,
+        "operating_point": point,
+        "threshold": threshold,
+        "temperature": model.spec.temperature,
+        "class_names": model.spec.class_names,
+        "preprocessing": model.spec.preprocessing,
+        "predictions": records,
+    }
+    path.write_text(json.dumps(data, indent=2, default=str))

@@ -1,0 +1,122 @@
+"""`fus2net_model.json`: everything besides the weights that prediction needs.
+
+Written by training next to the fold weights (the job's output folder), logged to the cell run
+(`model/fus2net_model.json`) and packed into a registered model: architecture, preprocessing,
+class names, the ensemble members, the temperature and the operating points chosen on
+validation predictions. Weight paths are relative to the file's folder, so a folder can move.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+SPEC_FILE = "fus2net_model.json"
+FORMAT = "fus2net-model/1"
+DEFAULT_POINT = "default"  # threshold 0.5, the paper's decision rule
+
+
+@dataclass(frozen=True)
+class Member:
+    """One model of the ensemble: its weights file and the fold it was trained on (None: the
+    refit on all training images)."""
+
+    weights: str
+    fold: int | None = None
+
+
+@dataclass
+class ModelSpec:
+    """The architecture and preprocessing of a trained (ensemble) model; see the module doc."""
+
+    model: dict[str, Any]  # create_model kwargs: name and the model's own options
+    in_chans: int
+    image_size: int
+    class_names: list[str]
+    members: list[Member]
+    num_classes: int = 2
+    drop_rate: float = 0.0
+    temperature: float = 1.0
+    thresholds: dict[str, float] = field(default_factory=lambda: {DEFAULT_POINT: 0.5})
+    operating_point: str = DEFAULT_POINT
+    cam_layer: str | None = None
+    source: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        """What is done to an image before the model (the same code as training)."""
+        return {
+            "image_size": self.image_size,
+            "channels": self.in_chans,
+            "resize": "bilinear to image_size x image_size, aspect ratio not kept",
+            "normalization": "per-image standardization (x - mean) / std",
+        }
+
+    def threshold(self, point: str | float | None = None) -> tuple[str, float]:
+        """(name, threshold) of an operating point name, a number in [0, 1], or the default."""
+        if point is None:
+            point = self.operating_point
+        if isinstance(point, float | int) or _is_number(point):
+            value = float(point)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"operating point threshold must be in [0, 1], got {value}")
+            return f"{value:g}", value
+        if point not in self.thresholds:
+            raise ValueError(
+                f"unknown operating point {point!r}; this model has "
+                f"{', '.join(sorted(self.thresholds))} or a threshold in [0, 1]"
+            )
+        return str(point), float(self.thresholds[point])
+
+    def write(self, folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / SPEC_FILE
+        data = {"format": FORMAT, **asdict(self), "preprocessing": self.preprocessing}
+        path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+        return path
+
+    @classmethod
+    def read(cls, path: Path) -> ModelSpec:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path}: not a readable {SPEC_FILE} ({err})") from err
+        found = data.get("format") if isinstance(data, dict) else None
+        if found != FORMAT:
+            raise ValueError(
+                f"{path}: not a {FORMAT} file (format={found!r}); it is written by "
+                "fus2net-train into the job's output folder"
+            )
+        data.pop("format")
+        data.pop("preprocessing", None)
+        try:
+            data["members"] = [Member(**m) for m in data["members"]]
+            return cls(**data)
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"{path}: missing or unknown field ({err})") from err
+
+
+def _is_number(text: Any) -> bool:
+    try:
+        float(text)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def export_package(spec_file: Path, folder: Path) -> Path:
+    """A self-contained copy in `folder`: the spec, and each member's weights copied to
+    weights/member_<i>.pt (what a registered model carries)."""
+    import shutil
+
+    spec = ModelSpec.read(spec_file)
+    members = []
+    for i, member in enumerate(spec.members):
+        target = folder / "weights" / f"member_{i}.pt"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(spec_file.parent / member.weights, target)
+        members.append(Member(str(target.relative_to(folder)), member.fold))
+    spec.members = members
+    return spec.write(folder)

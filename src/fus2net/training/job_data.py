@@ -1,0 +1,104 @@
+"""The data every fold of a job shares: loaded, checked, split and decoded once, before training.
+
+A bad file stops the job here, before any run exists, with every bad file listed
+(`data.on_bad_image=error`), or is left out and counted (`skip`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from fus2net.data.cache import ImageCache
+from fus2net.data.records import Problem, Record, raise_if_problems
+from fus2net.data.splits import Split, make_split, records_fingerprint
+from fus2net.data.validation import drop_bad_records, validate_records
+from fus2net.training.preflight import check_free_space
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobData:
+    """Everything about the data that every fold of the job shares."""
+
+    records: list[Record]
+    class_names: list[str]
+    split: Split
+    cache: ImageCache
+    fingerprint: str
+    description: dict[str, Any]
+    skipped: list[Problem] = field(default_factory=list)  # bad files left out (on_bad_image=skip)
+
+
+def prepare_data(cfg: DictConfig) -> JobData:
+    """Load, validate, split and decode the dataset once for all folds (errors before training).
+
+    Unreadable images stop the job with every bad file listed (`data.on_bad_image=error`), or
+    are left out and listed (`skip`): in `JobData.skipped` and the description's counts.
+    """
+    source = instantiate(cfg.dataset)
+    records = source.load()
+    problems = validate_records(records, int(cfg.data.channels))
+    skipped: list[Problem] = []
+    if problems and cfg.data.get("on_bad_image", "error") == "skip":
+        kept = drop_bad_records(records, problems)
+        log.warning(
+            "data.on_bad_image=skip: leaving out %d of %d images (%d unreadable files)",
+            len(records) - len(kept),
+            len(records),
+            len(problems),
+        )
+        records, skipped = kept, problems
+    raise_if_problems(
+        [] if skipped else problems,
+        fix="remove or replace the files listed (fus2net-data shows the full summary), or set "
+        "data.on_bad_image=skip to train without them",
+        source=source.name,
+    )
+    if cfg.data.cache == "disk":
+        size, channels = int(cfg.data.image_size), int(cfg.data.channels)
+        check_free_space(
+            Path(cfg.paths.cache_dir),
+            len(records) * size * size * channels,
+            what=f"the image cache of {len(records)} images (data.cache=disk)",
+            fix="free some space, point paths.cache_dir elsewhere, or use data.cache=memory",
+        )
+    fingerprint = records_fingerprint(records)
+    split = make_split(
+        records,
+        folds=int(cfg.cv.folds),
+        seed=int(cfg.seed),
+        test_fraction=cfg.data.test.fraction,
+        test_per_class=cfg.data.test.per_class,
+        dedupe=bool(cfg.data.dedupe),
+        duplicate_distance=int(cfg.data.duplicate_distance),
+        cache_dir=Path(cfg.paths.cache_dir),
+    )
+    cache = ImageCache.build(
+        records,
+        image_size=int(cfg.data.image_size),
+        channels=int(cfg.data.channels),
+        mode=str(cfg.data.cache),
+        fingerprint=fingerprint,
+        cache_dir=Path(cfg.paths.cache_dir),
+    )
+    counts = np.bincount([r.label for r in records], minlength=len(source.class_names))
+    description = {
+        **source.describe(),
+        "fingerprint": fingerprint,
+        "n_images": len(records),
+        "per_class": dict(zip(source.class_names, counts.tolist(), strict=True)),
+        "n_test": len(split.test),
+        "duplicate_groups": len(split.duplicate_groups),
+        "skipped_bad_files": len(skipped),
+    }
+    return JobData(
+        records, list(source.class_names), split, cache, fingerprint, description, skipped
+    )

@@ -1,0 +1,82 @@
+"""A finished fold read back from the tracking store, so a cell can be completed by a later job.
+
+When folds run in separate jobs (`cv.fold=k`, in parallel or on other machines) or a sweep is
+re-run after a crash, the cell's ensemble and pooled out-of-fold scores need the predictions of
+folds this process did not train. Each fold run logged them in `predictions.csv`; rows are
+matched back to records by path, or by the path relative to the dataset folder when the data is
+mounted elsewhere on this machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fus2net.data.records import Record
+from fus2net.data.splits import record_keys
+from fus2net.reporting.run_artifacts import split_metrics
+from fus2net.tracking.mlflow_tracker import MlflowTracker
+from fus2net.training.fold import FoldResult
+
+log = logging.getLogger(__name__)
+
+
+class RecordIndex:
+    """Record index of a logged image path: exact, else the longest matching relative key."""
+
+    def __init__(self, records: Sequence[Record]) -> None:
+        self.by_path = {str(r.image): i for i, r in enumerate(records)}
+        self.by_key = {key: i for i, key in enumerate(record_keys(records))}
+
+    def __call__(self, path: str) -> int:
+        if path in self.by_path:
+            return self.by_path[path]
+        parts = Path(path).parts
+        for start in range(len(parts)):
+            found = self.by_key.get("/".join(parts[start:]))
+            if found is not None:
+                return found
+        raise ValueError(
+            f"{path}: a stored prediction matches no image of this dataset (the cell key says the "
+            "data is the same, so the file list must be): was the dataset changed in place?"
+        )
+
+
+def load_fold_result(
+    tracker: MlflowTracker,
+    run: Any,
+    records: Sequence[Record],
+    test_idx: np.ndarray,
+    fold_dir: Path,
+) -> tuple[FoldResult, dict[str, dict[str, float]]]:
+    """The FoldResult and metrics of a FINISHED fold run, from its logged artifacts.
+
+    Its weights (`checkpoint/model.pt`) are fetched into `fold_dir/model.pt`, where a fold
+    trained by this job would have left them.
+    """
+    run_id = run.info.run_id
+    preds = pd.read_csv(tracker.artifact_file(run, "predictions.csv", fold_dir / "stored"))
+    index = RecordIndex(records)
+    val = preds[preds["split"] == "val"]
+    test = preds[preds["split"] == "test"]
+    test_prob = dict(zip(test["path"].map(index), test["prob"], strict=True))
+    weights = fold_dir / "model.pt"
+    if not weights.is_file() and "checkpoint" in {a.path for a in tracker.list_artifacts(run_id)}:
+        fetched = tracker.download_artifacts(run_id, "checkpoint/model.pt", fold_dir / "stored")
+        shutil.copyfile(fetched, weights)
+    elif not weights.is_file():
+        log.warning("fold run %s logged no checkpoint/model.pt (log_checkpoints=false)", run_id)
+    result = FoldResult(
+        val_index=val["path"].map(index).to_numpy(dtype=np.int64),
+        val_prob=val["prob"].to_numpy(dtype=float),
+        test_prob=np.array([test_prob[int(i)] for i in test_idx], dtype=float),
+        weights=weights,
+        epochs_run=int(run.data.params.get("trainer.max_epochs", 0) or 0),
+    )
+    return result, split_metrics(preds)

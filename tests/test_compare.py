@@ -1,0 +1,332 @@
+"""fus2net-compare on a tracking store with known predictions, and on a real tiny sweep."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fus2net.cli.compare import main as compare_main
+from fus2net.evaluation.metrics import METRICS, binary_metrics
+from fus2net.evaluation.stats import delong_test
+from fus2net.reporting.compare import build_comparison, varying_keys
+from fus2net.reporting.compare_runs import CellRun, read_sweep
+from fus2net.reporting.compare_table import format_markdown, format_text, table_frame
+from fus2net.tracking.mlflow_tracker import MlflowTracker, TrackingError
+
+REPO = Path(__file__).resolve().parents[1]
+SWEEP = "outputs/multirun/2026-01-02/10-00-00"
+OLD_SWEEP = "outputs/multirun/2026-01-01/09-00-00"
+LATER_SWEEP = "outputs/multirun/2026-01-03/11-00-00"
+
+# Ten test images. Reference "adam": 8/10 right at 0.5, AUC 23/25 (hand count, ties = 1/2).
+# "sgd": all right, AUC 1. Only sgd is right on images 3 and 7: McNemar 2:0, p = 0.5.
+TEST_LABELS = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
+TEST_PROBS = {
+    "adam": np.array([0.1, 0.2, 0.3, 0.6, 0.4, 0.7, 0.8, 0.4, 0.9, 0.6]),
+    "sgd": np.array([0.1, 0.1, 0.2, 0.2, 0.3, 0.8, 0.8, 0.9, 0.9, 0.7]),
+    "rmsprop": np.full(10, 0.5),
+}
+OOF_LABELS = np.tile([0, 1], 10)
+FOLD_ACCURACY = {"adam": (0.7, 0.9), "sgd": (0.85, 0.95), "rmsprop": (0.5, 0.5)}
+
+
+def _predictions(optimizer: str, shuffle: bool) -> pd.DataFrame:
+    rng = np.random.default_rng(len(optimizer))
+    oof = pd.DataFrame(
+        {
+            "path": [f"/data/train_{i}.png" for i in range(20)],
+            "label": OOF_LABELS,
+            "prob": np.clip(OOF_LABELS * 0.4 + rng.random(20) * 0.6, 0, 1),
+            "fold": np.arange(20) % 2,
+            "split": "oof",
+        }
+    )
+    test = pd.DataFrame(
+        {
+            "path": [f"/data/test_{i}.png" for i in range(10)],
+            "label": TEST_LABELS,
+            "prob": TEST_PROBS[optimizer],
+            "fold": "ensemble",
+            "split": "test",
+        }
+    )
+    frame = pd.concat([oof, test], ignore_index=True)
+    return frame.sample(frac=1, random_state=0) if shuffle else frame
+
+
+def log_cell(
+    tracker: MlflowTracker,
+    tmp: Path,
+    optimizer: str,
+    sweep: str = SWEEP,
+    status: str = "FINISHED",
+    folds_run: str = "0,1",
+    key: str | None = None,
+    extra_tags: dict[str, str] | None = None,
+) -> str:
+    """A cell and its fold runs exactly as fus2net-train logs them (training/crossval.py)."""
+    tags = {
+        "fus2net.cell_key": key or f"key-{optimizer}",
+        "fus2net.dataset_fingerprint": "f" * 64,
+        "fus2net.dataset": "synthetic",
+        "sweep": sweep,
+        "hydra.mode": "multirun",
+        "overrides": f"optimizer={optimizer}",
+        "override.optimizer": optimizer,
+        "choice.optimizer": optimizer,
+        "choice.model": "fus2net",
+        "mlflow.source.git.commit": "0123456789abcdef",
+        "git.dirty": "False",
+        **(extra_tags or {}),
+    }
+    params = {
+        "optimizer._target_": f"torch.optim.{optimizer}",
+        "optimizer.lr": {"adam": 0.001, "sgd": 0.01, "rmsprop": 0.001}[optimizer],
+        "data.image_size": 80,
+        "cv.folds": 2,
+        "cv.fold": None,
+        "seed": 42,
+        "paths.root": str(tmp / optimizer),  # differs per cell, never a variant name
+        "tracking.uri": f"sqlite:///{tmp}/{optimizer}.db",
+        "dataset.fingerprint": "f" * 64,
+        "dataset.n_images": 30,
+    }
+    cell = tracker.start_run(
+        f"optimizer={optimizer}", {**tags, "fus2net.role": "cell", "fus2net.folds_run": folds_run}
+    )
+    tracker.log_params(cell, params)
+    folds = [int(f) for f in folds_run.split(",")]
+    for fold in folds if status not in ("RUNNING", "SCHEDULED") else folds[:1]:
+        run = tracker.start_run(
+            f"fold-{fold}", {**tags, "fus2net.role": "fold", "fus2net.fold": str(fold)}, cell
+        )
+        accuracy = FOLD_ACCURACY[optimizer][fold]
+        tracker.log_metrics(run, {f"fold/val_{m}": accuracy for m in METRICS})
+        tracker.end_run(run)
+    if status == "RUNNING":
+        return cell  # the process died: never marked
+    if status == "SCHEDULED":  # fold 1 is left to another cv.fold job
+        tracker.end_run(cell, status)
+        return cell
+    if status != "FINISHED":
+        tracker.set_tags(cell, {"fus2net.error": "RuntimeError: out of memory"})
+        tracker.end_run(cell, status)
+        return cell
+    out = tmp / "logged" / cell
+    out.mkdir(parents=True)
+    _predictions(optimizer, shuffle=optimizer == "sgd").to_csv(out / "predictions.csv", index=False)
+    tracker.log_metrics(cell, {"cv/folds_completed": len(folds)})
+    tracker.log_artifacts(cell, [out / "predictions.csv"])
+    tracker.end_run(cell)
+    time.sleep(0.01)  # distinct start times: the sweep order
+    return cell
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[MlflowTracker, dict[str, str]]:
+    """One store for the module: creating an MLflow database takes seconds."""
+    tmp_path = tmp_path_factory.mktemp("store")
+    tracker = MlflowTracker(
+        f"sqlite:///{tmp_path}/mlruns/mlflow.db", "fus2net", str(tmp_path / "mlruns/artifacts")
+    )
+    ids = {"old": log_cell(tracker, tmp_path, "rmsprop", sweep=OLD_SWEEP)}
+    # a cell of the old sweep that a later sweep reused: it carries the later sweep's tag now
+    reused = {"fus2net.sweeps": f"{OLD_SWEEP} {LATER_SWEEP}"}
+    ids["reused"] = log_cell(tracker, tmp_path, "sgd", LATER_SWEEP, key="k0", extra_tags=reused)
+    ids["superseded"] = log_cell(tracker, tmp_path, "adam", key="key-adam")
+    ids["adam"] = log_cell(tracker, tmp_path, "adam", key="key-adam")
+    ids["sgd"] = log_cell(tracker, tmp_path, "sgd")
+    ids["failed"] = log_cell(tracker, tmp_path, "rmsprop", status="FAILED", key="k2")
+    ids["running"] = log_cell(tracker, tmp_path, "rmsprop", status="RUNNING", key="k3")
+    ids["partial"] = log_cell(tracker, tmp_path, "rmsprop", folds_run="1", key="k4")
+    ids["scheduled"] = log_cell(tracker, tmp_path, "rmsprop", status="SCHEDULED", key="k5")
+    return tracker, ids
+
+
+def test_table_values_from_known_predictions(store, tmp_path: Path) -> None:
+    tracker, ids = store
+    runs = read_sweep(tracker)  # default: the latest sweep
+    assert [c.run_id for c in runs.cells] == [ids["adam"], ids["sgd"]]
+    comparison = build_comparison(tracker, runs, tmp_path / "dl", n_boot=500)
+    assert comparison.keys == ["optimizer"] and comparison.reference == "optimizer=adam"
+    adam, sgd = comparison.variants
+
+    assert adam.cv["accuracy_mean"] == pytest.approx(0.8)
+    assert adam.cv["accuracy_std"] == pytest.approx(np.std([0.7, 0.9], ddof=1))
+    assert adam.test == pytest.approx(
+        {"accuracy": 0.8, "sensitivity": 0.8, "specificity": 0.8, "precision": 0.8, "auc": 0.92}
+    )
+    assert sgd.test["accuracy"] == 1.0 and sgd.test_ci["auc"] == (1.0, 1.0)
+    for v in (adam, sgd):
+        for m in METRICS:
+            assert v.test_ci[m][0] <= v.test[m] <= v.test_ci[m][1]
+
+    contrast = sgd.contrast
+    assert adam.contrast is None and contrast is not None
+    expected = delong_test(TEST_LABELS, TEST_PROBS["sgd"], TEST_PROBS["adam"])  # sgd shuffled
+    assert contrast.test_auc.difference == pytest.approx(0.08)
+    assert contrast.test_auc.p_value == pytest.approx(expected.p_value)
+    assert (contrast.test_accuracy.only_a_correct, contrast.test_accuracy.only_b_correct) == (2, 0)
+    assert contrast.test_accuracy.p_value == pytest.approx(0.5)
+    oof_adam, oof_sgd = (_predictions(o, False).query("split == 'oof'") for o in ("adam", "sgd"))
+    assert contrast.oof_auc.p_value == pytest.approx(
+        delong_test(OOF_LABELS, oof_sgd.prob.to_numpy(), oof_adam.prob.to_numpy()).p_value
+    )
+    assert sgd.oof == pytest.approx(binary_metrics(OOF_LABELS, oof_sgd.prob.to_numpy()))
+
+    text = format_text(comparison)
+    assert re.search(r"optimizer=adam +2 +80\.00 ± 14\.14 ", text)
+    assert "0.920 [" in text and "100.00 [100.00, 100.00]" in text
+    assert "+0.080" in text and "+20.00" in text and "0.500 (2:0)" in text
+    markdown = format_markdown(comparison, "t")
+    assert "| optimizer=sgd | 2 | 90.00 ± 7.07 |" in markdown
+    assert "not corrected" in markdown
+
+    skipped = {s.run_id: s for s in comparison.skipped}
+    left_out = ("superseded", "failed", "running", "partial", "scheduled")
+    assert set(skipped) == {ids[k] for k in left_out}
+    assert "waiting for fold(s) [1]" in skipped[ids["scheduled"]].reason
+    assert skipped[ids["failed"]].status == "FAILED"
+    assert "out of memory" in skipped[ids["failed"]].reason
+    assert "unfinished" in skipped[ids["running"]].reason
+    assert "1 of 2 folds done" in skipped[ids["running"]].reason
+    assert skipped[ids["partial"]].status == "PARTIAL"
+    assert skipped[ids["superseded"]].status == "SUPERSEDED"
+    for s in skipped.values():
+        assert s.name in text or s.run_id in text
+
+    frame = table_frame(comparison)
+    assert list(frame["status"][:2]) == ["compared", "compared"]
+    assert frame.loc[1, "p_mcnemar_test"] == pytest.approx(0.5)
+    assert set(frame["status"][2:]) == {"SUPERSEDED", "FAILED", "RUNNING", "PARTIAL", "SCHEDULED"}
+
+
+def test_reads_in_few_store_calls_and_reads_local_artifacts_in_place(store, tmp_path) -> None:
+    tracker, _ = store
+    calls: dict[str, int] = {}
+    client = tracker.client
+
+    class Counting:
+        def __getattr__(self, name: str):
+            calls[name] = calls.get(name, 0) + 1
+            return getattr(client, name)
+
+    tracker.client = Counting()
+    build_comparison(tracker, read_sweep(tracker, sweep="10-00-00"), tmp_path / "dl", n_boot=200)
+    # one page per tag that names sweeps; predictions.csv read in place, not downloaded
+    assert calls == {"search_runs": 2}, calls
+    tracker.client = client
+    paged = tracker.search_all_runs("", page_size=4)
+    assert len(paged) == len(tracker.search_all_runs("")) >= 7 + 11  # cells + folds
+    assert len({r.info.run_id for r in paged}) == len(paged)
+
+
+def test_reference_sweep_and_by_choices(store, tmp_path: Path) -> None:
+    tracker, ids = store
+    runs = read_sweep(tracker, sweep=SWEEP)
+    comparison = build_comparison(tracker, runs, tmp_path / "dl", reference="sgd", n_boot=200)
+    assert comparison.reference == "optimizer=sgd"
+    assert comparison.variants[0].contrast is not None
+    with pytest.raises(ValueError, match=r"optimizer=adam; optimizer=sgd"):
+        build_comparison(tracker, runs, tmp_path / "dl", reference="nadam", n_boot=200)
+    with pytest.raises(ValueError, match="also differ in optimizer"):
+        build_comparison(tracker, runs, tmp_path / "dl", by=["seed"], n_boot=200)
+    with pytest.raises(ValueError, match=r"did you mean optimizer\.lr"):
+        build_comparison(tracker, runs, tmp_path / "dl", by=["optimizer.lrr"], n_boot=200)
+    everything = read_sweep(tracker, sweep="all")
+    assert len(everything.sweeps) == 3 and len(everything.cells) == 4
+    old = read_sweep(tracker, sweep=OLD_SWEEP)
+    assert {c.run_id for c in old.cells} == {ids["old"], ids["reused"]}
+    assert old.sweeps == [OLD_SWEEP]
+    assert [c.run_id for c in read_sweep(tracker, sweep="11-00-00").cells] == [ids["reused"]]
+    with pytest.raises(ValueError, match="matches 3 sweeps"):
+        read_sweep(tracker, sweep="0-00")
+
+
+def test_variant_names_are_the_fewest_keys_that_tell_cells_apart() -> None:
+    def cell(optimizer: str, lr: str, root: str) -> CellRun:
+        data = SimpleNamespace(
+            tags={"choice.optimizer": optimizer, "choice.model": "fus2net"},
+            params={"optimizer.lr": lr, "optimizer.name": optimizer, "paths.root": root},
+        )
+        return CellRun(SimpleNamespace(data=data))
+
+    assert varying_keys([cell("adam", "1e-3", "/a"), cell("sgd", "1e-2", "/b")]) == ["optimizer"]
+    three = [cell("adam", "1e-3", "/a"), cell("sgd", "1e-2", "/b"), cell("sgd", "1e-1", "/c")]
+    assert varying_keys(three) == ["optimizer", "optimizer.lr"]
+
+
+def test_cli_writes_report_and_logs_a_comparison_run(store, tmp_path: Path, capsys) -> None:
+    tracker, ids = store
+    out = tmp_path / "report"
+    uri = tracker.uri
+    compare_main(["--tracking-uri", uri, "--out", str(out), "--bootstrap", "200"])
+    printed = capsys.readouterr().out
+    assert "optimizer=sgd" in printed and str(out / "report.html") in printed
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 3
+    assert "<script" not in html and 'src="http' not in html  # self-contained
+    assert "FAILED" in html and "not corrected" in html
+    runs = tracker.search_all_runs("tags.`fus2net.role` = 'comparison'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    logged = {a.path for a in tracker.client.list_artifacts(runs[0].info.run_id)}
+    assert {"report.html", "table.md", "table.csv", "roc.png", "metrics.png", "folds.png"} <= logged
+    # the comparison run is never read back as a cell
+    assert [c.run_id for c in read_sweep(tracker).cells] == [ids["adam"], ids["sgd"]]
+
+
+def test_cli_errors_are_one_clear_line(tmp_path: Path, store, capsys) -> None:
+    tracker, _ = store
+    with pytest.raises(SystemExit) as exit_info:
+        compare_main(["--tracking-uri", f"sqlite:///{tmp_path}/nowhere/mlflow.db"])
+    assert exit_info.value.code == 2
+    assert "no tracking store" in capsys.readouterr().err
+    assert not (tmp_path / "nowhere").exists()  # a reader creates nothing
+    with pytest.raises(SystemExit):
+        compare_main(["--tracking-uri", tracker.uri, "--experiment", "typo"])
+    assert "it has: Default, fus2net" in capsys.readouterr().err
+    with pytest.raises(TrackingError, match="not found"):
+        MlflowTracker.open_existing(tracker.uri, "typo")
+
+
+TINY = [
+    "dataset.n_images=72",
+    "dataset.image_size=128",
+    "data.image_size=80",
+    "data.batch_size=8",
+    "cv.folds=2",
+    "trainer.max_epochs=1",
+    "trainer.enable_progress_bar=false",
+    "data.test.fraction=0.25",
+]
+
+
+@pytest.mark.slow
+def test_real_tiny_sweep_compares_from_the_readme_command(tmp_path: Path) -> None:
+    env = {**os.environ, "FUS2NET_HOME": str(tmp_path), "PYTHONPATH": str(REPO / "src")}
+    train = subprocess.run(
+        [sys.executable, "-m", "fus2net.cli.train", "-m", "optimizer=adam,sgd", *TINY],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert train.returncode == 0, train.stdout + train.stderr
+    compare = subprocess.run(
+        [sys.executable, "-m", "fus2net.cli.compare", "--bootstrap", "500"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert compare.returncode == 0, compare.stdout + compare.stderr
+    assert "optimizer=adam" in compare.stdout and "optimizer=sgd" in compare.stdout
+    assert "reference" in compare.stdout and "p DeLong" in compare.stdout
+    reports = list((tmp_path / "outputs" / "compare").glob("*/report.html"))
+    assert len(reports) == 1 and "data:image/png;base64," in reports[0].read_text()
+    table = pd.read_csv(reports[0].parent / "table.csv")
+    assert list(table["variant"]) == ["optimizer=adam", "optimizer=sgd"]
+    assert table["test_n"].tolist() == [18, 18]

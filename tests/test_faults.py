@@ -1,0 +1,194 @@
+"""Faults before and during training: bad images, a diverged fold, no tracking server, no disk.
+
+Each must end with a clear message and a non-zero exit, or, for a diverged fold, a FAILED cell
+with the reason while the rest of the sweep goes on; and a re-run must not redo finished cells.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections import namedtuple
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+from fus2net.cli import CONF_DIR
+from fus2net.data.records import DataError
+from fus2net.training import preflight
+from fus2net.training.job_data import prepare_data
+from fus2net.training.preflight import ConfigError, PreflightError, check_config
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = [
+    "data.image_size=64",
+    "data.batch_size=8",
+    "cv.folds=2",
+    "trainer.max_epochs=1",
+    "trainer.enable_progress_bar=false",
+    "data.test.fraction=0.25",
+    "evaluation.enabled=false",
+]
+BAD_FILES = {"benign/empty.png": "zero-byte", "malignant/broken.png": "not an image"}
+
+
+@pytest.fixture(scope="module")
+def bad_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A class-per-folder dataset of 2 x 16 noise images plus a zero-byte and a broken file."""
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for name in ("benign", "malignant"):
+        (root / name).mkdir()
+        for i in range(16):
+            pixels = rng.integers(0, 255, (96, 96), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{name}_{i}.png")
+    (root / "benign" / "empty.png").write_bytes(b"")
+    (root / "malignant" / "broken.png").write_bytes(b"this is not a PNG")
+    return root
+
+
+def compose_train(*overrides: str):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+def run_train(args: list[str], cwd: Path, env: dict[str, str] | None = None):
+    env = {**os.environ, "FUS2NET_HOME": str(cwd), "PYTHONPATH": str(REPO / "src"), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "fus2net.cli.train", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def test_bad_images_are_all_listed_in_one_error(bad_folder: Path, tmp_path: Path) -> None:
+    cfg = compose_train("dataset=folder", f"dataset.root={bad_folder}", f"paths.root={tmp_path}")
+    with pytest.raises(DataError) as error:
+        prepare_data(cfg)
+    message = str(error.value)
+    for name, reason in BAD_FILES.items():
+        assert name.split("/")[1] in message and reason in message
+    assert "data.on_bad_image=skip" in message
+    with pytest.raises(ConfigError, match=r"data\.on_bad_image=maybe"):
+        check_config(compose_train("data.on_bad_image=maybe"))
+
+
+def test_bad_images_can_be_skipped_and_are_counted(bad_folder: Path, tmp_path: Path) -> None:
+    cfg = compose_train(
+        "dataset=folder",
+        f"dataset.root={bad_folder}",
+        f"paths.root={tmp_path}",
+        "data.on_bad_image=skip",
+        "data.image_size=32",
+        "data.dedupe=false",
+    )
+    data = prepare_data(cfg)
+    assert len(data.records) == 32
+    assert not {str(bad_folder / name) for name in BAD_FILES} & {str(r.image) for r in data.records}
+    assert sorted(Path(p.path).name for p in data.skipped) == ["broken.png", "empty.png"]
+    assert data.description["skipped_bad_files"] == 2 and data.description["n_images"] == 32
+
+
+def test_no_free_disk_for_the_cache_stops_before_decoding(
+    bad_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(preflight.shutil, "disk_usage", lambda _: usage(10**9, 10**9, 10**6))
+    cfg = compose_train(
+        "dataset=folder",
+        f"dataset.root={bad_folder}",
+        f"paths.root={tmp_path}",
+        "data.on_bad_image=skip",
+        "data.cache=disk",
+    )
+    with pytest.raises(PreflightError, match=r"data.cache=disk.*only 1 MB free"):
+        prepare_data(cfg)
+    assert not (tmp_path / ".cache" / "fus2net" / "images").exists(), "nothing half-written"
+
+
+def test_unreachable_tracking_server_fails_fast_and_writes_nothing(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = time.monotonic()
+    proc = run_train(
+        ["tracking=server", *TINY],
+        cwd=tmp_path,
+        env={"MLFLOW_TRACKING_URI": f"http://fus2net:s3cret@127.0.0.1:{port}"},
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert time.monotonic() - started < 120
+    assert f"cannot reach the tracking store at http://127.0.0.1:{port}" in out
+    assert "s3cret" not in out and "Traceback" not in out
+    assert not (tmp_path / "data").exists() and not (tmp_path / "mlruns").exists()
+
+
+@pytest.mark.slow
+def test_diverged_fold_fails_its_cell_while_the_sweep_goes_on(
+    bad_folder: Path, tmp_path: Path
+) -> None:
+    """l2=1e39 makes the first loss infinite. Bad images are skipped (and logged) meanwhile,
+    and the same command run again trains nothing that had finished."""
+    from mlflow.tracking import MlflowClient
+
+    args = [
+        "-m",
+        "regularization.l2=0.05,1e39",
+        "dataset=folder",
+        f"dataset.root={bad_folder}",
+        "data.on_bad_image=skip",
+        *TINY,
+    ]
+    first = run_train(args, cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("fus2net").experiment_id
+
+    def cells_and_folds() -> tuple[dict, list]:
+        found = client.search_runs([experiment], max_results=100)
+        cells = {
+            float(r.data.tags["override.regularization.l2"]): r
+            for r in found
+            if r.data.tags["fus2net.role"] == "cell"
+        }
+        return cells, [r for r in found if r.data.tags["fus2net.role"] == "fold"]
+
+    cells, folds = cells_and_folds()
+    good, bad = cells[0.05], cells[1e39]
+    assert good.info.status == "FINISHED" and bad.info.status == "FAILED"
+    assert "loss is inf" in bad.data.tags["fus2net.error"]
+    bad_folds = [f for f in folds if f.data.tags["mlflow.parentRunId"] == bad.info.run_id]
+    assert {f.info.status for f in bad_folds} == {"FAILED"} and len(bad_folds) == 2
+    assert all("FloatingPointError" in f.data.tags["fus2net.error"] for f in bad_folds)
+    assert good.data.params["dataset.n_images"] == "32"
+    assert "skipped_images.csv" in {a.path for a in client.list_artifacts(good.info.run_id)}
+
+    compare = pytest.importorskip("fus2net.reporting.compare_runs")
+    from fus2net.tracking.mlflow_tracker import MlflowTracker
+
+    tracker = MlflowTracker(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", "fus2net")
+    sweep = compare.read_sweep(tracker)
+    assert [c.run_id for c in sweep.cells] == [good.info.run_id]
+    assert [(s.run_id, s.status) for s in sweep.skipped] == [(bad.info.run_id, "FAILED")]
+
+    second = run_train(args, cwd=tmp_path)
+    out = second.stdout + second.stderr
+    assert second.returncode == 0, out
+    assert f"is finished in run {good.info.run_id}: nothing to train" in out
+    cells, refolds = cells_and_folds()
+    assert len(refolds) == len(folds), "no run was added: finished folds skipped, failed reopened"
+    assert cells[0.05].info.run_id == good.info.run_id
+    assert cells[1e39].info.status == "FAILED"
+    assert {f.data.tags.get("fus2net.attempts") for f in refolds if f.info.status == "FAILED"} == {
+        "2"
+    }

@@ -1,0 +1,120 @@
+"""Launchers and search: joblib and SLURM presets compose, SQLite refuses parallel writers, and an
+Optuna search runs through Hydra's Optuna sweeper into an RDB study."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+
+from fus2net.cli import CONF_DIR
+from fus2net.training.preflight import ConfigError, check_config
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = [
+    "dataset.n_images=48",
+    "dataset.image_size=128",
+    "data.image_size=64",
+    "data.batch_size=8",
+    "cv.folds=2",
+    "trainer.max_epochs=1",
+    "trainer.enable_progress_bar=false",
+    "data.test.fraction=0.25",
+    "evaluation.enabled=false",
+]
+
+
+def compose_with_hydra(*overrides: str):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
+
+
+def test_parallel_preset_is_hydras_joblib_launcher() -> None:
+    launcher = compose_with_hydra("hydra/launcher=parallel").hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+    assert launcher.n_jobs == 2
+
+
+def test_slurm_preset_composes_the_submitit_launcher() -> None:
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    cfg = compose_with_hydra("hydra/launcher=slurm", "hydra.launcher.partition=gpu")
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert launcher.partition == "gpu" and launcher.gpus_per_node == 1
+    assert launcher.max_num_timeout >= 1, "timed-out tasks are requeued and resume"
+    assert launcher.submitit_folder.endswith(".submitit/%j")
+
+
+def test_optuna_search_composes_with_an_rdb_study(tmp_path: Path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    cfg = compose_with_hydra("hparams_search=optuna", f"paths.root={tmp_path}")
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("optuna_sweeper.OptunaSweeper")
+    assert sweeper.direction == "maximize"
+    assert sweeper.storage == f"sqlite:///{tmp_path}/optuna.db"
+    assert sweeper.sampler.seed is None, "machines sharing a study draw different trials"
+    assert set(sweeper.params) >= {"optimizer.lr", "regularization.dropout"}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "refused"),
+    [
+        (["hydra/launcher=parallel"], True),
+        (["hydra/launcher=parallel", "hydra.launcher.n_jobs=1"], False),
+        (
+            ["hydra/launcher=parallel", "tracking=server", "tracking.uri=http://127.0.0.1:5000"],
+            False,
+        ),
+        ([], False),
+    ],
+)
+def test_sqlite_store_refuses_parallel_jobs(overrides: list[str], refused: bool) -> None:
+    cfg = compose_with_hydra(*overrides)
+    HydraConfig.instance().set_config(cfg)
+    try:
+        if refused:
+            with pytest.raises(ConfigError, match="not safe for parallel writers") as error:
+                check_config(cfg)
+            assert "tracking=server" in str(error.value)
+        else:
+            check_config(cfg)
+    finally:
+        HydraConfig.instance().cfg = None
+
+
+@pytest.mark.filterwarnings("ignore:.*Distribution has been deprecated:FutureWarning")
+@pytest.mark.slow
+def test_optuna_search_runs_trials_into_a_shared_study(tmp_path: Path) -> None:
+    optuna = pytest.importorskip("optuna")
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    env = {**os.environ, "FUS2NET_HOME": str(tmp_path), "PYTHONPATH": str(REPO / "src")}
+    env.pop("FUS2NET_OPTUNA_STORAGE", None)
+    args = ["-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", *TINY]
+    proc = subprocess.run(
+        [sys.executable, "-m", "fus2net.cli.train", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    study = optuna.load_study(study_name="fus2net", storage=f"sqlite:///{tmp_path}/optuna.db")
+    trials = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(trials) == 2
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("fus2net").experiment_id
+    cells = client.search_runs([experiment], "tags.`fus2net.role` = 'cell'")
+    assert sorted(c.data.metrics["cv/auc_mean"] for c in cells) == pytest.approx(
+        sorted(t.value for t in trials)
+    ), "each trial's objective is its cell's mean validation AUC"
+    assert {c.data.tags["override.optimizer.lr"] for c in cells} == {
+        str(t.params["optimizer.lr"]) for t in trials
+    }

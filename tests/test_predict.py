@@ -1,0 +1,184 @@
+"""fus2net-predict on a packaged model: any image in, bad files reported, overlays out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from fus2net.cli.predict import main
+from fus2net.data.cache import load_resized
+from fus2net.inference import (
+    Member,
+    ModelSpec,
+    collect_images,
+    load_model,
+    load_package,
+    predict_files,
+)
+from fus2net.inference.loading import build_member, to_tensor
+from fus2net.inference.pyfunc import _load_pyfunc
+from fus2net.inference.spec import export_package
+from fus2net.models import create_model
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A job-output-like folder: two untrained fold models and their fus2net_model.json."""
+    root = tmp_path_factory.mktemp("job")
+    members = []
+    for fold in (0, 1):
+        torch.manual_seed(fold)
+        model = create_model("fus2net", in_chans=3, num_classes=2, drop_rate=0.5)
+        (root / f"fold_{fold}").mkdir()
+        torch.save(model.state_dict(), root / f"fold_{fold}" / "model.pt")
+        members.append(Member(f"fold_{fold}/model.pt", fold))
+    ModelSpec(
+        model={"name": "fus2net", "pool": "auto"},
+        in_chans=3,
+        image_size=SIZE,
+        class_names=["benign", "malignant"],
+        members=members,
+        drop_rate=0.5,
+        temperature=2.0,
+        thresholds={"default": 0.5, "sens95": 0.0, "youden": 1.0},
+        operating_point="sens95",
+    ).write(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every kind of input: modes, sizes, a nested folder, a mask, and unreadable files."""
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (120, 160, 3), np.uint8)).save(root / "a_rgb.png")
+    Image.fromarray(rng.integers(0, 65535, (90, 70), np.uint16)).save(root / "b_16bit.png")
+    Image.fromarray(rng.integers(0, 255, (40, 50, 4), np.uint8), "RGBA").save(root / "c_rgba.png")
+    Image.fromarray(rng.integers(0, 255, (7, 10), np.uint8)).convert("P").save(root / "d_tiny.png")
+    (root / "nested").mkdir()
+    Image.fromarray(rng.integers(0, 255, (300, 400), np.uint8)).save(root / "nested" / "e.jpg")
+    Image.fromarray(np.zeros((300, 400), np.uint8)).save(root / "nested" / "e_mask.png")
+    (root / "f_empty.png").write_bytes(b"")
+    (root / "g_text.png").write_text("not an image")
+    return root
+
+
+def test_collect_images_skips_masks_and_reports_missing(images: Path) -> None:
+    files, problems = collect_images([images, images / "missing.png"])
+    names = [f.name for f in files]
+    assert "e.jpg" in names and "e_mask.png" not in names and len(files) == 7
+    assert problems == [(str(images / "missing.png"), "no such file or folder")]
+
+
+def test_predict_files_any_image_and_bad_files_by_name(
+    package: Path, images: Path, tmp_path: Path
+) -> None:
+    frame = predict_files(load_package(package), [images], tmp_path)
+    ok = frame[frame.error == ""]
+    bad = frame[frame.error != ""]
+    bad = bad.set_index(bad.path.map(lambda p: Path(p).name))
+    assert len(ok) == 5 and set(bad.index) == {"f_empty.png", "g_text.png"}
+    assert "zero-byte" in bad.loc["f_empty.png", "error"]
+    assert "not an image" in bad.loc["g_text.png", "error"]
+    assert ok.prob_malignant.between(0, 1).all()
+    assert (ok.operating_point == "sens95").all() and (ok.predicted_class == "malignant").all()
+    for row in ok.itertuples():
+        with Image.open(row.path) as original, Image.open(row.overlay) as drawn:
+            assert drawn.size == original.size and drawn.mode == "RGB"
+    saved = pd.read_csv(tmp_path / "predictions.csv")
+    assert list(saved.path) == list(frame.path)
+    data = json.loads((tmp_path / "predictions.json").read_text())
+    assert data["temperature"] == 2.0 and data["preprocessing"]["image_size"] == SIZE
+    by_name = {Path(p["path"]).name: p for p in data["predictions"]}
+    assert by_name["g_text.png"]["prob_malignant"] is None  # unreadable: null, not NaN
+
+
+def test_ensemble_probability_is_the_members_mean(package: Path, images: Path) -> None:
+    model = load_package(package)
+    resized = np.stack([load_resized(images / "a_rgb.png", SIZE, 3)])
+    expected = np.mean(
+        [torch.softmax(m(to_tensor(resized)), 1)[0, 1].item() for m in model.members]
+    )
+    assert model.probabilities(resized)[0] == pytest.approx(expected, abs=1e-6)
+    one = load_package(package / "fold_1" / "model.pt")
+    assert len(one.members) == 1
+    member = build_member(one.spec, package / "fold_1" / "model.pt")
+    assert one.probabilities(resized)[0] == pytest.approx(
+        torch.softmax(member(to_tensor(resized)), 1)[0, 1].item(), abs=1e-6
+    )
+
+
+def test_operating_points_by_name_and_number(package: Path) -> None:
+    spec = load_package(package).spec
+    assert spec.threshold() == ("sens95", 0.0)
+    assert spec.threshold("youden") == ("youden", 1.0)
+    assert spec.threshold("0.3") == ("0.3", 0.3)
+    with pytest.raises(ValueError, match="default, sens95, youden"):
+        spec.threshold("sens80")
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        spec.threshold(1.5)
+
+
+def test_exported_package_and_pyfunc_match(package: Path, tmp_path: Path) -> None:
+    export_package(package / "fus2net_model.json", tmp_path / "pkg")
+    assert sorted(p.name for p in (tmp_path / "pkg" / "weights").iterdir()) == [
+        "member_0.pt",
+        "member_1.pt",
+    ]
+    batch = np.random.default_rng(1).integers(0, 255, (2, 100, 80, 3), np.uint8)
+    out = _load_pyfunc(str(tmp_path / "pkg")).predict(batch)
+    assert list(out.columns) == [
+        "prob_malignant",
+        "prob_calibrated",
+        "predicted_class",
+        "threshold",
+    ]
+    resized = np.stack(
+        [
+            np.asarray(Image.fromarray(b).resize((SIZE, SIZE), Image.Resampling.BILINEAR))
+            for b in batch
+        ]
+    )
+    assert out.prob_malignant.to_numpy() == pytest.approx(
+        load_package(package).probabilities(resized), abs=1e-6
+    )
+
+
+def test_loading_errors_name_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"fus2net_model\.json"):
+        load_package(tmp_path)
+    with pytest.raises(FileNotFoundError, match="models:/"):
+        load_model(str(tmp_path / "nothing"))
+    with pytest.raises(FileNotFoundError, match="no MLflow store"):
+        load_model("0" * 32, tracking_uri=f"sqlite:///{tmp_path / 'none.db'}")
+
+
+def test_cli_predicts_and_reports(
+    package: Path, images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            str(package),
+            str(images / "a_rgb.png"),
+            str(images / "f_empty.png"),
+            "--out",
+            str(tmp_path),
+            "--operating-point",
+            "youden",
+            "--no-gradcam",
+        ]
+    )
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "a_rgb.png\t" in captured.out and "\tbenign" in captured.out  # threshold 1.0
+    assert "f_empty.png\tERROR: zero-byte file" in captured.err
+    assert not (tmp_path / "overlays").exists()
+    assert main([str(tmp_path / "nope"), str(images)]) == 2

@@ -1,0 +1,268 @@
+"""Kill and resume with real processes and real signals: SIGTERM, SIGKILL and SIGINT mid-epoch.
+
+One cell (2 folds x 3 epochs at tiny settings) is started four times with the same command. Each
+run but the last is stopped as soon as a fold ended an epoch in it, so it is inside the next
+epoch: no run may be left RUNNING (after SIGKILL the next run marks it KILLED), each fold resumes
+from its last checkpoint, and the last run finishes the cell with one run per fold.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from fus2net.tracking import resume
+from fus2net.tracking.mlflow_tracker import MlflowTracker
+from fus2net.training.cells import finish_cell
+from fus2net.training.crossval import CellSummary
+from fus2net.training.fold import _loadable
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = [
+    "dataset.n_images=48",
+    "dataset.image_size=128",
+    "data.image_size=64",
+    "data.batch_size=8",
+    "cv.folds=2",
+    "trainer.max_epochs=3",
+    "trainer.enable_progress_bar=false",
+    "data.test.fraction=0.25",
+    "evaluation.enabled=false",
+]
+
+
+def start(root: Path) -> subprocess.Popen:
+    env = {**os.environ, "FUS2NET_HOME": str(root), "PYTHONPATH": str(REPO / "src")}
+    log = (root / f"run{len(list(root.glob('run*.log')))}.log").open("w")
+    return subprocess.Popen(
+        [sys.executable, "-m", "fus2net.cli.train", *TINY],
+        cwd=root,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def checkpoint(root: Path, fold: int) -> Path | None:
+    found = list((root / "outputs" / "cells").glob(f"fus2net/*/fold_{fold}/checkpoints/last.ckpt"))
+    return found[0] if found else None
+
+
+def epochs_logged(root: Path, fold: int) -> int:
+    """How many epoch losses fold `fold`'s newest run has logged (0 before it exists)."""
+    if checkpoint(root, fold) is None:  # the store may not exist yet: never create it from here
+        return 0
+    client = tracking(root)
+    _, folds = runs(root)
+    mine = [f for f in folds if f.data.tags["fus2net.fold"] == str(fold)]
+    return len(client.get_metric_history(mine[-1].info.run_id, "train/loss")) if mine else 0
+
+
+def stop_in_next_epoch(proc: subprocess.Popen, root: Path, fold: int, sig: int) -> int:
+    """Send `sig` once fold `fold` ended an epoch in this run (checkpoint saved, metrics logged),
+    so that the process is inside the next epoch; return its exit code."""
+    before = epochs_logged(root, fold)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the run ended by itself:\n{last_log(root)}"
+        if epochs_logged(root, fold) > before:
+            proc.send_signal(sig)
+            return proc.wait(timeout=300)
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError(f"fold {fold} ended no epoch within 10 minutes")
+
+
+def last_log(root: Path) -> str:
+    return sorted(root.glob("run*.log"))[-1].read_text()
+
+
+def tracking(root: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+
+
+def runs(root: Path) -> tuple[list, list]:
+    """(cell runs, fold runs sorted by fold) of the experiment."""
+    client = tracking(root)
+    experiment = client.get_experiment_by_name("fus2net")
+    found = client.search_runs([experiment.experiment_id], max_results=100)
+    cells = [r for r in found if r.data.tags.get("fus2net.role") == "cell"]
+    folds = [r for r in found if r.data.tags.get("fus2net.role") == "fold"]
+    return cells, sorted(folds, key=lambda r: (r.data.tags["fus2net.fold"], r.info.start_time))
+
+
+def fake_run(status: str = "RUNNING", run_id: str = "r1", **tags: str) -> SimpleNamespace:
+    info = SimpleNamespace(status=status, run_id=run_id, run_name="fold-0", start_time=0)
+    return SimpleNamespace(info=info, data=SimpleNamespace(tags=tags))
+
+
+def owned_by(pid: int, host: str | None = None, **extra: str) -> dict[str, str]:
+    start = resume.process_start_time(pid) or ""
+    return {
+        resume.HOST_TAG: host or socket.gethostname(),
+        resume.PID_TAG: str(pid),
+        resume.PID_START_TAG: start,
+        **extra,
+    }
+
+
+def test_a_run_whose_process_is_gone_is_an_orphan() -> None:
+    with subprocess.Popen(["sleep", "60"]) as alive:
+        assert not resume.is_orphan(fake_run(**owned_by(alive.pid)))
+        reused = {**owned_by(alive.pid), resume.PID_START_TAG: "1"}  # same pid, other process
+        assert resume.is_orphan(fake_run(**reused))
+        alive.kill()
+    assert resume.is_orphan(fake_run(**owned_by(alive.pid)))
+    assert not resume.is_orphan(fake_run("KILLED", **owned_by(alive.pid)))
+    me = fake_run(**owned_by(os.getpid()))
+    assert resume.is_orphan(me), "this process, but not working on it: left over"
+    with resume.working_on(me.info.run_id):
+        assert not resume.is_orphan(me)
+
+
+def test_a_run_of_another_host_is_an_orphan_when_its_heartbeat_stops() -> None:
+    now = time.time()
+    beat = {resume.HOST_TAG: "node-17", resume.PID_TAG: "1234"}
+    fresh = fake_run(**beat, **{resume.HEARTBEAT_TAG: str(int(now - 60))})
+    stale = fake_run(**beat, **{resume.HEARTBEAT_TAG: str(int(now - 1000))})
+    assert not resume.is_orphan(fresh, stale_after_s=900, now=now)
+    assert resume.is_orphan(stale, stale_after_s=900, now=now)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+
+
+def test_jobs_creating_one_cell_at_once_keep_one_run(store: str) -> None:
+    tracker = MlflowTracker(store, "claims")
+    tags = {resume.ROLE_TAG: "cell", resume.CELL_KEY_TAG: "k1"}
+    first = resume.claim_cell(tracker, "k1", "cell", tags, {"lr": 0.1})
+    second = resume.claim_cell(tracker, "k1", "cell", tags, {"lr": 0.1})
+    assert second == first
+    assert [r.info.run_id for r in resume.find_cells(tracker, "k1")] == [first]
+
+
+def test_the_last_fold_to_finish_scores_the_cell(store: str) -> None:
+    tracker = MlflowTracker(store, "finish")
+    cell = tracker.start_run("cell", {resume.ROLE_TAG: "cell"})
+    summary = CellSummary(cell, "k2")
+    scored: list[list[int]] = []
+
+    def fold_run(fold: int, status: str) -> None:
+        tags = {resume.ROLE_TAG: "fold", resume.FOLD_TAG: str(fold)}
+        tracker.end_run(tracker.start_run(f"fold-{fold}", tags, parent_id=cell), status)
+
+    def finish() -> None:
+        finish_cell(
+            tracker,
+            summary,
+            2,
+            {},
+            load=lambda fold, run: (fold, {"val": {}}),  # type: ignore[arg-type,return-value]
+            score=lambda results: scored.append(list(results)),
+            stale_after_s=900,
+        )
+
+    fold_run(0, "FINISHED")
+    finish()
+    assert summary.status == "SCHEDULED" and tracker.get_run(cell).info.status == "SCHEDULED"
+    assert not scored
+    fold_run(1, "FINISHED")
+    finish()
+    assert scored == [[0, 1]] and tracker.get_run(cell).info.status == "FINISHED"
+    assert tracker.get_run(cell).data.tags["fus2net.folds_run"] == "0,1"
+
+
+def test_a_failed_fold_fails_the_cell_with_its_reason(store: str) -> None:
+    tracker = MlflowTracker(store, "failed")
+    cell = tracker.start_run("cell", {resume.ROLE_TAG: "cell"})
+    fold = tracker.start_run("fold-0", {resume.ROLE_TAG: "fold", resume.FOLD_TAG: "0"}, cell)
+    tracker.set_tags(fold, {resume.ERROR_TAG: "FloatingPointError: train loss is nan"})
+    tracker.end_run(fold, "FAILED")
+    summary = CellSummary(cell, "k3")
+    finish_cell(tracker, summary, 2, {}, load=None, score=None, stale_after_s=900)  # type: ignore[arg-type]
+    run = tracker.get_run(cell)
+    assert run.info.status == "FAILED" == summary.status
+    assert "fold 0 FAILED: FloatingPointError: train loss is nan" in run.data.tags["fus2net.error"]
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, (f"touch {os.environ['FUS2NET_MARKER']}",))
+
+
+def test_a_tampered_checkpoint_is_refused_without_running_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marker = tmp_path / "pwned"
+    monkeypatch.setenv("FUS2NET_MARKER", str(marker))
+    checkpoint = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {}, "hparams": _Payload()}, checkpoint)  # Lightning's file format
+    assert not _loadable(checkpoint), "weights_only refuses it: the fold starts over"
+    assert not marker.exists(), "no pickled code ran"
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "epoch": 3}, checkpoint)
+    assert _loadable(checkpoint)
+
+
+@pytest.mark.slow
+def test_killed_runs_are_marked_and_the_same_command_resumes(tmp_path: Path) -> None:
+    # 1. SIGTERM in fold 0's second epoch: both runs KILLED, with the reason, exit 128 + 15.
+    code = stop_in_next_epoch(start(tmp_path), tmp_path, 0, signal.SIGTERM)
+    assert code == 128 + signal.SIGTERM, last_log(tmp_path)
+    cells, folds = runs(tmp_path)
+    assert [c.info.status for c in cells] == ["KILLED"]
+    assert [(f.data.tags["fus2net.fold"], f.info.status) for f in folds] == [("0", "KILLED")]
+    assert "SIGTERM" in folds[0].data.tags["fus2net.error"]
+    assert "Traceback" not in last_log(tmp_path)
+
+    # 2. The same command resumes fold 0 in its run, then SIGKILL in fold 1: nothing can mark
+    #    the runs, they stay RUNNING until the next run.
+    code = stop_in_next_epoch(start(tmp_path), tmp_path, 1, signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    cells, folds = runs(tmp_path)
+    assert [(f.data.tags["fus2net.fold"], f.info.status) for f in folds] == [
+        ("0", "FINISHED"),
+        ("1", "RUNNING"),
+    ]
+    assert int(folds[0].data.tags["fus2net.resumed_from_epoch"]) >= 1
+    assert folds[0].data.tags["fus2net.attempts"] == "2"
+    epochs = [
+        m.step for m in tracking(tmp_path).get_metric_history(folds[0].info.run_id, "train/loss")
+    ]
+    assert sorted(set(epochs)) == [0, 1, 2], "the resumed fold's curve has every epoch"
+    assert checkpoint(tmp_path, 0) is None, "a finished fold's checkpoints are removed"
+
+    # 3. The next run marks the orphaned fold KILLED and resumes it; SIGINT (Ctrl+C) stops it.
+    code = stop_in_next_epoch(start(tmp_path), tmp_path, 1, signal.SIGINT)
+    assert code == 128 + signal.SIGINT, last_log(tmp_path)
+    assert "orphaned" in last_log(tmp_path)
+    cells, folds = runs(tmp_path)
+    assert cells[0].info.status == "KILLED" and folds[1].info.status == "KILLED"
+    assert "SIGINT" in folds[1].data.tags["fus2net.error"]
+
+    # 4. Run to the end: one cell, one run per fold, all FINISHED, nothing RUNNING.
+    proc = start(tmp_path)
+    assert proc.wait(timeout=600) == 0, last_log(tmp_path)
+    cells, folds = runs(tmp_path)
+    assert len(cells) == 1 and cells[0].info.status == "FINISHED"
+    assert [(f.data.tags["fus2net.fold"], f.info.status) for f in folds] == [
+        ("0", "FINISHED"),
+        ("1", "FINISHED"),
+    ]
+    assert folds[1].data.tags["fus2net.attempts"] == "3"
+    assert int(folds[1].data.tags["fus2net.resumed_from_epoch"]) == 2
+    assert "fus2net.error" not in cells[0].data.tags
+    assert cells[0].data.tags["fus2net.folds_run"] == "0,1"
+    assert "test/auc" in cells[0].data.metrics and cells[0].data.metrics["cv/folds_completed"] == 2
