@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from fus2net.evaluation.calibration import (
     calibrated_ensemble,
@@ -44,7 +44,7 @@ from fus2net.evaluation.operating_points import (
 )
 from fus2net.evaluation.stats import bootstrap_intervals
 from fus2net.inference.loading import LoadedModel, load_package
-from fus2net.inference.spec import DEFAULT_POINT, Member, ModelSpec, export_package
+from fus2net.inference.spec import DEFAULT_POINT, Member, export_package, spec_from_config
 from fus2net.reporting.clinical_plots import save_overlay_grid, save_reliability_diagram
 from fus2net.reporting.model_card import ModelCardFacts, render_model_card
 from fus2net.reporting.run_artifacts import write_json
@@ -107,35 +107,21 @@ def _write_spec(
     cell_run: str,
 ) -> Path:
     """`fus2net_model.json` in the job's output folder, beside fold_<k>/model.pt."""
-    refit = out / "refit" / "model.pt"
-    if cfg.cv.test_scoring == "refit" and refit.is_file():
+    if cfg.cv.test_scoring == "refit" and (out / "refit" / "model.pt").is_file():
         members = [Member("refit/model.pt", None)]
     else:
         members = [Member(_relative(r.weights, out), fold) for fold, r in sorted(results.items())]
-    model = OmegaConf.to_container(cfg.model, resolve=True)
-    assert isinstance(model, dict)
-    model.pop("pretrained_path", None)  # the members' weights replace any starting weights
-    layer = str(cfg.evaluation.gradcam.get("layer") or "auto")
-    spec = ModelSpec(
-        model=model,
-        in_chans=int(cfg.data.channels),
-        image_size=int(cfg.data.image_size),
-        class_names=list(data.class_names),
-        members=members,
-        num_classes=len(data.class_names),
-        drop_rate=float(cfg.regularization.dropout),
-        temperature=temperature,
-        thresholds={DEFAULT_POINT: 0.5, **{p.name: p.threshold for p in points}},
-        operating_point=points[0].name if points else DEFAULT_POINT,
-        cam_layer=layer,
-        source={
-            "run_id": cell_run,
-            "dataset": data.description.get("name"),
-            "fingerprint": data.fingerprint,
-            "test_scoring": str(cfg.cv.test_scoring),
-            "thresholds_chosen_on": "out-of-fold validation predictions",
-        },
-    )
+    spec = spec_from_config(cfg, data.class_names, members)
+    spec.temperature = temperature
+    spec.thresholds.update({p.name: p.threshold for p in points})
+    spec.operating_point = points[0].name if points else DEFAULT_POINT
+    spec.source = {
+        "run_id": cell_run,
+        "dataset": data.description.get("name"),
+        "fingerprint": data.fingerprint,
+        "test_scoring": str(cfg.cv.test_scoring),
+        "thresholds_chosen_on": "out-of-fold validation predictions",
+    }
     return spec.write(out)
 
 

@@ -9,6 +9,7 @@ validation predictions. Weight paths are relative to the file's folder, so a fol
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,11 +107,29 @@ def _is_number(text: Any) -> bool:
     return True
 
 
+def spec_from_config(cfg: Any, class_names: list[str], members: list[Member]) -> ModelSpec:
+    """The spec of models trained with the Hydra config `cfg` (no thresholds, T = 1 yet)."""
+    from omegaconf import OmegaConf
+
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    assert isinstance(model, dict)
+    model.pop("pretrained_path", None)  # the members' weights replace any starting weights
+    gradcam = cfg.get("evaluation", {}).get("gradcam", {})
+    return ModelSpec(
+        model=model,
+        in_chans=int(cfg.data.channels),
+        image_size=int(cfg.data.image_size),
+        class_names=list(class_names),
+        members=members,
+        num_classes=len(class_names),
+        drop_rate=float(cfg.regularization.dropout),
+        cam_layer=str(gradcam.get("layer") or "auto"),
+    )
+
+
 def export_package(spec_file: Path, folder: Path) -> Path:
     """A self-contained copy in `folder`: the spec, and each member's weights copied to
     weights/member_<i>.pt (what a registered model carries)."""
-    import shutil
-
     spec = ModelSpec.read(spec_file)
     members = []
     for i, member in enumerate(spec.members):

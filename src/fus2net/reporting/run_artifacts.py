@@ -16,10 +16,19 @@ PREDICTION_COLUMNS = ["path", "label", "prob", "fold", "split"]
 
 
 def predictions_frame(
-    paths: list[str], labels: np.ndarray, probs: np.ndarray, fold: int | str, split: str
+    paths: list[str],
+    labels: np.ndarray,
+    probs: np.ndarray,
+    fold: int | str,
+    split: str,
+    groups: list[str | None] | None = None,
 ) -> pd.DataFrame:
-    """Per-image predictions in the column order every tool of the project reads."""
-    return pd.DataFrame(
+    """Per-image predictions in the column order every tool of the project reads.
+
+    A `group` (patient) column is added where the source has group ids, so that bootstrap
+    intervals can resample patients rather than images.
+    """
+    frame = pd.DataFrame(
         {
             "path": paths,
             "label": np.asarray(labels, dtype=int),
@@ -29,6 +38,9 @@ def predictions_frame(
         },
         columns=PREDICTION_COLUMNS,
     )
+    if groups is not None and any(g is not None for g in groups):
+        frame["group"] = groups
+    return frame
 
 
 def write_prediction_artifacts(

@@ -18,9 +18,6 @@ from typing import Any, TypeVar
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
-from pytorch_lightning.loggers import Logger
-from pytorch_lightning.utilities import rank_zero_only
-
 PARENT_TAG = "mlflow.parentRunId"
 MAX_PARAMS_PER_BATCH = 100
 MAX_METRICS_PER_BATCH = 1000
@@ -168,7 +165,10 @@ class MlflowTracker:
             return f"mlflow ui --backend-store-uri {store} --host 127.0.0.1 --port 5000"
         return f"open {redact_uri(self.uri)} in a browser"
 
-    def lightning_logger(self, run_id: str) -> MlflowRunLogger:
+    def lightning_logger(self, run_id: str) -> Any:
+        """A Lightning logger writing into `run_id` (imported here: Lightning is slow to load)."""
+        from fus2net.tracking.lightning_logger import MlflowRunLogger
+
         return MlflowRunLogger(self, run_id)
 
     # --- Reading runs back and the model registry (prediction, fus2net.inference) ---
@@ -338,34 +338,3 @@ class MlflowTracker:
     @_guarded("listing artifacts")
     def list_artifacts(self, run_id: str, path: str | None = None) -> list[Any]:
         return list(self.client.list_artifacts(run_id, path))
-
-
-class MlflowRunLogger(Logger):
-    """Lightning logger writing epoch metrics into an existing run, with step = epoch."""
-
-    def __init__(self, tracker: MlflowTracker, run_id: str) -> None:
-        super().__init__()
-        self._tracker = tracker
-        self._run_id = run_id
-
-    @property
-    def name(self) -> str:
-        return "mlflow"
-
-    @property
-    def version(self) -> str:
-        return self._run_id
-
-    @rank_zero_only
-    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
-        """Params are logged once per run by the job itself (the flattened Hydra config)."""
-
-    @rank_zero_only
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        metrics = dict(metrics)
-        epoch = metrics.pop("epoch", None)
-        clean = {re.sub(r"[^\w\-./ ]", "_", k): v for k, v in metrics.items()}
-        if clean:
-            self._tracker.log_metrics(
-                self._run_id, clean, step=int(epoch) if epoch is not None else int(step or 0)
-            )

@@ -83,8 +83,19 @@ def _provenance_files(cfg: DictConfig, data: JobData, out: Path) -> list[Path]:
     return files
 
 
-def _paths(data: JobData, idx: np.ndarray) -> list[str]:
-    return [str(data.records[i].image) for i in idx]
+def _frame(
+    data: JobData, idx: np.ndarray, probs: np.ndarray, fold: int | str, split: str
+) -> pd.DataFrame:
+    """Predictions of the records `idx`, with their paths, labels and patient groups."""
+    records = [data.records[i] for i in idx]
+    return predictions_frame(
+        [str(r.image) for r in records],
+        data.cache.labels[idx],
+        probs,
+        fold,
+        split,
+        groups=[r.group for r in records],
+    )
 
 
 def run_fold(
@@ -141,23 +152,10 @@ def run_fold(
             )
             if result.start_epoch:
                 tracker.set_tags(run_id, {"fus2net.resumed_from_epoch": result.start_epoch})
-            labels = data.cache.labels
             preds = pd.concat(
                 [
-                    predictions_frame(
-                        _paths(data, result.val_index),
-                        labels[result.val_index],
-                        result.val_prob,
-                        fold,
-                        "val",
-                    ),
-                    predictions_frame(
-                        _paths(data, data.split.test),
-                        labels[data.split.test],
-                        result.test_prob,
-                        fold,
-                        "test",
-                    ),
+                    _frame(data, result.val_index, result.val_prob, fold, "val"),
+                    _frame(data, data.split.test, result.test_prob, fold, "test"),
                 ],
                 ignore_index=True,
             )
@@ -328,15 +326,8 @@ def _log_cell(
         test_prob = refit.test_prob
     else:
         test_prob = np.mean([r.test_prob for r in results.values()], axis=0)
-    frames = [
-        predictions_frame(_paths(data, r.val_index), labels[r.val_index], r.val_prob, f, "oof")
-        for f, r in results.items()
-    ]
-    frames.append(
-        predictions_frame(
-            _paths(data, test_idx), labels[test_idx], test_prob, str(cfg.cv.test_scoring), "test"
-        )
-    )
+    frames = [_frame(data, r.val_index, r.val_prob, f, "oof") for f, r in results.items()]
+    frames.append(_frame(data, test_idx, test_prob, str(cfg.cv.test_scoring), "test"))
     preds = pd.concat(frames, ignore_index=True)
     summary.cv = mean_std(m["val"] for m in summary.folds.values() if "val" in m)
     summary.test = binary_metrics(labels[test_idx], test_prob)
