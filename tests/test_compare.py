@@ -124,7 +124,13 @@ def log_cell(
     out = tmp / "logged" / cell
     out.mkdir(parents=True)
     _predictions(optimizer, shuffle=optimizer == "sgd").to_csv(out / "predictions.csv", index=False)
-    tracker.log_metrics(cell, {"cv/folds_completed": len(folds)})
+    tracker.log_metrics(
+        cell,
+        {
+            "cv/folds_completed": len(folds),
+            "operating/sens95_threshold": 0.25 if optimizer == "adam" else 0.3,
+        },
+    )
     tracker.log_artifacts(cell, [out / "predictions.csv"])
     tracker.end_run(cell)
     time.sleep(0.01)  # distinct start times: the sweep order
@@ -250,6 +256,26 @@ def test_reference_sweep_and_by_choices(store, tmp_path: Path) -> None:
     assert [c.run_id for c in read_sweep(tracker, sweep="11-00-00").cells] == [ids["reused"]]
     with pytest.raises(ValueError, match="matches 3 sweeps"):
         read_sweep(tracker, sweep="0-00")
+
+
+def test_extra_cell_metrics_become_columns(store, tmp_path: Path) -> None:
+    from fus2net.reporting.compare_table import format_text, table_frame
+
+    tracker, _ = store
+    runs = read_sweep(tracker, sweep=SWEEP)
+    comparison = build_comparison(
+        tracker,
+        runs,
+        tmp_path / "dl",
+        n_boot=200,
+        extra_metrics=["operating/sens95_threshold", "no/such"],
+    )
+    text = format_text(comparison)
+    assert "Other metrics of the cell runs" in text and "operating/sens95_threshold" in text
+    frame = table_frame(comparison)
+    compared = frame[frame["status"] == "compared"].set_index("variant")
+    assert compared.loc["optimizer=adam", "operating/sens95_threshold"] == pytest.approx(0.25)
+    assert compared["no/such"].isna().all()
 
 
 def test_variant_names_are_the_fewest_keys_that_tell_cells_apart() -> None:

@@ -54,6 +54,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the row to test the others against: its label, a value in it (e.g. adam) or its "
         "row number (default: the first row)",
     )
+    table.add_argument(
+        "--metrics",
+        nargs="+",
+        metavar="NAME",
+        default=[],
+        help="extra cell-run metrics to show as columns, e.g. calibration/test_ece",
+    )
+    table.add_argument(
+        "--operating-points",
+        action="store_true",
+        help="show the sens95 and Youden thresholds with their test sensitivity and specificity",
+    )
     table.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
     table.add_argument("--level", type=float, default=0.95, help="confidence level")
     table.add_argument("--seed", type=int, default=0, help="bootstrap seed")
@@ -88,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
             comparison = build_comparison(
                 tracker, runs, Path(downloads), args.by, args.reference,
                 n_boot=args.bootstrap, level=args.level, seed=args.seed,
+                extra_metrics=_extra_metrics(args),
             )  # fmt: skip
         sweep = comparison.source["sweep"]
         title = args.title or f"fus2net comparison: {args.experiment}, sweep {sweep}"
@@ -104,6 +117,21 @@ def main(argv: list[str] | None = None) -> None:
     print(f"Report: {files['report.html']}  (table.md, table.csv, figures beside it)")
     if run_id:
         print(f"Logged to MLflow as comparison run {run_id}; browse: {tracker.ui_command()}")
+
+
+OPERATING_POINT_METRICS = [
+    f"operating/{point}_{what}"
+    for point in ("sens95", "youden")
+    for what in ("threshold", "test_sensitivity", "test_specificity")
+]
+
+
+def _extra_metrics(args: argparse.Namespace) -> list[str]:
+    """`--metrics` plus, with `--operating-points`, the thresholds chosen on out-of-fold data."""
+    extra = list(args.metrics)
+    if args.operating_points:
+        extra += [m for m in OPERATING_POINT_METRICS if m not in extra]
+    return extra
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ for AUC (test set and pooled out-of-fold predictions) and McNemar for accuracy.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +73,7 @@ class Comparison:
     n_boot: int
     level: float
     grouped: bool  # bootstrap resampled patients (group ids) rather than images
+    extra_metrics: list[str] = field(default_factory=list)  # cell-run metrics shown as columns
 
 
 def _settings_table(cells: list[CellRun]) -> pd.DataFrame:
@@ -248,6 +249,7 @@ def build_comparison(
     n_boot: int = 2000,
     level: float = 0.95,
     seed: int = 0,
+    extra_metrics: list[str] | None = None,
 ) -> Comparison:
     """Everything the tables and figures show, computed once."""
     if not runs.cells:
@@ -274,4 +276,14 @@ def build_comparison(
         "sweep": ", ".join(runs.sweeps),
         "filter": runs.query,
     }
-    return Comparison(variants, ref.label, keys, runs.skipped, source, n_boot, level, grouped)
+    return Comparison(
+        variants,
+        ref.label,
+        keys,
+        runs.skipped,
+        source,
+        n_boot,
+        level,
+        grouped,
+        list(extra_metrics or []),
+    )

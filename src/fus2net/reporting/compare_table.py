@@ -64,7 +64,7 @@ def sections(comparison: Comparison) -> list[Section]:
         ]
         for v in variants
     ]
-    return [
+    found = [
         Section(
             "Cross-validation: mean ± sd over folds (each fold's validation images)",
             ["variant", "folds", *[HEADINGS[m] for m in METRICS]],
@@ -90,6 +90,23 @@ def sections(comparison: Comparison) -> list[Section]:
             [_contrast_row(v) for v in variants],
         ),
     ]
+    if comparison.extra_metrics:
+        found.append(
+            Section(
+                "Other metrics of the cell runs (as logged, e.g. operating points)",
+                ["variant", *comparison.extra_metrics],
+                [
+                    [v.label]
+                    + [_plain(v.cell.metrics.get(name)) for name in comparison.extra_metrics]
+                    for v in variants
+                ],
+            )
+        )
+    return found
+
+
+def _plain(value: float | None) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:.4g}"
 
 
 def _contrast_row(v: VariantResult) -> list[str]:
@@ -209,6 +226,7 @@ def table_frame(comparison: Comparison) -> pd.DataFrame:
             row[f"test_{m}"] = v.test[m]
             row[f"test_{m}_low"], row[f"test_{m}_high"] = v.test_ci[m]
         row.update({f"oof_{m}": v.oof[m] for m in METRICS})
+        row.update({name: v.cell.metrics.get(name) for name in comparison.extra_metrics})
         row["reference"] = v.contrast is None
         c = v.contrast
         if c is not None:
