@@ -36,8 +36,10 @@ def test_busi_finds_every_image_and_mask() -> None:
     records = BusiSource(BUSI_ROOT).load()
     assert Counter(r.label for r in records) == {0: 437, 1: 210}
     assert all(r.masks and r.group is None for r in records)
-    on_disk = {p for c in ("benign", "malignant") for p in (BUSI_ROOT / c).glob("*_mask*.png")}
-    assert {m for r in records for m in r.masks} == on_disk
+    on_disk = {
+        p.resolve() for c in ("benign", "malignant") for p in (BUSI_ROOT / c).glob("*_mask*.png")
+    }
+    assert {m.resolve() for r in records for m in r.masks} == on_disk
     by_name = {r.image.name: r for r in records}
     assert [m.name for m in by_name["benign (100).png"].masks] == [
         "benign (100)_mask.png",
