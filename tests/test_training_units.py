@@ -118,3 +118,20 @@ def test_unreachable_store_is_a_tracking_error(tmp_path: Path) -> None:
     blocker.write_text("not a folder")
     with pytest.raises(TrackingError, match="opening the experiment"):
         MlflowTracker(f"sqlite:///{blocker}/sub/mlflow.db", "x")
+
+
+def test_losing_the_race_to_create_the_experiment_uses_the_winners(tmp_path, monkeypatch) -> None:
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    winner = MlflowTracker(uri, "raced")
+    real = MlflowClient.get_experiment_by_name
+    calls = []
+
+    def not_there_yet(self, name):  # what a parallel job saw just before the winner created it
+        calls.append(name)
+        return None if len(calls) == 1 else real(self, name)
+
+    monkeypatch.setattr(MlflowClient, "get_experiment_by_name", not_there_yet)
+    loser = MlflowTracker(uri, "raced")
+    assert loser.experiment_id == winner.experiment_id and len(calls) == 2

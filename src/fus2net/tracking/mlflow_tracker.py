@@ -98,9 +98,17 @@ class MlflowTracker:
                 folder = Path(artifact_location).resolve()
                 folder.mkdir(parents=True, exist_ok=True)
                 location = folder.as_uri()
-            self.experiment_id = self.client.create_experiment(
-                self.experiment_name, artifact_location=location
-            )
+            try:
+                self.experiment_id = self.client.create_experiment(
+                    self.experiment_name, artifact_location=location
+                )
+            except Exception:
+                # Parallel jobs of one sweep may create the experiment at the same moment:
+                # the one that lost the race uses the winner's experiment.
+                found = self.client.get_experiment_by_name(self.experiment_name)
+                if found is None:
+                    raise
+                self.experiment_id = found.experiment_id
         else:
             if found.lifecycle_stage == "deleted":
                 self.client.restore_experiment(found.experiment_id)
