@@ -1,4 +1,4 @@
-"""Calibration error, temperature scaling, operating points and the model card, on arrays."""
+"""Calibration error, temperature and Platt scaling, operating points and the model card."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from fus2net.evaluation.calibration import (
     apply_temperature,
     calibrated_ensemble,
     expected_calibration_error,
+    fit_calibration,
+    fit_platt,
     fit_temperature,
     negative_log_likelihood,
     reliability_bins,
@@ -89,6 +91,66 @@ def test_ensemble_members_are_scaled_before_their_mean() -> None:
     assert calibrated_ensemble(members[0], 2.0) == pytest.approx(apply_temperature(members[0], 2))
 
 
+def prior_shifted_sample(n: int, seed: int, prevalence: float) -> tuple[np.ndarray, np.ndarray]:
+    """What a model trained on balanced classes reports on data of another `prevalence`: the
+    true log-odds are the model's plus log(prevalence / (1 - prevalence))."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0.0, 2.0, n)
+    shift = math.log(prevalence / (1 - prevalence))
+    return (rng.random(n) < expit(z + shift)).astype(int), expit(z)
+
+
+def test_platt_recovers_a_prior_shift_that_a_temperature_cannot_fix() -> None:
+    labels, probs = prior_shifted_sample(6000, seed=3, prevalence=0.3)
+    temperature, bias = fit_platt(labels, probs)
+    assert bias == pytest.approx(math.log(0.3 / 0.7), abs=0.12)
+    assert temperature == pytest.approx(1.0, abs=0.1)
+    test_labels, test_probs = prior_shifted_sample(6000, seed=4, prevalence=0.3)
+    platt = apply_temperature(test_probs, temperature, bias)
+    only_t = apply_temperature(test_probs, fit_temperature(labels, probs))
+    assert abs(platt.mean() - test_labels.mean()) < 0.02 < 0.1 < abs(only_t.mean() - 0.3)
+    assert expected_calibration_error(test_labels, platt) < 0.03
+    assert expected_calibration_error(test_labels, only_t) > 0.08
+    assert negative_log_likelihood(test_labels, platt) < negative_log_likelihood(
+        test_labels, only_t
+    )
+    assert np.array_equal(np.argsort(platt), np.argsort(test_probs))  # ranking kept
+
+
+def test_calibration_methods_and_their_degenerate_cases() -> None:
+    labels, probs = prior_shifted_sample(2000, seed=5, prevalence=0.3)
+    assert fit_calibration(labels, probs, "none") == (1.0, 0.0)
+    temperature, bias = fit_calibration(labels, probs, "temperature")
+    assert bias == 0.0 and temperature == fit_temperature(labels, probs)
+    assert fit_calibration(labels, probs, "platt") == fit_platt(labels, probs)
+    assert fit_platt(np.zeros(10, int), np.linspace(0.1, 0.9, 10)) == (1.0, 0.0)
+    # a model whose ranking is inverted on validation keeps its (bounded, positive) temperature
+    noise_t, _ = fit_platt(labels, 1 - probs)
+    assert 0.05 <= noise_t <= 20.0
+    with pytest.raises(ValueError, match=r"evaluation\.calibration: unknown method 'isotonic'"):
+        fit_calibration(labels, probs, "isotonic")
+
+
+def fus2net_spec(n_members: int, **calibration: float | str) -> ModelSpec:
+    return ModelSpec(
+        model={"name": "fus2net"},
+        in_chans=3,
+        image_size=128,
+        class_names=["benign", "malignant"],
+        members=[Member(f"fold_{k}/model.pt", k) for k in range(n_members)],
+        **calibration,  # type: ignore[arg-type]
+    )
+
+
+def test_spec_calibrates_each_member_before_the_mean() -> None:
+    spec = fus2net_spec(2, temperature=2.0, calibration_bias=-0.5)
+    members = np.array([[0.2, 0.9], [0.4, 0.7]])
+    expected = (
+        apply_temperature(members[0], 2.0, -0.5) + apply_temperature(members[1], 2.0, -0.5)
+    ) / 2
+    assert spec.calibrated(members) == pytest.approx(expected)
+
+
 def test_temperature_keeps_ranking_and_the_half_point() -> None:
     probs = np.array([0.01, 0.3, 0.5, 0.7, 0.999])
     scaled = apply_temperature(probs, 2.5)
@@ -149,13 +211,7 @@ def test_reliability_diagram_is_written(tmp_path: Path) -> None:
 
 
 def test_model_card_states_metrics_calibration_and_limits() -> None:
-    spec = ModelSpec(
-        model={"name": "fus2net"},
-        in_chans=3,
-        image_size=128,
-        class_names=["benign", "malignant"],
-        members=[Member("fold_0/model.pt", 0)],
-    )
+    spec = fus2net_spec(1, calibration_method="platt")
     card = render_model_card(
         ModelCardFacts(
             run_id="abc",
@@ -168,8 +224,10 @@ def test_model_card_states_metrics_calibration_and_limits() -> None:
             calibration={
                 "test_ece": 0.08,
                 "temperature": 1.7,
-                "test_ece_temperature": 0.04,
+                "bias": -0.6,
+                "test_ece_calibrated": 0.04,
                 "test_mean_prob": 0.45,
+                "test_mean_prob_calibrated": 0.34,
                 "test_prevalence": 0.33,
             },
             operating={
@@ -182,8 +240,11 @@ def test_model_card_states_metrics_calibration_and_limits() -> None:
     )
     assert "Not a medical device" in card
     assert "| auc | 0.900 +- 0.020 | 0.910 | 0.850 - 0.960 |" in card
-    assert "T = 1.70" in card and "| sens95 | 0.200 |" in card
-    assert "probability on test 0.450 vs observed malignant share 0.330" in card
+    assert "(platt, p' = sigmoid(logit(p) / T + b)): T = 1.70, b = -0.60" in card
+    assert "| sens95 | 0.200 |" in card
+    assert (
+        "test 0.450 before and 0.340 after recalibration, vs observed malignant share 0.330" in card
+    )
     assert "0.410 of the Grad-CAM energy" in card and "| busbra | 1875 |" in card
     assert "| sensitivity | n/a +- n/a | n/a |" in card
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,20 +13,10 @@ from fus2net.evaluation.clinical import evaluate_clinically
 from fus2net.evaluation.external import evaluate_external, patient_level
 from fus2net.evaluation.localization import localization_scores, resized_mask
 from fus2net.inference import load_model, load_package, predict_files
+from jobs import BUSI, run_train, sqlite_client, store_uri, tiny
 
-REPO = Path(__file__).resolve().parents[1]
-BUSI = REPO.parent / "shared" / "data" / "busi" / "Dataset_BUSI_with_GT"
 # test_train_cli's tiny settings, at 64 px (Fus2Net's smallest input is 51 px).
-TINY = [
-    "dataset.n_images=72",
-    "dataset.image_size=96",
-    "data.image_size=64",
-    "data.batch_size=8",
-    "cv.folds=2",
-    "trainer.max_epochs=1",
-    "trainer.enable_progress_bar=false",
-    "data.test.fraction=0.25",
-]
+TINY = tiny("dataset.image_size=96", "data.image_size=64")
 EXTERNAL = [
     "+dataset@eval_datasets.ext=synthetic",
     "eval_datasets.ext.n_images=12",
@@ -38,26 +25,11 @@ EXTERNAL = [
 ]
 
 
-def mlflow_client(root: Path):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
-
-
 @pytest.fixture(scope="module")
 def job(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("clinical")
-    env = {**os.environ, "FUS2NET_HOME": str(root), "PYTHONPATH": str(REPO / "src")}
     args = [*TINY, *EXTERNAL, "evaluation.gradcam.n_images=8", "evaluation.register_model=true"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "fus2net.cli.train", *args],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run_train(args, cwd=root, timeout=600)
     return root
 
 
@@ -68,7 +40,7 @@ def job_folder(root: Path) -> Path:
 
 
 def cell_and_folds(root: Path):
-    client = mlflow_client(root)
+    client = sqlite_client(root)
     runs = client.search_runs([client.get_experiment_by_name("fus2net").experiment_id])
     cell = next(r for r in runs if r.data.tags["fus2net.role"] == "cell")
     return client, cell, [r for r in runs if r.data.tags["fus2net.role"] == "fold"]
@@ -79,7 +51,8 @@ def test_cell_run_has_calibration_operating_localization_external(job: Path) -> 
     metrics = cell.data.metrics
     for name in (
         "calibration/test_ece",
-        "calibration/test_ece_temperature",
+        "calibration/test_ece_calibrated",
+        "calibration/test_mean_prob_calibrated",
         "calibration/oof_ece",
         "operating/sens95_test_sensitivity",
         "operating/youden_test_specificity",
@@ -91,6 +64,7 @@ def test_cell_run_has_calibration_operating_localization_external(job: Path) -> 
     ):
         assert 0.0 <= metrics[name] <= 1.0, name
     assert 0.05 <= metrics["calibration/temperature"] <= 20.0
+    assert -10.0 <= metrics["calibration/bias"] <= 10.0  # Platt scaling, the default
     assert metrics["calibration/test_nll"] > 0 and 0 < metrics["calibration/test_prevalence"] < 1
     assert 0 <= metrics["operating/sens95_threshold"] <= 1
     assert metrics["operating/sens95_oof_sensitivity"] >= 0.95
@@ -115,6 +89,7 @@ def test_cell_run_has_calibration_operating_localization_external(job: Path) -> 
     card = Path(client.download_artifacts(cell.info.run_id, "model_card.md", str(job)))
     text = card.read_text()
     assert "Not a medical device" in text and "| ext | 12 |" in text
+    assert "(platt, p' = sigmoid(logit(p) / T + b))" in text
     assert cell.data.tags["fus2net.registered_model"] == "models:/fus2net-synthetic/1"
 
 
@@ -126,7 +101,7 @@ def test_prediction_by_run_id_and_registry_reproduces_the_test_scores(
         client.download_artifacts(cell.info.run_id, "predictions.csv", str(tmp_path))
     )
     test = preds[preds.split == "test"].head(3)
-    uri = f"sqlite:///{job / 'mlruns' / 'mlflow.db'}"
+    uri = store_uri(job)
     by_run = load_model(f"runs:/{cell.info.run_id}", tracking_uri=uri)
     assert len(by_run.members) == 2 and by_run.spec.thresholds["sens95"] == pytest.approx(
         cell.data.metrics["operating/sens95_threshold"]

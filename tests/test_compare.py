@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,8 +18,8 @@ from fus2net.reporting.compare import build_comparison, varying_keys
 from fus2net.reporting.compare_runs import CellRun, read_sweep
 from fus2net.reporting.compare_table import format_markdown, format_text, table_frame
 from fus2net.tracking.mlflow_tracker import MlflowTracker, TrackingError
+from jobs import TINY, run_module, run_train
 
-REPO = Path(__file__).resolve().parents[1]
 SWEEP = "outputs/multirun/2026-01-02/10-00-00"
 OLD_SWEEP = "outputs/multirun/2026-01-01/09-00-00"
 LATER_SWEEP = "outputs/multirun/2026-01-03/11-00-00"
@@ -324,30 +321,11 @@ def test_cli_errors_are_one_clear_line(tmp_path: Path, store, capsys) -> None:
         MlflowTracker.open_existing(tracker.uri, "typo")
 
 
-TINY = [
-    "dataset.n_images=72",
-    "dataset.image_size=128",
-    "data.image_size=80",
-    "data.batch_size=8",
-    "cv.folds=2",
-    "trainer.max_epochs=1",
-    "trainer.enable_progress_bar=false",
-    "data.test.fraction=0.25",
-]
-
-
 @pytest.mark.slow
 def test_real_tiny_sweep_compares_from_the_readme_command(tmp_path: Path) -> None:
-    env = {**os.environ, "FUS2NET_HOME": str(tmp_path), "PYTHONPATH": str(REPO / "src")}
-    train = subprocess.run(
-        [sys.executable, "-m", "fus2net.cli.train", "-m", "optimizer=adam,sgd", *TINY],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    train = run_train(["-m", "optimizer=adam,sgd", *TINY], tmp_path, timeout=600)
     assert train.returncode == 0, train.stdout + train.stderr
-    compare = subprocess.run(
-        [sys.executable, "-m", "fus2net.cli.compare", "--bootstrap", "500"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    compare = run_module("fus2net.cli.compare", ["--bootstrap", "500"], tmp_path, timeout=300)
     assert compare.returncode == 0, compare.stdout + compare.stderr
     assert "optimizer=adam" in compare.stdout and "optimizer=sgd" in compare.stdout
     assert "reference" in compare.stdout and "p DeLong" in compare.stdout

@@ -79,6 +79,20 @@ def test_bad_files_all_named_exit_1(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert check_dataset(cfg) == 1
     out = capsys.readouterr().out
     assert "Problems: 3" in out and all(str(path) in out for path in bad)
+    # good_tree holds 2 benign + 1 malignant; bad_tree adds 1 benign and 2 malignant bad files
+    assert "or set data.on_bad_image=skip: training then leaves out 3 images" in out
+    assert "and trains on 3 (2 benign, 1 malignant)." in out
+
+
+def test_skip_previews_what_training_leaves_out_and_passes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad_tree(tmp_path)
+    cfg = compose_train("dataset=folder", f"dataset.root={tmp_path}", "data.on_bad_image=skip")
+    assert check_dataset(cfg) == 0
+    out = capsys.readouterr().out
+    assert "Problems: 3" in out
+    assert "data.on_bad_image=skip: training leaves out 3 images and trains on 3 (2 benign" in out
 
 
 def test_structural_error_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

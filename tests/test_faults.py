@@ -6,10 +6,7 @@ with the reason while the rest of the sweep goes on; and a re-run must not redo 
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
 import time
 from collections import namedtuple
 from pathlib import Path
@@ -24,17 +21,13 @@ from fus2net.data.records import DataError
 from fus2net.training import preflight
 from fus2net.training.job_data import prepare_data
 from fus2net.training.preflight import ConfigError, PreflightError, check_config
+from jobs import run_train, sqlite_client, store_uri, tiny, train_env
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = [
+TINY = tiny(
     "data.image_size=64",
-    "data.batch_size=8",
-    "cv.folds=2",
-    "trainer.max_epochs=1",
-    "trainer.enable_progress_bar=false",
-    "data.test.fraction=0.25",
     "evaluation.enabled=false",
-]
+    drop=("dataset.n_images", "dataset.image_size"),  # also run on dataset=folder
+)
 BAD_FILES = {"benign/empty.png": "zero-byte", "malignant/broken.png": "not an image"}
 
 
@@ -56,18 +49,6 @@ def bad_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def compose_train(*overrides: str):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose(config_name="train", overrides=list(overrides))
-
-
-def run_train(args: list[str], cwd: Path, env: dict[str, str] | None = None):
-    env = {**os.environ, "FUS2NET_HOME": str(cwd), "PYTHONPATH": str(REPO / "src"), **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "fus2net.cli.train", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
 
 
 def test_bad_images_are_all_listed_in_one_error(bad_folder: Path, tmp_path: Path) -> None:
@@ -98,6 +79,30 @@ def test_bad_images_can_be_skipped_and_are_counted(bad_folder: Path, tmp_path: P
     assert data.description["skipped_bad_files"] == 2 and data.description["n_images"] == 32
 
 
+def test_eval_datasets_that_cannot_be_scored_stop_the_job_before_training(
+    bad_folder: Path, tmp_path: Path
+) -> None:
+    cfg = compose_train(
+        "dataset=folder",
+        f"dataset.root={bad_folder}",
+        f"paths.root={tmp_path}",
+        "data.on_bad_image=skip",
+        "+dataset@eval_datasets.gone=folder",
+        f"eval_datasets.gone.root={tmp_path / 'nowhere'}",
+        "+dataset@eval_datasets.swapped=folder",
+        f"eval_datasets.swapped.root={bad_folder}",
+        "eval_datasets.swapped.classes=[malignant,benign]",
+    )
+    with pytest.raises(DataError) as error:
+        prepare_data(cfg)
+    message = str(error.value)
+    assert "2 problem(s) in dataset 'eval_datasets'" in message
+    assert "eval_datasets.gone:" in message and "nowhere" in message
+    assert "eval_datasets.swapped: classes ['malignant', 'benign'] differ" in message
+    assert "~eval_datasets.NAME" in message
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "mlruns").exists()
+
+
 def test_no_free_disk_for_the_cache_stops_before_decoding(
     bad_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -123,7 +128,8 @@ def test_unreachable_tracking_server_fails_fast_and_writes_nothing(tmp_path: Pat
     proc = run_train(
         ["tracking=server", *TINY],
         cwd=tmp_path,
-        env={"MLFLOW_TRACKING_URI": f"http://fus2net:s3cret@127.0.0.1:{port}"},
+        env=train_env(tmp_path, MLFLOW_TRACKING_URI=f"http://fus2net:s3cret@127.0.0.1:{port}"),
+        check=False,
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2, out
@@ -139,8 +145,6 @@ def test_diverged_fold_fails_its_cell_while_the_sweep_goes_on(
 ) -> None:
     """l2=1e39 makes the first loss infinite. Bad images are skipped (and logged) meanwhile,
     and the same command run again trains nothing that had finished."""
-    from mlflow.tracking import MlflowClient
-
     args = [
         "-m",
         "regularization.l2=0.05,1e39",
@@ -151,7 +155,7 @@ def test_diverged_fold_fails_its_cell_while_the_sweep_goes_on(
     ]
     first = run_train(args, cwd=tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    client = sqlite_client(tmp_path)
     experiment = client.get_experiment_by_name("fus2net").experiment_id
 
     def cells_and_folds() -> tuple[dict, list]:
@@ -176,7 +180,7 @@ def test_diverged_fold_fails_its_cell_while_the_sweep_goes_on(
     compare = pytest.importorskip("fus2net.reporting.compare_runs")
     from fus2net.tracking.mlflow_tracker import MlflowTracker
 
-    tracker = MlflowTracker(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", "fus2net")
+    tracker = MlflowTracker(store_uri(tmp_path), "fus2net")
     sweep = compare.read_sweep(tracker)
     assert [c.run_id for c in sweep.cells] == [good.info.run_id]
     assert [(s.run_id, s.status) for s in sweep.skipped] == [(bad.info.run_id, "FAILED")]

@@ -3,9 +3,6 @@ Optuna search runs through Hydra's Optuna sweeper into an RDB study."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,19 +11,9 @@ from hydra.core.hydra_config import HydraConfig
 
 from fus2net.cli import CONF_DIR
 from fus2net.training.preflight import ConfigError, check_config
+from jobs import run_train, sqlite_client, tiny, train_env
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = [
-    "dataset.n_images=48",
-    "dataset.image_size=128",
-    "data.image_size=64",
-    "data.batch_size=8",
-    "cv.folds=2",
-    "trainer.max_epochs=1",
-    "trainer.enable_progress_bar=false",
-    "data.test.fraction=0.25",
-    "evaluation.enabled=false",
-]
+TINY = tiny("dataset.n_images=48", "data.image_size=64", "evaluation.enabled=false")
 
 
 def compose_with_hydra(*overrides: str):
@@ -92,24 +79,15 @@ def test_sqlite_store_refuses_parallel_jobs(overrides: list[str], refused: bool)
 def test_optuna_search_runs_trials_into_a_shared_study(tmp_path: Path) -> None:
     optuna = pytest.importorskip("optuna")
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    env = {**os.environ, "FUS2NET_HOME": str(tmp_path), "PYTHONPATH": str(REPO / "src")}
+    env = train_env(tmp_path)
     env.pop("FUS2NET_OPTUNA_STORAGE", None)
     args = ["-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", *TINY]
-    proc = subprocess.run(
-        [sys.executable, "-m", "fus2net.cli.train", *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    proc = run_train(args, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     study = optuna.load_study(study_name="fus2net", storage=f"sqlite:///{tmp_path}/optuna.db")
     trials = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(trials) == 2
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    client = sqlite_client(tmp_path)
     experiment = client.get_experiment_by_name("fus2net").experiment_id
     cells = client.search_runs([experiment], "tags.`fus2net.role` = 'cell'")
     assert sorted(c.data.metrics["cv/auc_mean"] for c in cells) == pytest.approx(

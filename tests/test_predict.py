@@ -96,7 +96,8 @@ def test_predict_files_any_image_and_bad_files_by_name(
     saved = pd.read_csv(tmp_path / "predictions.csv")
     assert list(saved.path) == list(frame.path)
     data = json.loads((tmp_path / "predictions.json").read_text())
-    assert data["temperature"] == 2.0 and data["preprocessing"]["image_size"] == SIZE
+    assert data["calibration"]["temperature"] == 2.0
+    assert data["preprocessing"]["image_size"] == SIZE
     by_name = {Path(p["path"]).name: p for p in data["predictions"]}
     assert by_name["g_text.png"]["prob_malignant"] is None  # unreadable: null, not NaN
 

@@ -12,7 +12,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,31 +24,19 @@ from fus2net.tracking.mlflow_tracker import MlflowTracker
 from fus2net.training.cells import finish_cell
 from fus2net.training.crossval import CellSummary
 from fus2net.training.fold import _loadable
+from jobs import sqlite_client, start_train, tiny
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = [
+TINY = tiny(
     "dataset.n_images=48",
-    "dataset.image_size=128",
     "data.image_size=96",
-    "data.batch_size=8",
-    "cv.folds=2",
     "trainer.max_epochs=5",  # always a next epoch to be stopped in, even on a fast machine
-    "trainer.enable_progress_bar=false",
-    "data.test.fraction=0.25",
     "evaluation.enabled=false",
-]
+)
 
 
 def start(root: Path) -> subprocess.Popen:
-    env = {**os.environ, "FUS2NET_HOME": str(root), "PYTHONPATH": str(REPO / "src")}
     log = (root / f"run{len(list(root.glob('run*.log')))}.log").open("w")
-    return subprocess.Popen(
-        [sys.executable, "-m", "fus2net.cli.train", *TINY],
-        cwd=root,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    return start_train(TINY, root, stdout=log)
 
 
 def checkpoint(root: Path, fold: int) -> Path | None:
@@ -61,7 +48,7 @@ def epochs_logged(root: Path, fold: int) -> int:
     """How many epoch losses fold `fold`'s newest run has logged (0 before it exists)."""
     if checkpoint(root, fold) is None:  # the store may not exist yet: never create it from here
         return 0
-    client = tracking(root)
+    client = sqlite_client(root)
     _, folds = runs(root)
     mine = [f for f in folds if f.data.tags["fus2net.fold"] == str(fold)]
     return len(client.get_metric_history(mine[-1].info.run_id, "train/loss")) if mine else 0
@@ -86,15 +73,9 @@ def last_log(root: Path) -> str:
     return sorted(root.glob("run*.log"))[-1].read_text()
 
 
-def tracking(root: Path):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
-
-
 def runs(root: Path) -> tuple[list, list]:
     """(cell runs, fold runs sorted by fold) of the experiment."""
-    client = tracking(root)
+    client = sqlite_client(root)
     experiment = client.get_experiment_by_name("fus2net")
     found = client.search_runs([experiment.experiment_id], max_results=100)
     cells = [r for r in found if r.data.tags.get("fus2net.role") == "cell"]
@@ -239,7 +220,8 @@ def test_killed_runs_are_marked_and_the_same_command_resumes(tmp_path: Path) -> 
     assert int(folds[0].data.tags["fus2net.resumed_from_epoch"]) >= 1
     assert folds[0].data.tags["fus2net.attempts"] == "2"
     epochs = [
-        m.step for m in tracking(tmp_path).get_metric_history(folds[0].info.run_id, "train/loss")
+        m.step
+        for m in sqlite_client(tmp_path).get_metric_history(folds[0].info.run_id, "train/loss")
     ]
     assert sorted(set(epochs)) == [0, 1, 2, 3, 4], "the resumed fold's curve has every epoch"
     assert checkpoint(tmp_path, 0) is None, "a finished fold's checkpoints are removed"

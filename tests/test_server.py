@@ -16,22 +16,12 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from jobs import start_train, tiny, train_env
+
 SERVER = os.environ.get("FUS2NET_TEST_MLFLOW_URI", "")
 OPTUNA_STORAGE = os.environ.get("FUS2NET_TEST_OPTUNA_STORAGE", "")
 SECRET = "s3cret-token"  # the test server ignores it; it must never be logged or printed
-TINY = [
-    "dataset.n_images=72",
-    "dataset.image_size=128",
-    "data.image_size=80",
-    "data.batch_size=8",
-    "cv.folds=2",
-    "trainer.max_epochs=1",
-    "trainer.enable_progress_bar=false",
-    "trainer.threads=1",
-    "data.test.fraction=0.25",
-    "evaluation.enabled=false",
-]
+TINY = tiny("trainer.threads=1", "evaluation.enabled=false")
 
 pytestmark = pytest.mark.skipif(
     not SERVER, reason="needs FUS2NET_TEST_MLFLOW_URI: a test MLflow server (.ci/run starts one)"
@@ -40,19 +30,10 @@ pytestmark = pytest.mark.skipif(
 
 def train(args: list[str], root: Path, **env: str) -> subprocess.Popen:
     tracking = SERVER.replace("://", f"://ci:{SECRET}@", 1)
-    return subprocess.Popen(
-        [sys.executable, "-m", "fus2net.cli.train", *args, "tracking=server", *TINY],
-        cwd=root,
-        env={
-            **os.environ,
-            "FUS2NET_HOME": str(root),
-            "PYTHONPATH": str(REPO / "src"),
-            "MLFLOW_TRACKING_URI": tracking,
-            **env,
-        },
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    return start_train(
+        [*args, "tracking=server", *TINY],
+        root,
+        env=train_env(root, MLFLOW_TRACKING_URI=tracking, **env),
     )
 
 

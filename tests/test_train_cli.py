@@ -3,50 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-BUSI = REPO.parent / "shared" / "data" / "busi" / "Dataset_BUSI_with_GT"
-
-# Tiny but real: 72 synthetic images at 96 px, 2 folds, 1 epoch, fp32 debug-free CPU trainer.
-TINY = [
-    "dataset.n_images=72",
-    "dataset.image_size=128",
-    "data.image_size=80",
-    "data.batch_size=8",
-    "cv.folds=2",
-    "trainer.max_epochs=1",
-    "trainer.enable_progress_bar=false",
-    "data.test.fraction=0.25",
-]
-
-
-def run_train(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "FUS2NET_HOME": str(cwd), "PYTHONPATH": str(REPO / "src")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "fus2net.cli.train", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"fus2net-train failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-        )
-    return proc
-
-
-def mlflow_client(root: Path):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+from jobs import BUSI, TINY, run_train, sqlite_client
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +18,7 @@ def optimizer_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_sweep_leaves_three_cells_with_two_folds_each(optimizer_sweep: Path) -> None:
-    client = mlflow_client(optimizer_sweep)
+    client = sqlite_client(optimizer_sweep)
     exp = client.get_experiment_by_name("fus2net")
     runs = client.search_runs([exp.experiment_id], max_results=100)
     cells = [r for r in runs if r.data.tags.get("fus2net.role") == "cell"]
@@ -93,7 +54,7 @@ def test_sweep_leaves_three_cells_with_two_folds_each(optimizer_sweep: Path) -> 
 
 
 def test_fold_runs_have_epoch_metrics_predictions_and_checkpoint(optimizer_sweep: Path) -> None:
-    client = mlflow_client(optimizer_sweep)
+    client = sqlite_client(optimizer_sweep)
     exp = client.get_experiment_by_name("fus2net")
     folds = client.search_runs([exp.experiment_id], "tags.`fus2net.role` = 'fold'")
     fold = folds[0]
@@ -118,7 +79,7 @@ def test_cell_results_match_logged_predictions(optimizer_sweep: Path) -> None:
 
     from fus2net.evaluation.metrics import binary_metrics
 
-    client = mlflow_client(optimizer_sweep)
+    client = sqlite_client(optimizer_sweep)
     exp = client.get_experiment_by_name("fus2net")
     cell = client.search_runs([exp.experiment_id], "tags.`fus2net.role` = 'cell'")[0]
     preds = pd.read_csv(client.download_artifacts(cell.info.run_id, "predictions.csv"))
@@ -169,7 +130,7 @@ def test_busi_smoke(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert "test" in proc.stdout
-    client = mlflow_client(tmp_path)
+    client = sqlite_client(tmp_path)
     exp = client.get_experiment_by_name("fus2net")
     cell = client.search_runs([exp.experiment_id], "tags.`fus2net.role` = 'cell'")[0]
     assert cell.data.params["dataset.n_images"] == "647"

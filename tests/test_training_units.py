@@ -61,11 +61,14 @@ def test_cell_key_ignores_fold_and_tracking_but_not_hyperparameters() -> None:
 
 
 def test_check_config_lists_every_problem() -> None:
-    cfg = compose_train("data.channels=2", "cv.folds=1", "data.image_size=40")
+    cfg = compose_train(
+        "data.channels=2", "cv.folds=1", "data.image_size=40", "evaluation.calibration=isotonic"
+    )
     with pytest.raises(ConfigError) as err:
         check_config(cfg)
     text = str(err.value)
     assert "data.channels=2" in text and "cv.folds=1" in text
+    assert "evaluation.calibration=isotonic: must be platt, temperature, none" in text
 
 
 def test_image_size_below_model_minimum_is_rejected() -> None:

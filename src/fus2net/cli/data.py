@@ -3,7 +3,9 @@
     fus2net-data dataset=busi dataset.root=PATH data.channels=1
 
 Prints the dataset summary (classes, sizes, modes, masks, patients, duplicates, problems) and
-exits 1 when the data has errors, 0 otherwise. Writes nothing (no Hydra output folder, no log).
+exits 1 when training would stop on the data, 0 otherwise: with `data.on_bad_image=skip`,
+unreadable files are listed with what training would leave out, and do not fail the check.
+Writes nothing (no Hydra output folder, no log).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from fus2net.data.records import DataError
-from fus2net.data.summary import format_summary, summarize_dataset
+from fus2net.data.summary import format_summary, summarize_dataset, usable_records
 
 CONFIG_DIR = Path(__file__).resolve().parents[3] / "conf"
 
@@ -49,8 +51,10 @@ def check_dataset(cfg: DictConfig) -> int:
         return 1
     distance = cfg.data.get("duplicate_distance", 4)
     summary = summarize_dataset(source, records, cfg.data.channels, duplicate_distance=distance)
-    print(format_summary(summary))
-    return 0 if summary.ok else 1
+    on_bad_image = str(cfg.data.get("on_bad_image", "error"))
+    print(format_summary(summary, on_bad_image))
+    trainable = on_bad_image == "skip" and bool(usable_records(summary))
+    return 0 if summary.ok or trainable else 1
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")

@@ -12,7 +12,7 @@ from typing import Any
 
 from fus2net.data.records import Problem, Record
 from fus2net.data.sources.base import DataSource
-from fus2net.data.validation import ImageInfo, inspect_records
+from fus2net.data.validation import ImageInfo, drop_bad_records, inspect_records
 
 
 @dataclass
@@ -145,8 +145,27 @@ def _duplicate_lines(summary: DatasetSummary) -> list[str]:
     return lines
 
 
-def format_summary(summary: DatasetSummary) -> str:
-    """The human-readable report printed by `fus2net-data`."""
+def usable_records(summary: DatasetSummary) -> list[Record]:
+    """What `data.on_bad_image=skip` trains on: the records none of whose files has a problem."""
+    return drop_bad_records(summary.records, summary.problems)
+
+
+def _skip_line(summary: DatasetSummary, on_bad_image: str) -> str:
+    kept = usable_records(summary)
+    per_class = Counter(record.label for record in kept)
+    counts = ", ".join(f"{per_class[i]} {name}" for i, name in enumerate(summary.class_names))
+    left_out = f"leaves out {len(summary.records) - len(kept)} images and trains on {len(kept)}"
+    if on_bad_image == "skip":
+        return f"data.on_bad_image=skip: training {left_out} ({counts})."
+    return (
+        "Fix: replace or delete each file listed above (re-export it as PNG/JPEG), or set "
+        f"data.on_bad_image=skip: training then {left_out} ({counts})."
+    )
+
+
+def format_summary(summary: DatasetSummary, on_bad_image: str = "error") -> str:
+    """The human-readable report printed by `fus2net-data`; with problems, what
+    `data.on_bad_image=skip` would leave for training."""
     info = summary.description
     lines = [f"Dataset '{info['name']}'  root: {info.get('root')}"]
     rows = [["label", "class", "images", "with mask"]]
@@ -172,5 +191,5 @@ def format_summary(summary: DatasetSummary) -> str:
     else:
         lines.append(f"Problems: {len(summary.problems)}")
         lines += [f"  - {p.path}: {p.reason}" for p in summary.problems]
-        lines.append("Fix: replace or delete each file listed above (re-export it as PNG/JPEG).")
+        lines.append(_skip_line(summary, on_bad_image))
     return "\n".join(lines)

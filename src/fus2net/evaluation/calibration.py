@@ -1,10 +1,15 @@
-"""Is the malignant probability honest? Expected calibration error and temperature scaling.
+"""Is the malignant probability honest? Expected calibration error, temperature and Platt scaling.
 
 Reliability is measured on the malignant (positive-class) probability, the number a reader sees:
 in equal-width bins, the mean predicted probability is compared with the observed malignant
-fraction. Temperature scaling (Guo et al., ICML 2017) divides the logit by one scalar T fitted
-by maximum likelihood on validation predictions only; it changes no ranking (AUC, operating
-points' order) but can make 0.8 mean "malignant 8 times in 10".
+fraction. Both recalibrations map p to sigmoid(logit(p) / T + b), fitted by maximum likelihood
+on validation predictions only, and change no ranking (AUC, the operating points' order):
+
+- temperature scaling (Guo et al., ICML 2017) fits T alone (b = 0): it fixes over- and
+  under-confidence, but not a shifted prior;
+- Platt scaling (Platt 1999) fits T and b: the bias b also moves the logit, which undoes the
+  prior shift that class balancing in training (flip copies, class weights) puts into every
+  probability. Validation folds keep the data's own prevalence, so they can fit it.
 """
 
 from __future__ import annotations
@@ -13,13 +18,15 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import minimize_scalar
+from scipy.optimize import minimize, minimize_scalar
 from scipy.special import expit, logit
 from sklearn.metrics import log_loss
 
 # Probabilities are clipped before the logit: a float32 softmax rounds to exactly 0 or 1.
 PROB_EPS = 1e-7
 TEMPERATURE_BOUNDS = (0.05, 20.0)
+BIAS_BOUNDS = (-10.0, 10.0)
+CALIBRATION_METHODS: tuple[str, ...] = ("platt", "temperature", "none")
 
 
 @dataclass(frozen=True)
@@ -75,25 +82,29 @@ def negative_log_likelihood(labels: np.ndarray, probs: np.ndarray) -> float:
     return float(log_loss(np.asarray(labels, dtype=int), clipped, labels=[0, 1]))
 
 
-def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
-    """sigmoid(logit(p) / T): for two-class softmax outputs, exactly softmax(logits / T)[:, 1].
+def apply_temperature(probs: np.ndarray, temperature: float, bias: float = 0.0) -> np.ndarray:
+    """sigmoid(logit(p) / T + b): with b = 0, exactly softmax(logits / T)[:, 1] of a two-class
+    softmax; b shifts the log-odds (Platt scaling).
 
     For an ensemble, scale each member before averaging: `calibrated_ensemble`.
     """
     if not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     clipped = np.clip(np.asarray(probs, dtype=float), PROB_EPS, 1 - PROB_EPS)
-    return expit(logit(clipped) / temperature)
+    return expit(logit(clipped) / temperature + bias)
 
 
-def calibrated_ensemble(member_probs: np.ndarray, temperature: float) -> np.ndarray:
-    """Mean over members (axis 0) of each member's temperature-scaled probability.
+def calibrated_ensemble(
+    member_probs: np.ndarray, temperature: float, bias: float = 0.0
+) -> np.ndarray:
+    """Mean over members (axis 0) of each member's recalibrated probability.
 
-    The temperature is fitted on out-of-fold predictions, each made by one fold model, so it
+    The calibration is fitted on out-of-fold predictions, each made by one fold model, so it
     belongs to single members. Averaging already softens an ensemble's probability; scaling the
     mean by the members' temperature would soften it twice.
     """
-    return np.mean([apply_temperature(p, temperature) for p in np.atleast_2d(member_probs)], 0)
+    members = np.atleast_2d(member_probs)
+    return np.mean([apply_temperature(p, temperature, bias) for p in members], 0)
 
 
 def fit_temperature(labels: np.ndarray, probs: np.ndarray) -> float:
@@ -112,3 +123,39 @@ def fit_temperature(labels: np.ndarray, probs: np.ndarray) -> float:
     low, high = (math.log(b) for b in TEMPERATURE_BOUNDS)
     result = minimize_scalar(nll, bounds=(low, high), method="bounded")
     return float(math.exp(result.x))
+
+
+def fit_platt(labels: np.ndarray, probs: np.ndarray) -> tuple[float, float]:
+    """(T, b) that minimise the negative log-likelihood of sigmoid(logit(p) / T + b).
+
+    Fitted on validation data only. T stays within TEMPERATURE_BOUNDS, so a model with no
+    signal cannot flip its ranking. Returns (1.0, 0.0), no change, when there is nothing to fit:
+    fewer than two classes present.
+    """
+    labels = np.asarray(labels, dtype=int)
+    if len(np.unique(labels)) < 2:
+        return 1.0, 0.0
+    logits = logit(np.clip(np.asarray(probs, dtype=float), PROB_EPS, 1 - PROB_EPS))
+
+    def nll(params: np.ndarray) -> float:
+        scaled = expit(logits / math.exp(params[0]) + params[1])
+        return float(log_loss(labels, np.clip(scaled, PROB_EPS, 1 - PROB_EPS), labels=[0, 1]))
+
+    start = np.array([math.log(fit_temperature(labels, probs)), 0.0])
+    bounds = [tuple(math.log(b) for b in TEMPERATURE_BOUNDS), BIAS_BOUNDS]
+    result = minimize(nll, start, method="L-BFGS-B", bounds=bounds)
+    return float(math.exp(result.x[0])), float(result.x[1])
+
+
+def fit_calibration(labels: np.ndarray, probs: np.ndarray, method: str) -> tuple[float, float]:
+    """(T, b) of `method`: `platt` fits both, `temperature` T alone, `none` returns (1, 0)."""
+    if method == "platt":
+        return fit_platt(labels, probs)
+    if method == "temperature":
+        return fit_temperature(labels, probs), 0.0
+    if method == "none":
+        return 1.0, 0.0
+    raise ValueError(
+        f"evaluation.calibration: unknown method {method!r}; use one of "
+        f"{', '.join(CALIBRATION_METHODS)}"
+    )

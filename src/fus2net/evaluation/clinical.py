@@ -1,9 +1,10 @@
 """The clinical evaluation of a cell run, after its folds (called at the end of `_log_cell`).
 
-Calibration per fold and on test with temperature scaling, operating points, the Grad-CAM
-localisation score, external datasets, the model spec that prediction loads, a model card,
-and optionally a registered model. Everything fitted here (temperature, thresholds) sees
-validation (out-of-fold) predictions only; the test set and external datasets only get scored.
+Calibration per fold and on test (recalibrated by Platt or temperature scaling), operating
+points, the Grad-CAM localisation score, external datasets, the model spec that prediction
+loads, a model card, and optionally a registered model. Everything fitted here (calibration,
+thresholds) sees validation (out-of-fold) predictions only; the test set and external datasets
+only get scored.
 
 Grad-CAM runs on at most `evaluation.gradcam.n_images` test images (balanced by class, those
 with lesion masks first) with every fold model, averaging their maps: the same ensemble that
@@ -23,12 +24,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
-from fus2net.evaluation.calibration import (
-    calibrated_ensemble,
-    expected_calibration_error,
-    fit_temperature,
-    negative_log_likelihood,
-)
+from fus2net.evaluation.calibration_step import CalibrationResult, calibrate_cell
 from fus2net.evaluation.external import evaluate_external
 from fus2net.evaluation.localization import (
     cam_energy_in_mask,
@@ -45,7 +41,7 @@ from fus2net.evaluation.operating_points import (
 from fus2net.evaluation.stats import bootstrap_intervals
 from fus2net.inference.loading import LoadedModel, load_package
 from fus2net.inference.spec import DEFAULT_POINT, Member, export_package, spec_from_config
-from fus2net.reporting.clinical_plots import save_overlay_grid, save_reliability_diagram
+from fus2net.reporting.clinical_plots import save_overlay_grid
 from fus2net.reporting.model_card import ModelCardFacts, render_model_card
 from fus2net.reporting.run_artifacts import write_json
 
@@ -68,41 +64,12 @@ class ClinicalReport:
     registered_version: str | None = None
 
 
-def _fold_calibration(
-    tracker: MlflowTracker, cell_run: str, oof: pd.DataFrame, n_bins: int, out: Path
-) -> list[float]:
-    """`calibration/val_ece` and a reliability diagram in each fold run; the ECEs."""
-    fold_runs = {
-        r.data.tags.get("fus2net.fold"): r.info.run_id
-        for r in tracker.child_runs(cell_run)
-        if r.info.status == "FINISHED"  # not an earlier, killed attempt of a resumed fold
-    }
-    eces = []
-    for fold, part in oof.groupby("fold", sort=True):
-        labels, probs = part["label"].to_numpy(), part["prob"].to_numpy()
-        ece = expected_calibration_error(labels, probs, n_bins)
-        eces.append(ece)
-        run_id = fold_runs.get(str(fold))
-        if run_id is None:  # not a child of this cell (e.g. resumed): cell-level numbers only
-            continue
-        (out / f"fold_{fold}").mkdir(parents=True, exist_ok=True)
-        figure = save_reliability_diagram(
-            {f"fold {fold} validation": (labels, probs)},
-            out / f"fold_{fold}" / "reliability_val.png",
-            f"Reliability: fold {fold} validation",
-            n_bins,
-        )
-        tracker.log_metrics(run_id, {"calibration/val_ece": ece})
-        tracker.log_artifacts(run_id, [figure], "calibration")
-    return eces
-
-
 def _write_spec(
     cfg: DictConfig,
     data: JobData,
     results: dict[int, FoldResult],
     out: Path,
-    temperature: float,
+    calibration: CalibrationResult,
     points: list[OperatingPoint],
     cell_run: str,
 ) -> Path:
@@ -112,7 +79,8 @@ def _write_spec(
     else:
         members = [Member(_relative(r.weights, out), fold) for fold, r in sorted(results.items())]
     spec = spec_from_config(cfg, data.class_names, members)
-    spec.temperature = temperature
+    spec.temperature, spec.calibration_bias = calibration.temperature, calibration.bias
+    spec.calibration_method = calibration.method
     spec.thresholds.update({p.name: p.threshold for p in points})
     spec.operating_point = points[0].name if points else DEFAULT_POINT
     spec.source = {
@@ -191,49 +159,6 @@ def _localization(
     return {f"localization/{k}": v for k, v in scores.items()}, [out / "scores.csv", grid]
 
 
-def _calibration(
-    tracker: MlflowTracker,
-    cell_run: str,
-    oof: pd.DataFrame,
-    test: pd.DataFrame,
-    test_members: np.ndarray,
-    n_bins: int,
-    work: Path,
-) -> dict[str, float]:
-    """ECE per fold (fold runs), pooled out-of-fold and test, before and after temperature
-    scaling fitted on the out-of-fold predictions and applied to each test-scoring member
-    (`test_members`, (members, N)) before their mean; the reliability diagram of the cell."""
-    eces = _fold_calibration(tracker, cell_run, oof, n_bins, work)
-    oof_y, oof_p = oof["label"].to_numpy(), oof["prob"].to_numpy()
-    test_y, test_p = test["label"].to_numpy(), test["prob"].to_numpy()
-    temperature = fit_temperature(oof_y, oof_p)
-    test_scaled = calibrated_ensemble(test_members, temperature)
-    figure = save_reliability_diagram(
-        {
-            "out-of-fold": (oof_y, oof_p),
-            "test": (test_y, test_p),
-            f"test, T={temperature:.2f}": (test_y, test_scaled),
-        },
-        work / "reliability.png",
-        "Reliability of the malignant probability",
-        n_bins,
-    )
-    tracker.log_artifacts(cell_run, [figure], "calibration")
-    return {
-        "val_ece_mean": float(np.nanmean(eces)) if eces else np.nan,
-        "oof_ece": expected_calibration_error(oof_y, oof_p, n_bins),
-        "temperature": temperature,
-        "test_ece": expected_calibration_error(test_y, test_p, n_bins),
-        "test_ece_temperature": expected_calibration_error(test_y, test_scaled, n_bins),
-        "test_nll": negative_log_likelihood(test_y, test_p),
-        "test_nll_temperature": negative_log_likelihood(test_y, test_scaled),
-        # a gap between these is a prior shift (class balancing, prevalence) that a
-        # temperature cannot remove: it scales the logit but does not move it
-        "test_mean_prob": float(test_p.mean()) if len(test_p) else np.nan,
-        "test_prevalence": float(test_y.mean()) if len(test_y) else np.nan,
-    }
-
-
 def _external(
     cfg: DictConfig,
     model: LoadedModel,
@@ -290,7 +215,17 @@ def evaluate_clinically(
         else np.stack([r.test_prob for _, r in sorted(results.items())])
     )
     n_bins = int(ev.calibration_bins)
-    calibration = _calibration(tracker, cell_run, oof, test, test_members, n_bins, work)
+    method = str(ev.get("calibration", "platt"))
+    calibration = calibrate_cell(
+        tracker,
+        cell_run,
+        oof,
+        test,
+        test_members,
+        method,
+        n_bins,
+        work,  # type: ignore[arg-type]
+    )
     try:
         points = choose_operating_points(oof.label, oof.prob, float(ev.target_sensitivity))
     except ValueError as err:
@@ -298,8 +233,7 @@ def evaluate_clinically(
         points = []
     operating = operating_point_metrics(points, test_y, test_p)
 
-    temperature = calibration["temperature"]
-    report.spec_file = _write_spec(cfg, data, results, out, temperature, points, cell_run)
+    report.spec_file = _write_spec(cfg, data, results, out, calibration, points, cell_run)
     tracker.log_artifacts(cell_run, [report.spec_file], "model")
     if refit_scored and cfg.tracking.get("log_checkpoints", True):
         tracker.log_artifacts(cell_run, [out / "refit" / "model.pt"], "checkpoint/refit")
@@ -312,7 +246,7 @@ def evaluate_clinically(
         tracker.log_artifacts(cell_run, files, "localization")
     external = _external(cfg, model, points, tracker, cell_run, work)
 
-    metrics = {f"calibration/{k}": v for k, v in calibration.items()}
+    metrics = {f"calibration/{k}": v for k, v in calibration.metrics.items()}
     metrics.update(operating)
     metrics.update(localization)
     for name, values in external.items():
@@ -338,7 +272,7 @@ def evaluate_clinically(
             if len(test)
             else {}
         ),
-        calibration={**calibration, "bins": float(ev.calibration_bins)},
+        calibration={**calibration.metrics, "bins": float(ev.calibration_bins)},
         operating=operating,
         localization={k.split("/", 1)[1]: v for k, v in localization.items()},
         external=external,
@@ -349,7 +283,7 @@ def evaluate_clinically(
     report.model_card.write_text(render_model_card(facts))
     summary = write_json(
         {
-            "calibration": calibration,
+            "calibration": {"method": calibration.method, **calibration.metrics},
             "operating": operating,
             "localization": localization,
             "external": external,

@@ -1,7 +1,7 @@
 """External validation: score a trained model on another dataset (another hospital, scanner).
 
 Each entry of `eval_datasets` is a dataset config like those of the `dataset` group. It is
-scored after training with the test-set protocol (the same ensemble, temperature and operating
+scored after training with the test-set protocol (the same ensemble, calibration and operating
 points, all fixed on the training data), and, where the source gives patient ids, per patient
 too: a patient's probability is the mean over their images, their label the worst (any
 malignant image makes a malignant patient), so one patient's many images count once.
@@ -19,8 +19,9 @@ import pandas as pd
 from hydra.utils import instantiate
 
 from fus2net.data.cache import ImageCache
+from fus2net.data.records import DataError, Problem
 from fus2net.data.validation import validate_records
-from fus2net.evaluation.calibration import calibrated_ensemble, expected_calibration_error
+from fus2net.evaluation.calibration import expected_calibration_error
 from fus2net.evaluation.metrics import binary_metrics
 from fus2net.evaluation.operating_points import OperatingPoint
 from fus2net.inference.loading import LoadedModel
@@ -43,6 +44,34 @@ def patient_level(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per group id: mean probability, malignant if any image is."""
     grouped = frame.dropna(subset=["group"]).groupby("group", sort=True)
     return grouped.agg(label=("label", "max"), prob=("prob", "mean")).reset_index()
+
+
+def check_external_datasets(entries: Any, class_names: list[str]) -> list[Problem]:
+    """What would stop any `eval_datasets` entry from being scored, found before training:
+    a config that does not instantiate, other class names, no images or a missing folder.
+    Unreadable single images are not looked at here; scoring skips and counts them."""
+    problems = []
+    for name, dataset_cfg in (entries or {}).items():
+        where = f"eval_datasets.{name}"
+        try:
+            source = instantiate(dataset_cfg)
+            records = source.load()  # first: a missing folder is named as such
+            if list(source.class_names) != list(class_names):
+                problems.append(
+                    Problem(
+                        where,
+                        f"classes {list(source.class_names)} differ from the training data's "
+                        f"{list(class_names)} (index = label); set {where}.classes",
+                    )
+                )
+            elif not records:
+                problems.append(Problem(where, f"no images found by {source!r}"))
+        except DataError as err:  # the source's own problems, its fix pointed at this entry
+            fix = err.fix.replace("dataset.", f"{where}.")
+            problems += [Problem(f"{where}: {p.path}", f"{p.reason}; {fix}") for p in err.problems]
+        except Exception as err:  # any reason it cannot be read: report them all at once
+            problems.append(Problem(where, str(err).replace("\n", " ")))
+    return problems
 
 
 def evaluate_external(
@@ -83,14 +112,14 @@ def evaluate_external(
             "path": [str(r.image) for r in kept],
             "label": cache.labels,
             "prob": probs,
-            "prob_calibrated": calibrated_ensemble(members, model.spec.temperature),
+            "prob_calibrated": model.spec.calibrated(members),
             "group": [r.group for r in kept],
         }
     )
     result = ExternalResult(name, description=source.describe())
     result.metrics.update(binary_metrics(frame.label, frame.prob))
     result.metrics["ece"] = expected_calibration_error(frame.label, frame.prob, n_bins)
-    result.metrics["ece_temperature"] = expected_calibration_error(
+    result.metrics["ece_calibrated"] = expected_calibration_error(
         frame.label, frame.prob_calibrated, n_bins
     )
     for point in points:

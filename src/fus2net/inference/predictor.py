@@ -19,7 +19,6 @@ from PIL import Image
 
 from fus2net.data.cache import load_resized
 from fus2net.data.imageio import IMAGE_SUFFIXES, load_image
-from fus2net.evaluation.calibration import calibrated_ensemble
 from fus2net.evaluation.gradcam import CamTarget, overlay
 from fus2net.inference.loading import LoadedModel
 
@@ -109,7 +108,7 @@ def predict_files(
         images = np.stack(resized)
         members = model.member_probabilities(images)
         probs = members.mean(axis=0)
-        calibrated = calibrated_ensemble(members, spec.temperature)
+        calibrated = spec.calibrated(members)
         cams = model.grad_cams(images, cam_target) if gradcam else [None] * len(batch)
         for path, prob, cal, cam, original in zip(
             batch, probs, calibrated, cams, originals, strict=True
@@ -153,7 +152,11 @@ def _write_json(
         "model": model.origin,
         "operating_point": point,
         "threshold": threshold,
-        "temperature": model.spec.temperature,
+        "calibration": {
+            "method": model.spec.calibration_method,
+            "temperature": model.spec.temperature,
+            "bias": model.spec.calibration_bias,
+        },
         "class_names": model.spec.class_names,
         "preprocessing": model.spec.preprocessing,
         "predictions": records,

@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from fus2net.evaluation.calibration import calibrated_ensemble
 from fus2net.inference.loading import LoadedModel, load_package
 from fus2net.inference.spec import SPEC_FILE
 
@@ -59,7 +58,7 @@ class PyfuncModel:
         return pd.DataFrame(
             {
                 "prob_malignant": probs,
-                "prob_calibrated": calibrated_ensemble(members, spec.temperature),
+                "prob_calibrated": spec.calibrated(members),
                 "predicted_class": [spec.class_names[int(p >= threshold)] for p in probs],
                 "threshold": threshold,
             }

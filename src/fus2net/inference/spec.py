@@ -2,8 +2,9 @@
 
 Written by training next to the fold weights (the job's output folder), logged to the cell run
 (`model/fus2net_model.json`) and packed into a registered model: architecture, preprocessing,
-class names, the ensemble members, the temperature and the operating points chosen on
-validation predictions. Weight paths are relative to the file's folder, so a folder can move.
+class names, the ensemble members, the probability calibration (temperature and bias) and the
+operating points chosen on validation predictions. Weight paths are relative to the file's
+folder, so a folder can move.
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+from fus2net.evaluation.calibration import calibrated_ensemble
 
 SPEC_FILE = "fus2net_model.json"
 FORMAT = "fus2net-model/1"
@@ -40,10 +45,16 @@ class ModelSpec:
     num_classes: int = 2
     drop_rate: float = 0.0
     temperature: float = 1.0
+    calibration_bias: float = 0.0  # Platt scaling's log-odds shift; 0 for temperature scaling
+    calibration_method: str = "none"
     thresholds: dict[str, float] = field(default_factory=lambda: {DEFAULT_POINT: 0.5})
     operating_point: str = DEFAULT_POINT
     cam_layer: str | None = None
     source: dict[str, Any] = field(default_factory=dict)
+
+    def calibrated(self, member_probs: np.ndarray) -> np.ndarray:
+        """The ensemble's calibrated malignant probability from its members' (members, N)."""
+        return calibrated_ensemble(member_probs, self.temperature, self.calibration_bias)
 
     @property
     def preprocessing(self) -> dict[str, Any]:
@@ -108,7 +119,7 @@ def _is_number(text: Any) -> bool:
 
 
 def spec_from_config(cfg: Any, class_names: list[str], members: list[Member]) -> ModelSpec:
-    """The spec of models trained with the Hydra config `cfg` (no thresholds, T = 1 yet)."""
+    """The spec of models trained with the Hydra config `cfg` (no thresholds or calibration yet)."""
     from omegaconf import OmegaConf
 
     model = OmegaConf.to_container(cfg.model, resolve=True)

@@ -112,15 +112,18 @@ def render_model_card(facts: ModelCardFacts) -> str:
         f"- Expected calibration error ({facts.calibration.get('bins', 15):.0f} bins): "
         f"out-of-fold {_f(facts.calibration.get('oof_ece'))}, "
         f"test {_f(facts.calibration.get('test_ece'))}.",
-        f"- Temperature scaling fitted on out-of-fold predictions: T = "
-        f"{_f(facts.calibration.get('temperature'), 2)}; test ECE after it "
-        f"{_f(facts.calibration.get('test_ece_temperature'))}; test negative log-likelihood "
+        f"- Recalibration fitted on out-of-fold predictions ({facts.spec.calibration_method}, "
+        f"p' = sigmoid(logit(p) / T + b)): T = {_f(facts.calibration.get('temperature'), 2)}, "
+        f"b = {_f(facts.calibration.get('bias'), 2)}; test ECE after it "
+        f"{_f(facts.calibration.get('test_ece_calibrated'))}; test negative log-likelihood "
         f"{_f(facts.calibration.get('test_nll'))} before, "
-        f"{_f(facts.calibration.get('test_nll_temperature'))} after.",
+        f"{_f(facts.calibration.get('test_nll_calibrated'))} after.",
         f"- Mean predicted malignant probability on test "
-        f"{_f(facts.calibration.get('test_mean_prob'))} vs observed malignant share "
-        f"{_f(facts.calibration.get('test_prevalence'))}: a gap is a prior shift (class "
-        "balancing in training, another prevalence) that no temperature removes.",
+        f"{_f(facts.calibration.get('test_mean_prob'))} before and "
+        f"{_f(facts.calibration.get('test_mean_prob_calibrated'))} after recalibration, vs "
+        f"observed malignant share {_f(facts.calibration.get('test_prevalence'))}: a gap is a "
+        "prior shift (class balancing in training, another prevalence); Platt's bias b can "
+        "remove the first, a temperature neither.",
         "",
         "## Operating points (chosen on out-of-fold predictions, applied to test)",
         *_operating_table(facts.operating),

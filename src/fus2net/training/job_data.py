@@ -1,7 +1,8 @@
 """The data every fold of a job shares: loaded, checked, split and decoded once, before training.
 
 A bad file stops the job here, before any run exists, with every bad file listed
-(`data.on_bad_image=error`), or is left out and counted (`skip`).
+(`data.on_bad_image=error`), or is left out and counted (`skip`); so does an `eval_datasets`
+entry that could not be scored after training.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from fus2net.data.cache import ImageCache
 from fus2net.data.records import Problem, Record, raise_if_problems
 from fus2net.data.splits import Split, make_split, records_fingerprint
 from fus2net.data.validation import drop_bad_records, validate_records
+from fus2net.evaluation.external import check_external_datasets
 from fus2net.training.preflight import check_free_space
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,11 @@ def prepare_data(cfg: DictConfig) -> JobData:
         fix="remove or replace the files listed (fus2net-data shows the full summary), or set "
         "data.on_bad_image=skip to train without them",
         source=source.name,
+    )
+    raise_if_problems(
+        check_external_datasets(cfg.get("eval_datasets"), list(source.class_names)),
+        fix="fix the eval_datasets entries listed, or drop them (e.g. ~eval_datasets.NAME)",
+        source="eval_datasets",
     )
     if cfg.data.cache == "disk":
         size, channels = int(cfg.data.image_size), int(cfg.data.channels)

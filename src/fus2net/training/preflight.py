@@ -14,6 +14,7 @@ from urllib.request import urlopen
 import torch
 from omegaconf import DictConfig
 
+from fus2net.evaluation.calibration import CALIBRATION_METHODS
 from fus2net.models import create_model, list_models
 
 DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
@@ -100,6 +101,10 @@ def check_config(cfg: DictConfig) -> None:
                 f"data.image_size={data.image_size}: {name} needs at least "
                 f"{minimum} px; set data.image_size>={minimum}"
             )
+    evaluation = cfg.get("evaluation") or {}
+    method = evaluation.get("calibration", "platt")
+    if method not in CALIBRATION_METHODS:
+        errors.append(f"evaluation.calibration={method}: must be {', '.join(CALIBRATION_METHODS)}")
     launcher = parallel_launcher()
     if launcher and str(cfg.tracking.uri).startswith("sqlite:"):
         errors.append(

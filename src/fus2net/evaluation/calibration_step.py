@@ -1,0 +1,116 @@
+"""The calibration step of a cell's clinical evaluation: measure, fit on out-of-fold, score test.
+
+Every fold run gets its validation ECE and reliability diagram; the cell gets the pooled
+out-of-fold and test ECE, the calibration fitted on the out-of-fold predictions only
+(`evaluation.calibration`: Platt by default, see `fus2net.evaluation.calibration`), and the test
+ECE, log-likelihood and mean probability before and after it. The test set never fits anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from fus2net.evaluation.calibration import (
+    calibrated_ensemble,
+    expected_calibration_error,
+    fit_calibration,
+    negative_log_likelihood,
+)
+from fus2net.reporting.clinical_plots import save_reliability_diagram
+
+if TYPE_CHECKING:
+    from fus2net.tracking.mlflow_tracker import MlflowTracker
+
+
+@dataclass(frozen=True)
+class CalibrationResult:
+    """The fitted map sigmoid(logit(p) / T + b) and the metrics logged as `calibration/<name>`."""
+
+    method: str
+    temperature: float
+    bias: float
+    metrics: dict[str, float]
+
+
+def log_fold_calibration(
+    tracker: MlflowTracker, cell_run: str, oof: pd.DataFrame, n_bins: int, out: Path
+) -> list[float]:
+    """`calibration/val_ece` and a reliability diagram in each fold run; the ECEs."""
+    fold_runs = {
+        r.data.tags.get("fus2net.fold"): r.info.run_id
+        for r in tracker.child_runs(cell_run)
+        if r.info.status == "FINISHED"  # not an earlier, killed attempt of a resumed fold
+    }
+    eces = []
+    for fold, part in oof.groupby("fold", sort=True):
+        labels, probs = part["label"].to_numpy(), part["prob"].to_numpy()
+        ece = expected_calibration_error(labels, probs, n_bins)
+        eces.append(ece)
+        run_id = fold_runs.get(str(fold))
+        if run_id is None:  # not a child of this cell (e.g. resumed): cell-level numbers only
+            continue
+        (out / f"fold_{fold}").mkdir(parents=True, exist_ok=True)
+        figure = save_reliability_diagram(
+            {f"fold {fold} validation": (labels, probs)},
+            out / f"fold_{fold}" / "reliability_val.png",
+            f"Reliability: fold {fold} validation",
+            n_bins,
+        )
+        tracker.log_metrics(run_id, {"calibration/val_ece": ece})
+        tracker.log_artifacts(run_id, [figure], "calibration")
+    return eces
+
+
+def calibrate_cell(
+    tracker: MlflowTracker,
+    cell_run: str,
+    oof: pd.DataFrame,
+    test: pd.DataFrame,
+    test_members: np.ndarray,
+    method: str,
+    n_bins: int,
+    work: Path,
+) -> CalibrationResult:
+    """Fit `method` on the out-of-fold predictions, apply it to each test-scoring member
+    (`test_members`, (members, N)) before their mean, and log the cell's reliability diagram."""
+    eces = log_fold_calibration(tracker, cell_run, oof, n_bins, work)
+    oof_y, oof_p = oof["label"].to_numpy(), oof["prob"].to_numpy()
+    test_y, test_p = test["label"].to_numpy(), test["prob"].to_numpy()
+    temperature, bias = fit_calibration(oof_y, oof_p, method)
+    test_calibrated = calibrated_ensemble(test_members, temperature, bias)
+    figure = save_reliability_diagram(
+        {
+            "out-of-fold": (oof_y, oof_p),
+            "test": (test_y, test_p),
+            f"test, {method} (T={temperature:.2f}, b={bias:+.2f})": (test_y, test_calibrated),
+        },
+        work / "reliability.png",
+        "Reliability of the malignant probability",
+        n_bins,
+    )
+    tracker.log_artifacts(cell_run, [figure], "calibration")
+    metrics = {
+        "val_ece_mean": float(np.nanmean(eces)) if eces else np.nan,
+        "oof_ece": expected_calibration_error(oof_y, oof_p, n_bins),
+        "temperature": temperature,
+        "bias": bias,
+        "test_ece": expected_calibration_error(test_y, test_p, n_bins),
+        "test_ece_calibrated": expected_calibration_error(test_y, test_calibrated, n_bins),
+        "test_nll": negative_log_likelihood(test_y, test_p),
+        "test_nll_calibrated": negative_log_likelihood(test_y, test_calibrated),
+        # a gap between the mean probability and the prevalence is a prior shift (class
+        # balancing in training); the bias of Platt scaling removes it, a temperature cannot
+        "test_mean_prob": _mean(test_p),
+        "test_mean_prob_calibrated": _mean(test_calibrated),
+        "test_prevalence": _mean(test_y),
+    }
+    return CalibrationResult(str(method), temperature, bias, metrics)
+
+
+def _mean(values: np.ndarray) -> float:
+    return float(np.mean(values)) if len(values) else np.nan
