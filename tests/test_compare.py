@@ -17,7 +17,7 @@ from fus2net.evaluation.stats import delong_test
 from fus2net.reporting.compare import build_comparison, varying_keys
 from fus2net.reporting.compare_runs import CellRun, read_sweep
 from fus2net.reporting.compare_table import format_markdown, format_text, table_frame
-from fus2net.tracking.mlflow_tracker import MlflowTracker, TrackingError
+from fus2net.tracking.mlflow_tracker import MlflowTracker, TrackingError, without_credentials
 from jobs import TINY, run_module, run_train
 
 SWEEP = "outputs/multirun/2026-01-02/10-00-00"
@@ -256,8 +256,6 @@ def test_reference_sweep_and_by_choices(store, tmp_path: Path) -> None:
 
 
 def test_extra_cell_metrics_become_columns(store, tmp_path: Path) -> None:
-    from fus2net.reporting.compare_table import format_text, table_frame
-
     tracker, _ = store
     runs = read_sweep(tracker, sweep=SWEEP)
     comparison = build_comparison(
@@ -305,6 +303,23 @@ def test_cli_writes_report_and_logs_a_comparison_run(store, tmp_path: Path, caps
     assert {"report.html", "table.md", "table.csv", "roc.png", "metrics.png", "folds.png"} <= logged
     # the comparison run is never read back as a cell
     assert [c.run_id for c in read_sweep(tracker).cells] == [ids["adam"], ids["sgd"]]
+
+
+def test_cli_reads_the_training_store_by_default_and_shows_logged_operating_points(
+    store, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tracker, _ = store
+    home = Path(tracker.uri.removeprefix("sqlite:///")).parents[1]  # <home>/mlruns/mlflow.db
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("FUS2NET_HOME", str(home))
+    monkeypatch.chdir(tmp_path)  # not where the store is
+    out = tmp_path / "report"
+    compare_main(["--out", str(out), "--bootstrap", "200", "--no-log", "--operating-points"])
+    printed = capsys.readouterr().out
+    assert "optimizer=sgd" in printed and "operating/sens95_threshold" in printed
+    assert not (tmp_path / "mlruns").exists()
+    assert without_credentials("http://ci:s3cret@host:5000/x") == "http://host:5000/x"
+    assert without_credentials("sqlite:///a/b.db") == "sqlite:///a/b.db"
 
 
 def test_cli_errors_are_one_clear_line(tmp_path: Path, store, capsys) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
@@ -121,6 +123,14 @@ def test_identical_scores_give_p_one_and_a_strong_difference_is_detected() -> No
     assert delong_test(labels, good, weak).p_value < 1e-6
     # a monotone transform changes no rank, hence no AUC and no variance
     assert delong_test(labels, good, np.exp(good)).p_value == 1.0
+
+
+def test_a_difference_without_variance_is_untestable_not_insignificant() -> None:
+    labels = np.repeat([0, 1], 20)
+    perfect, constant = labels.astype(float), np.full(40, 0.5)  # AUC 1 vs 0.5, both variance 0
+    result = delong_test(labels, perfect, constant)
+    assert result.se == 0.0 and result.z == math.inf and math.isnan(result.p_value)
+    assert mcnemar_test(labels, perfect >= 0.5, constant >= 0.5).n == 40
 
 
 def test_delong_rejects_one_class_and_mismatched_inputs() -> None:

@@ -1,7 +1,7 @@
 """`fus2net-compare`: after a sweep, which variant is better, by how much, and is it real.
 
 fus2net-train -m optimizer=adam,rmsprop,sgd
-fus2net-compare                      # the latest sweep in ./mlruns, first row = reference
+fus2net-compare                      # the latest sweep in ./mlruns (or $FUS2NET_HOME/mlruns)
 fus2net-compare --experiment paper-table1-channels --reference data.channels=3
 """
 
@@ -13,6 +13,10 @@ import sys
 import tempfile
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fus2net.reporting.compare_runs import SweepRuns
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -25,8 +29,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     store = parser.add_argument_group("which runs")
     store.add_argument(
         "--tracking-uri",
-        default="sqlite:///mlruns/mlflow.db",
-        help="MLflow store (default: the local store of fus2net-train run from this folder)",
+        default=None,
+        help="MLflow store (default: MLFLOW_TRACKING_URI, else "
+        "sqlite:///$FUS2NET_HOME/mlruns/mlflow.db as fus2net-train writes)",
     )
     store.add_argument("--experiment", default="fus2net", help="MLflow experiment name")
     store.add_argument(
@@ -64,7 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     table.add_argument(
         "--operating-points",
         action="store_true",
-        help="show the sens95 and Youden thresholds with their test sensitivity and specificity",
+        help="show each operating point the cells logged (sens95 or another target, Youden): "
+        "threshold, test sensitivity and specificity",
     )
     table.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
     table.add_argument("--level", type=float, default=0.95, help="confidence level")
@@ -91,16 +97,17 @@ def main(argv: list[str] | None = None) -> None:
     from fus2net.reporting.compare_report import log_comparison, write_report
     from fus2net.reporting.compare_runs import read_sweep
     from fus2net.reporting.compare_table import format_text
-    from fus2net.tracking.mlflow_tracker import MlflowTracker, TrackingError
+    from fus2net.tracking.mlflow_tracker import MlflowTracker, TrackingError, default_tracking_uri
 
     try:
-        tracker = MlflowTracker.open_existing(args.tracking_uri, args.experiment)
+        uri = args.tracking_uri or default_tracking_uri()
+        tracker = MlflowTracker.open_existing(uri, args.experiment)
         runs = read_sweep(tracker, args.sweep, args.filter)
         with tempfile.TemporaryDirectory(prefix="fus2net-compare-") as downloads:
             comparison = build_comparison(
                 tracker, runs, Path(downloads), args.by, args.reference,
                 n_boot=args.bootstrap, level=args.level, seed=args.seed,
-                extra_metrics=_extra_metrics(args),
+                extra_metrics=_extra_metrics(args, runs),
             )  # fmt: skip
         sweep = comparison.source["sweep"]
         title = args.title or f"fus2net comparison: {args.experiment}, sweep {sweep}"
@@ -119,18 +126,25 @@ def main(argv: list[str] | None = None) -> None:
         print(f"Logged to MLflow as comparison run {run_id}; browse: {tracker.ui_command()}")
 
 
-OPERATING_POINT_METRICS = [
-    f"operating/{point}_{what}"
-    for point in ("sens95", "youden")
-    for what in ("threshold", "test_sensitivity", "test_specificity")
-]
+# What each operating point a cell logged shows with --operating-points, in this order.
+OPERATING_POINT_PARTS = ("threshold", "test_sensitivity", "test_specificity")
 
 
-def _extra_metrics(args: argparse.Namespace) -> list[str]:
-    """`--metrics` plus, with `--operating-points`, the thresholds chosen on out-of-fold data."""
+def _extra_metrics(args: argparse.Namespace, runs: SweepRuns) -> list[str]:
+    """`--metrics` plus, with `--operating-points`, every operating point the cells logged
+    (`sens<NN>` for any target sensitivity, `youden`): thresholds chosen on out-of-fold data."""
     extra = list(args.metrics)
     if args.operating_points:
-        extra += [m for m in OPERATING_POINT_METRICS if m not in extra]
+        names = {m for cell in runs.cells for m in cell.metrics if m.startswith("operating/")}
+        points = sorted(
+            {n.split("/", 1)[1].rsplit("_", 1)[0] for n in names if n.endswith("_threshold")}
+        )
+        extra += [
+            name
+            for point in points
+            for part in OPERATING_POINT_PARTS
+            if (name := f"operating/{point}_{part}") in names and name not in extra
+        ]
     return extra
 
 

@@ -43,7 +43,7 @@ from fus2net.inference.loading import LoadedModel, load_package
 from fus2net.inference.spec import DEFAULT_POINT, Member, export_package, spec_from_config
 from fus2net.reporting.clinical_plots import save_overlay_grid
 from fus2net.reporting.model_card import ModelCardFacts, render_model_card
-from fus2net.reporting.run_artifacts import write_json
+from fus2net.reporting.run_artifacts import patient_groups, write_json
 
 if TYPE_CHECKING:
     from fus2net.tracking.mlflow_tracker import MlflowTracker
@@ -268,7 +268,9 @@ def evaluate_clinically(
         cv=mean_std(binary_metrics(p.label, p.prob) for _, p in oof.groupby("fold")),
         test=binary_metrics(test_y, test_p) if len(test) else {},
         test_ci=(
-            bootstrap_intervals(test_y, test_p, n_boot=int(ev.get("bootstrap", 1000)))
+            bootstrap_intervals(
+                test_y, test_p, patient_groups(test), n_boot=int(ev.get("bootstrap", 1000))
+            )
             if len(test)
             else {}
         ),

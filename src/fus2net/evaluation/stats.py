@@ -44,6 +44,7 @@ class McNemarResult:
     only_a_correct: int
     only_b_correct: int
     p_value: float
+    n: int  # images both variants scored: the denominator of their accuracy difference
 
 
 def _two_classes(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -106,8 +107,10 @@ def delong_test(labels: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray) 
     variance = cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]
     se = math.sqrt(max(variance, 0.0))
     difference = auc[0] - auc[1]
-    if se == 0.0:  # identical rankings: no evidence of a difference (pROC's convention)
+    if se == 0.0 and difference == 0.0:  # identical rankings: no evidence of a difference
         z, p = 0.0, 1.0
+    elif se == 0.0:  # e.g. a constant score against a perfect one: the test is undefined
+        z, p = math.copysign(math.inf, difference), math.nan
     else:
         z = difference / se
         p = float(2 * norm.sf(abs(z)))
@@ -130,7 +133,7 @@ def mcnemar_test(labels: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray) -> 
     only_b = int((~correct_a & correct_b).sum())
     discordant = only_a + only_b
     p = 1.0 if discordant == 0 else float(binomtest(only_a, discordant, 0.5).pvalue)
-    return McNemarResult(only_a, only_b, p)
+    return McNemarResult(only_a, only_b, p, len(labels))
 
 
 def _weighted_metrics(

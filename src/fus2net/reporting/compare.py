@@ -24,7 +24,8 @@ from fus2net.evaluation.stats import (
     mcnemar_test,
 )
 from fus2net.reporting.compare_runs import CellRun, Skipped, SweepRuns, load_predictions
-from fus2net.tracking.mlflow_tracker import MlflowTracker
+from fus2net.reporting.run_artifacts import patient_groups
+from fus2net.tracking.mlflow_tracker import MlflowTracker, without_credentials
 from fus2net.tracking.provenance import NON_RESULT_KEYS
 
 THRESHOLD = 0.5  # the operating point every logged metric uses
@@ -190,13 +191,6 @@ def contrast(reference: VariantResult, variant: VariantResult) -> Contrast:
     return Contrast(test_auc, oof_auc, accuracy, tuple(notes))
 
 
-def _groups(test: pd.DataFrame) -> list[str] | None:
-    """Patient ids of the test images when every image has one (a `group` column)."""
-    if "group" not in test.columns or test["group"].isna().any():
-        return None
-    return test["group"].astype(str).tolist()
-
-
 def _variant(
     cell: CellRun, label: str, settings: dict[str, str], preds: pd.DataFrame, boot: dict
 ) -> VariantResult:
@@ -218,7 +212,7 @@ def _variant(
         predictions=preds,
         cv=cv,
         test=binary_metrics(labels, probs, THRESHOLD),
-        test_ci=bootstrap_intervals(labels, probs, groups=_groups(test), **boot),
+        test_ci=bootstrap_intervals(labels, probs, groups=patient_groups(test), **boot),
         oof=binary_metrics(oof["label"].to_numpy(int), oof["prob"].to_numpy(float), THRESHOLD),
     )
 
@@ -269,9 +263,9 @@ def build_comparison(
     for v in variants:
         if v is not ref:
             v.contrast = contrast(ref, v)
-    grouped = all(_groups(v.split("test")) is not None for v in variants)
+    grouped = all(patient_groups(v.split("test")) is not None for v in variants)
     source = {
-        "store": tracker.uri,
+        "store": without_credentials(tracker.uri),  # written to files and logged
         "experiment": tracker.experiment_name,
         "sweep": ", ".join(runs.sweeps),
         "filter": runs.query,

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from fus2net.reporting.compare import Comparison
 from fus2net.reporting.compare_table import Section, notes, sections, skipped_lines
-from fus2net.tracking.mlflow_tracker import redact_uri
 
 CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
@@ -77,7 +76,7 @@ def render_html(
         f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
         '<p class="meta">',
-        f"Store <code>{html.escape(redact_uri(src['store']))}</code> &middot; experiment "
+        f"Store <code>{html.escape(src['store'])}</code> &middot; experiment "
         f"<code>{html.escape(src['experiment'])}</code> &middot; sweep "
         f"<code>{html.escape(src['sweep'])}</code><br>",
         f"Runs selected by <code>{html.escape(src['filter'] or '(all)')}</code>; variants named "

@@ -1,7 +1,9 @@
 """Reading a sweep back from MLflow: its cells, their folds and predictions, and what is missing.
 
 Everything comes from one paged search of the experiment (cell and fold runs share the sweep
-tag) plus one `predictions.csv` per cell, so hundreds of runs read in seconds. Cells that
+tag), plus one for cells an explicitly named sweep shares with a later one, the folds of any
+finished cell a `--filter` left them out of, and one `predictions.csv` per cell, so hundreds of
+runs read in seconds. Cells that
 failed, were killed, are still running, ran only some folds or were re-run are not dropped
 silently: they come back as `Skipped` with the reason, for the report to list.
 """
@@ -20,7 +22,6 @@ from fus2net.tracking.mlflow_tracker import PARENT_TAG, MlflowTracker
 
 ROLE_TAG = "fus2net.role"
 CELLS = f"tags.`{ROLE_TAG}` = 'cell'"
-FOLDS = f"tags.`{ROLE_TAG}` = 'fold'"
 SWEEPS_TAG = "fus2net.sweeps"  # every sweep that used a cell (a later sweep may reuse it)
 REQUIRED_COLUMNS = ("path", "label", "prob", "split")
 
@@ -144,7 +145,8 @@ def read_sweep(
     tracker: MlflowTracker, sweep: str | None = None, filter_string: str = ""
 ) -> SweepRuns:
     """The cells of one sweep (default: the latest), or of an MLflow filter, with their folds."""
-    if not sweep and not filter_string.strip():
+    latest = not sweep and not filter_string.strip()
+    if latest:
         sweep = latest_sweep(tracker)
         if sweep is None:
             raise ValueError(
@@ -153,7 +155,7 @@ def read_sweep(
             )
     query = build_query(sweep, filter_string)
     runs = tracker.search_all_runs(query)
-    if sweep and sweep != "all":  # cells a later sweep reused carry that sweep's tag now
+    if sweep and sweep != "all" and not latest:  # cells a later sweep reused carry its tag now
         seen = {r.info.run_id for r in runs}
         reused = tracker.search_all_runs(build_query(sweep, filter_string, SWEEPS_TAG))
         runs += [
@@ -166,8 +168,10 @@ def read_sweep(
     if not cell_runs:
         raise ValueError(f"no cell runs match {query!r} in experiment {tracker.experiment_name!r}")
     parents = {r.data.tags.get(PARENT_TAG) for r in fold_runs}
-    if any(r.info.run_id not in parents for r in cell_runs):  # the filter left out fold runs
-        fold_runs = tracker.search_all_runs(FOLDS)
+    for cell in cell_runs:  # a finished cell whose folds the filter left out
+        if cell.info.status == "FINISHED" and cell.info.run_id not in parents:
+            children = tracker.child_runs(cell.info.run_id)
+            fold_runs += [r for r in children if r.data.tags.get(ROLE_TAG) == "fold"]
     if sweep and sweep != "all":
         sweeps = sorted({s for r in cell_runs for s in _sweeps_of(r) if s.endswith(sweep)})
         if len(sweeps) > 1:

@@ -123,9 +123,8 @@ def _contrast_row(v: VariantResult) -> list[str]:
         row += ["n/a", "n/a"]
     else:
         mc = c.test_accuracy
-        n = len(v.split("test"))
         row += [
-            _signed("accuracy", (mc.only_a_correct - mc.only_b_correct) / n),
+            _signed("accuracy", (mc.only_a_correct - mc.only_b_correct) / mc.n),
             f"{fmt_p(mc.p_value)} ({mc.only_a_correct}:{mc.only_b_correct})",
         ]
     return row

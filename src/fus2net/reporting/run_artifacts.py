@@ -43,6 +43,14 @@ def predictions_frame(
     return frame
 
 
+def patient_groups(preds: pd.DataFrame) -> list[str] | None:
+    """Patient ids of `preds` when every image has one (its `group` column), else None: what
+    bootstrap intervals resample by."""
+    if "group" not in preds.columns or preds["group"].isna().any():
+        return None
+    return preds["group"].astype(str).tolist()
+
+
 def write_prediction_artifacts(
     preds: pd.DataFrame, out_dir: Path, class_names: list[str], title: str
 ) -> list[Path]:

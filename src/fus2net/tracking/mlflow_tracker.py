@@ -25,6 +25,7 @@ MAX_PARAM_VALUE = 6000
 
 T = TypeVar("T")
 _CREDENTIALS = re.compile(r"(://[^:/@\s]+):[^@/\s]+@")
+_USER_INFO = re.compile(r"://[^/@\s]+@")
 
 
 class TrackingError(RuntimeError):
@@ -34,6 +35,20 @@ class TrackingError(RuntimeError):
 def redact_uri(text: str) -> str:
     """Hide the password of any URI in `text` (`postgresql://u:***@host/db`)."""
     return _CREDENTIALS.sub(r"\1:***@", text)
+
+
+def without_credentials(uri: str) -> str:
+    """`uri` without its user info (`https://host/...`): safe to print, store or link to."""
+    return _USER_INFO.sub("://", uri)
+
+
+def default_tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI, else the store fus2net-train writes by default (tracking=local,
+    under FUS2NET_HOME or the current folder): what the reading CLIs open unless told."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    root = Path(os.environ.get("FUS2NET_HOME", ".")).resolve()
+    return f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
 
 
 def normalize_tracking_uri(uri: str) -> str:
@@ -171,7 +186,7 @@ class MlflowTracker:
             with contextlib.suppress(ValueError):
                 store = "sqlite:///" + str(Path(self.uri[10:]).relative_to(Path.cwd()))
             return f"mlflow ui --backend-store-uri {store} --host 127.0.0.1 --port 5000"
-        return f"open {redact_uri(self.uri)} in a browser"
+        return f"open {without_credentials(self.uri)} in a browser"
 
     def lightning_logger(self, run_id: str) -> Any:
         """A Lightning logger writing into `run_id` (imported here: Lightning is slow to load)."""
