@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -21,7 +23,7 @@ from fus2net.inference import (
     load_package,
     predict_files,
 )
-from fus2net.inference.loading import build_member, to_tensor
+from fus2net.inference.loading import build_member, load_from_run, to_tensor
 from fus2net.inference.pyfunc import _load_pyfunc
 from fus2net.inference.spec import export_package
 from fus2net.models import create_model
@@ -160,6 +162,52 @@ def test_loading_errors_name_the_fix(tmp_path: Path) -> None:
         load_model(str(tmp_path / "nothing"))
     with pytest.raises(FileNotFoundError, match="no MLflow store"):
         load_model("0" * 32, tracking_uri=f"sqlite:///{tmp_path / 'none.db'}")
+
+
+class ArtifactStore:
+    """What `load_from_run` reads of a tracker: a refit-scored cell (spec lists only the refit
+    model) and its fold run 1, artifacts served from local files."""
+
+    def __init__(self, package: Path) -> None:
+        spec = ModelSpec.read(package / "fus2net_model.json")
+        spec.members = [Member("refit/model.pt", None)]
+        self.spec_dir = package.parent / "refit_spec"
+        spec.write(self.spec_dir)
+        self.files = {
+            ("cell", "model/fus2net_model.json"): self.spec_dir / "fus2net_model.json",
+            ("cell", "checkpoint/refit/model.pt"): package / "fold_0" / "model.pt",
+            ("fold1", "checkpoint/model.pt"): package / "fold_1" / "model.pt",
+        }
+
+    def get_run(self, run_id: str) -> SimpleNamespace:
+        tags = {"fus2net.role": "cell"}
+        if run_id == "fold1":
+            tags = {"fus2net.role": "fold", "mlflow.parentRunId": "cell", "fus2net.fold": "1"}
+        return SimpleNamespace(data=SimpleNamespace(tags=tags))
+
+    def child_runs(self, run_id: str) -> list:
+        return []
+
+    def download_artifacts(self, run_id: str, path: str, dst: Path) -> Path:
+        dst.mkdir(parents=True, exist_ok=True)
+        return Path(shutil.copy(self.files[(run_id, path)], dst / Path(path).name))
+
+
+def test_a_fold_run_of_a_refit_cell_loads_its_own_weights(package: Path, tmp_path: Path) -> None:
+    store = ArtifactStore(package)
+    fold = load_from_run(store, "fold1", tmp_path / "fold")  # type: ignore[arg-type]
+    assert [m.fold for m in fold.spec.members] == [1] and len(fold.members) == 1
+    expected = build_member(fold.spec, package / "fold_1" / "model.pt")
+    pairs = zip(fold.members[0].state_dict().values(), expected.state_dict().values(), strict=True)
+    for got, want in pairs:
+        assert torch.equal(got, want)
+    cell = load_from_run(store, "cell", tmp_path / "cell")  # type: ignore[arg-type]
+    assert [m.fold for m in cell.spec.members] == [None]
+    spec = ModelSpec.read(store.spec_dir / "fus2net_model.json")
+    spec.members = []
+    spec.write(tmp_path / "empty")
+    with pytest.raises(ValueError, match="lists no ensemble members"):
+        load_package(tmp_path / "empty")
 
 
 def test_cli_predicts_and_reports(

@@ -36,13 +36,16 @@ _PROCESS_CACHE_SIZE = 2
 
 
 def load_resized(path: Path, image_size: int, channels: int) -> np.ndarray:
-    """(S, S, C) uint8: decode, then bilinear resize as Keras' load_img (PIL BILINEAR) does.
+    """(S, S, C) uint8: decode, then bilinear resize as Keras' load_img (PIL BILINEAR) does."""
+    return resize_image(load_image(path, channels=channels), image_size, channels)
 
-    The aspect ratio is not kept, as in the paper (775x580 -> 299x299).
-    """
-    array = load_image(path, channels=channels)
-    image = Image.fromarray(array[:, :, 0] if channels == 1 else array)
-    resized = np.asarray(image.resize((image_size, image_size), Image.Resampling.BILINEAR))
+
+def resize_image(image: np.ndarray, image_size: int, channels: int) -> np.ndarray:
+    """(S, S, C) uint8 of an (H, W, 1|3) uint8 image: to `channels` (RGB -> L as PIL converts),
+    then bilinear resize. The aspect ratio is not kept, as in the paper (775x580 -> 299x299)."""
+    pil = Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)
+    pil = pil.convert("L" if channels == 1 else "RGB")
+    resized = np.asarray(pil.resize((image_size, image_size), Image.Resampling.BILINEAR))
     return resized.reshape(image_size, image_size, channels)
 
 

@@ -53,7 +53,6 @@ def load_image(path: str | Path, channels: int = 3) -> np.ndarray:
             raise ImageReadError(f"{path}: zero-byte file")
         with Image.open(path) as img:
             img.load()
-            img = _to_uint8_gray_or_rgb(img)
     except FileNotFoundError as exc:
         raise ImageReadError(f"{path}: file not found") from exc
     except UnidentifiedImageError as exc:
@@ -62,11 +61,16 @@ def load_image(path: str | Path, channels: int = 3) -> np.ndarray:
         if isinstance(exc, ImageReadError):
             raise
         raise ImageReadError(f"{path}: corrupt or truncated image ({exc})") from exc
+    return image_pixels(img, channels)
+
+
+def image_pixels(img: Image.Image, channels: int = 3) -> np.ndarray:
+    """(H, W, channels) uint8 of a PIL image of any mode: what `load_image` makes of a file,
+    for images that arrive as arrays (alpha composited onto black, 16-bit rescaled)."""
+    img = _to_uint8_gray_or_rgb(img)
     if channels == 1:
-        arr = np.asarray(img.convert("L"), dtype=np.uint8)[:, :, None]
-    else:
-        arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
-    return np.ascontiguousarray(arr)
+        return np.ascontiguousarray(np.asarray(img.convert("L"), dtype=np.uint8)[:, :, None])
+    return np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8))
 
 
 def load_mask(

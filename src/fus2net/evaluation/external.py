@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 from hydra.utils import instantiate
 
-from fus2net.data.cache import ImageCache
+from fus2net.data.cache import load_resized
+from fus2net.data.imageio import ImageReadError
 from fus2net.data.records import DataError, Problem
-from fus2net.data.validation import validate_records
 from fus2net.evaluation.calibration import expected_calibration_error
 from fus2net.evaluation.metrics import binary_metrics
 from fus2net.evaluation.operating_points import OperatingPoint
@@ -32,12 +32,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ExternalResult:
-    """Metrics (without the `external/<name>/` prefix), files to log, and provenance."""
+    """Metrics (without the `external/<name>/` prefix) and files to log."""
 
     name: str
     metrics: dict[str, float] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
-    description: dict[str, Any] = field(default_factory=dict)
 
 
 def patient_level(frame: pd.DataFrame) -> pd.DataFrame:
@@ -90,33 +89,35 @@ def evaluate_external(
             f"{model.spec.class_names} (index = label); set eval_datasets.{name}.classes"
         )
     records = source.load()
-    problems = validate_records(records, model.spec.in_chans)
-    bad = {p.path for p in problems}
-    kept = [r for r in records if str(r.image) not in bad]
-    if len(kept) < len(records):
+    size, channels = model.spec.image_size, model.spec.in_chans
+    kept, images, bad = [], [], []
+    for record in records:  # decoded once; an unreadable image is skipped, not fatal
+        try:
+            images.append(load_resized(record.image, size, channels))
+            kept.append(record)
+        except ImageReadError as err:
+            bad.append(str(err))
+    if bad:
         log.warning(
             "eval_datasets.%s: skipping %d unreadable images: %s",
             name,
-            len(records) - len(kept),
-            ", ".join(sorted(bad)[:5]),
+            len(bad),
+            "; ".join(bad[:5]),
         )
     if not kept:
         raise ValueError(f"eval_datasets.{name}: no readable images in {source!r}")
-    cache = ImageCache.build(
-        kept, model.spec.image_size, model.spec.in_chans, mode="none", progress=False
-    )
-    members = model.member_probabilities(cache.images)
+    members = model.member_probabilities(np.stack(images))
     probs = members.mean(axis=0)
     frame = pd.DataFrame(
         {
             "path": [str(r.image) for r in kept],
-            "label": cache.labels,
+            "label": [r.label for r in kept],
             "prob": probs,
             "prob_calibrated": model.spec.calibrated(members),
             "group": [r.group for r in kept],
         }
     )
-    result = ExternalResult(name, description=source.describe())
+    result = ExternalResult(name)
     result.metrics.update(binary_metrics(frame.label, frame.prob))
     result.metrics["ece"] = expected_calibration_error(frame.label, frame.prob, n_bins)
     result.metrics["ece_calibrated"] = expected_calibration_error(

@@ -14,9 +14,6 @@ from typing import Literal
 import numpy as np
 import torch
 from PIL import Image
-from pytorch_grad_cam import GradCAM
-from pytorch_grad_cam.utils.image import show_cam_on_image
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 CamTarget = Literal["predicted", "malignant"]
@@ -67,6 +64,10 @@ def grad_cam(
             f"evaluation.gradcam.layer={layer!r} is not a submodule of {type(model).__name__}; "
             f"top-level layers: {names}"
         ) from err
+    # imported here: loading a model for training or benchmarking must not need grad-cam
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
     maps = []
     with GradCAM(model=model, target_layers=[target_layer]) as cam:
         for start in range(0, len(images), batch_size):
@@ -109,6 +110,8 @@ def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.4) -> np.ndarra
             )
         )
     cam = np.clip(cam, 0.0, 1.0)
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
     return show_cam_on_image(
         rgb.astype(np.float32) / 255.0, cam, use_rgb=True, image_weight=1 - alpha
     )

@@ -6,7 +6,6 @@ All three end in the same folder layout (`fus2net_model.json` + weight files), r
 
 from __future__ import annotations
 
-import os
 import re
 import tempfile
 from dataclasses import dataclass, replace
@@ -103,6 +102,8 @@ def load_package(path: str | Path) -> LoadedModel:
         raise FileNotFoundError(f"{path} does not exist; {WHAT_TO_PASS}")
     spec_file, only = _find_spec(path)
     spec = ModelSpec.read(spec_file)
+    if not spec.members:
+        raise ValueError(f"{spec_file} lists no ensemble members (its 'members' field is empty)")
     files = [(spec_file.parent / m.weights).resolve() for m in spec.members]
     if only is not None:
         files = [f for f in files if f == only] or [only]
@@ -136,25 +137,28 @@ def load_from_run(tracker: MlflowTracker, run_id: str, folder: Path) -> LoadedMo
             f"run {cell_id} has no model/{SPEC_FILE} artifact (trained before prediction "
             f"support, or evaluation.enabled=false): {err}"
         ) from err
-    children = {
-        int(r.data.tags["fus2net.fold"]): r.info.run_id
-        for r in tracker.child_runs(cell_id)
-        if r.data.tags.get("fus2net.role") == "fold"
-        and "fus2net.fold" in r.data.tags
-        and r.info.status == "FINISHED"  # not an earlier, killed attempt of a resumed fold
-    }
+    if fold is not None:  # that run's own weights, whatever the cell scored the test set with
+        sources = [(run_id, "checkpoint/model.pt", fold)]
+    else:
+        children = {
+            int(r.data.tags["fus2net.fold"]): r.info.run_id
+            for r in tracker.child_runs(cell_id)
+            if r.data.tags.get("fus2net.role") == "fold"
+            and "fus2net.fold" in r.data.tags
+            and r.info.status == "FINISHED"  # not an earlier, killed attempt of a resumed fold
+        }
+        sources = []
+        for member in spec.members:
+            if member.fold is None:
+                sources.append((cell_id, "checkpoint/refit/model.pt", None))
+            elif member.fold in children:
+                sources.append((children[member.fold], "checkpoint/model.pt", member.fold))
+            else:
+                raise ValueError(f"run {cell_id} has no fold run for fold {member.fold}")
     members = []
-    for member in spec.members:
-        if fold is not None and member.fold != fold:
-            continue
-        if member.fold is None:
-            source, artifact = cell_id, "checkpoint/refit/model.pt"
-        elif member.fold in children:
-            source, artifact = children[member.fold], "checkpoint/model.pt"
-        else:
-            raise ValueError(f"run {cell_id} has no fold run for fold {member.fold}")
+    for source, artifact, member_fold in sources:
         local = tracker.download_artifacts(source, artifact, folder / f"member_{len(members)}")
-        members.append(Member(str(Path(local).relative_to(folder)), member.fold))
+        members.append(Member(str(Path(local).relative_to(folder)), member_fold))
     replace(spec, members=members).write(folder)
     return load_package(folder)
 
@@ -170,14 +174,6 @@ def load_from_registry(
     return load_package(found[0].parent)
 
 
-def default_tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI, else the store fus2net-train writes by default (tracking=local)."""
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    root = Path(os.environ.get("FUS2NET_HOME", ".")).resolve()
-    return f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
-
-
 def load_model(
     ref: str, tracking_uri: str | None = None, experiment: str = "fus2net"
 ) -> LoadedModel:
@@ -187,7 +183,7 @@ def load_model(
     registered = _MODEL_URI.match(ref)
     if Path(ref).expanduser().exists() or not (run or registered):
         return load_package(ref)
-    from fus2net.tracking.mlflow_tracker import MlflowTracker
+    from fus2net.tracking.mlflow_tracker import MlflowTracker, default_tracking_uri
 
     uri = tracking_uri or default_tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():

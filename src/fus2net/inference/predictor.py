@@ -1,8 +1,8 @@
 """Predict image files: malignant probability, class at an operating point, Grad-CAM overlay.
 
-Images go through the training preprocessing (`load_resized`: any PIL mode and size, bilinear
-resize, per-image standardisation). A file that cannot be read becomes a row with its error,
-and the others are still predicted.
+Images go through the training preprocessing (`load_image`, `resize_image`: any PIL mode and
+size, bilinear resize, per-image standardisation). A file that cannot be read becomes a row with
+its error, and the others are still predicted.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from fus2net.data.cache import load_resized
+from fus2net.data.cache import resize_image
 from fus2net.data.imageio import IMAGE_SUFFIXES, load_image
+from fus2net.data.sources.base import is_image_file
 from fus2net.evaluation.gradcam import CamTarget, overlay
 from fus2net.inference.loading import LoadedModel
 
@@ -50,12 +51,7 @@ def collect_images(inputs: Iterable[str | Path]) -> tuple[list[Path], list[tuple
             files.append(path)
         elif path.is_dir():
             found = sorted(
-                p
-                for p in path.rglob("*")
-                if p.is_file()
-                and p.suffix.lower() in IMAGE_SUFFIXES
-                and not p.name.startswith(".")
-                and MASK_MARKER not in p.stem
+                p for p in path.rglob("*") if is_image_file(p) and MASK_MARKER not in p.stem
             )
             files += found
             if not found:
@@ -97,8 +93,9 @@ def predict_files(
         batch, resized, originals = [], [], []
         for path in files[start : start + batch_size]:
             try:
-                resized.append(load_resized(path, spec.image_size, spec.in_chans))
-                originals.append(load_image(path, channels=3) if gradcam else None)
+                original = load_image(path, channels=3 if gradcam else spec.in_chans)
+                resized.append(resize_image(original, spec.image_size, spec.in_chans))
+                originals.append(original if gradcam else None)  # overlays are drawn on it
                 batch.append(path)
             except READ_ERRORS as err:
                 log.warning("skipping %s", err)

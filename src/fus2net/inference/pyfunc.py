@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from fus2net.data.cache import resize_image
+from fus2net.data.imageio import image_pixels
 from fus2net.inference.loading import LoadedModel, load_package
 from fus2net.inference.spec import SPEC_FILE
 
@@ -66,12 +68,10 @@ class PyfuncModel:
 
 
 def _resize(image: np.ndarray, size: int, channels: int) -> np.ndarray:
-    """As `fus2net.data.cache.load_resized`, from an array instead of a file."""
+    """As `fus2net.data.cache.load_resized` does to a file, to an (H, W, 1|3|4) array."""
     image = np.clip(image, 0, 255).astype(np.uint8)
-    pil = Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image[:, :, :3])
-    pil = pil.convert("L" if channels == 1 else "RGB")
-    resized = np.asarray(pil.resize((size, size), Image.Resampling.BILINEAR))
-    return resized.reshape(size, size, channels)
+    pil = Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)  # L, RGB or RGBA
+    return resize_image(image_pixels(pil, channels), size, channels)
 
 
 def _load_pyfunc(data_path: str) -> PyfuncModel:
