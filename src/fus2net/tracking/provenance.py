@@ -14,8 +14,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from fus2net.tracking.mlflow_tracker import redact_uri
 
-# Keys that never change a result: where things are written, how many workers load data, which
-# fold of the cell this job runs, where it is tracked. The cell key ignores them.
+# Keys that never change a result: where things are written, how many workers and threads load
+# and compute, which fold of the cell this job runs, where it is tracked, whether the model is
+# also registered. The cell key ignores them.
 # Dataset locations are left out too: the dataset's content fingerprint stands for them.
 NON_RESULT_KEYS: tuple[str, ...] = (
     "cv.fold",
@@ -24,8 +25,12 @@ NON_RESULT_KEYS: tuple[str, ...] = (
     "dataset.csv",
     "tracking",
     "data.num_workers",
+    "data.cache",
+    "trainer.threads",
     "trainer.enable_progress_bar",
     "trainer.log_every_n_steps",
+    "evaluation.register_model",
+    "evaluation.model_name",
     "hydra",
 )
 

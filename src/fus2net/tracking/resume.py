@@ -2,14 +2,14 @@
 
 A cell run is found by its `fus2net.cell_key` tag, its folds as its child runs by `fus2net.fold`.
 A run whose process died without ending it (SIGKILL, the OOM killer, a lost node) would stay
-RUNNING forever; every run therefore carries owner tags (host, pid, the process's start time)
-and a heartbeat, and `is_orphan` tells a live run from a dead one:
+RUNNING forever; every run therefore carries owner tags (host, pid, the process's start time),
+a fold run also a heartbeat, and `is_orphan` tells a live fold run from a dead one:
 
 - same host: the owner process is gone, or its pid now belongs to another process;
 - other host: no heartbeat for `stale_after_s` seconds (a heartbeat is written at most once a
   minute while training).
 
-`reap_orphans` marks such runs KILLED with the reason, before the cell or fold is redone.
+`reap_orphans` marks such fold runs KILLED with the reason, before the fold is redone.
 """
 
 from __future__ import annotations

@@ -13,10 +13,13 @@ class EpochThroughput(Callback):
     """Logs training images/s and seconds per epoch (training batches only, validation aside).
 
     Logged as `perf/train_images_per_s` and `perf/train_epoch_seconds`, so that every run in
-    MLflow shows whether it ran on the fast path (bf16 + channels_last) or not.
+    MLflow shows whether it ran on the fast path (bf16 + channels_last) or not; kept per epoch
+    in `history` as (images, seconds) too, for benchmarks (`log=False`: history only).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, log: bool = True) -> None:
+        self.log = log
+        self.history: list[tuple[int, float]] = []
         self._start = 0.0
         self._last = 0.0
         self._images = 0
@@ -38,5 +41,7 @@ class EpochThroughput(Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         seconds = max(self._last - self._start, 1e-9)
-        pl_module.log("perf/train_epoch_seconds", seconds)
-        pl_module.log("perf/train_images_per_s", self._images / seconds)
+        self.history.append((self._images, seconds))
+        if self.log:
+            pl_module.log("perf/train_epoch_seconds", seconds)
+            pl_module.log("perf/train_images_per_s", self._images / seconds)

@@ -148,7 +148,7 @@ def run_fold(
                 logger=tracker.lightning_logger(run_id),
                 checkpoint_dir=checkpoints,
                 resume=previous is not None,
-                callbacks=[resume.Heartbeat(tracker, [run_id, cell_run])],
+                callbacks=[resume.Heartbeat(tracker, [run_id])],  # only fold runs are ever reaped
             )
             if result.start_epoch:
                 tracker.set_tags(run_id, {"fus2net.resumed_from_epoch": result.start_epoch})
@@ -179,7 +179,9 @@ def run_fold(
 
 
 def _end_status(exc: BaseException) -> str:
-    return "KILLED" if isinstance(exc, KeyboardInterrupt | JobInterrupted) else "FAILED"
+    """KILLED when the job was stopped from outside (a signal, or submitit's requeue exit)."""
+    stopped = isinstance(exc, KeyboardInterrupt | JobInterrupted | SystemExit)
+    return "KILLED" if stopped else "FAILED"
 
 
 def _safe_end(tracker: MlflowTracker, run_id: str, status: str, exc: BaseException) -> None:

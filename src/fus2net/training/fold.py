@@ -164,6 +164,26 @@ def _loadable(checkpoint: Path) -> bool:
     return True
 
 
+def fold_datamodule(cfg: DictConfig, data: FoldData, seed: int) -> FoldDataModule:
+    """The fold's loaders as `cfg` sets them up (balance, augmentation, workers), ready to use."""
+    datamodule = FoldDataModule(
+        data.images,
+        data.labels,
+        data.train_idx,
+        data.val_idx,
+        data.test_idx,
+        batch_size=int(cfg.data.batch_size),
+        augmentation=instantiate(cfg.augmentation) if cfg.augmentation else None,
+        balance=str(cfg.balance.mode),
+        sampler_weighting=cfg.balance.get("strategy", "loss") == "sampler",
+        num_workers=int(cfg.data.num_workers),
+        seed=seed,
+        pin_memory=cfg.trainer.accelerator == "gpu",
+    )
+    datamodule.setup("fit")
+    return datamodule
+
+
 def train_model(
     cfg: DictConfig,
     data: FoldData,
@@ -183,22 +203,7 @@ def train_model(
     loaded with `weights_only=True`: a checkpoint never runs pickled code.
     """
     L.seed_everything(seed, workers=True, verbose=False)
-    augmentation = instantiate(cfg.augmentation) if cfg.augmentation else None
-    datamodule = FoldDataModule(
-        data.images,
-        data.labels,
-        data.train_idx,
-        data.val_idx,
-        data.test_idx,
-        batch_size=int(cfg.data.batch_size),
-        augmentation=augmentation,
-        balance=str(cfg.balance.mode),
-        sampler_weighting=cfg.balance.get("strategy", "loss") == "sampler",
-        num_workers=int(cfg.data.num_workers),
-        seed=seed,
-        pin_memory=cfg.trainer.accelerator == "gpu",
-    )
-    datamodule.setup("fit")
+    datamodule = fold_datamodule(cfg, data, seed)
     module = build_module(cfg, num_classes, datamodule.class_weights)
     validate = len(data.val_idx) > 0
     best = KeepBestWeights()

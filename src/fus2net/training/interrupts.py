@@ -6,6 +6,10 @@ Python's default SIGTERM ends the process at once, and Lightning turns Ctrl+C (S
 ended KILLED by the `except BaseException` blocks it passes through, and the process exits with
 the shell's code for the signal (128 + its number). SIGKILL cannot be caught: the next job of the
 same cell finds the run orphaned (fus2net.tracking.resume) and marks it KILLED.
+
+A signal whose handler someone else installed is left to them: submitit, under SLURM, ignores
+SIGTERM on purpose so that its USR2 handler can requeue the task (it then exits with
+`sys.exit`, which the runs record as KILLED too).
 """
 
 from __future__ import annotations
@@ -56,7 +60,9 @@ def stop_on_signals(signals: tuple[signal.Signals, ...] = STOP_SIGNALS) -> Itera
         )
         raise JobInterrupted(signum)
 
-    previous = {s: signal.signal(s, handler) for s in signals}
+    defaults = (signal.SIG_DFL, signal.default_int_handler, None)
+    ours = [s for s in signals if signal.getsignal(s) in defaults]
+    previous = {s: signal.signal(s, handler) for s in ours}
     try:
         yield
     finally:
