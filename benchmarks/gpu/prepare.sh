@@ -9,6 +9,8 @@
 # Both folders are git-ignored through .git/info/exclude: they never enter the repository.
 set -euo pipefail
 busi="${1:-../shared/data/busi/Dataset_BUSI_with_GT}"
+[ -d "$busi/benign" ] && [ -d "$busi/malignant" ] || {
+  echo "prepare.sh: no BUSI at $busi (benign/ and malignant/ expected); pass its folder" >&2; exit 1; }
 py="${PYTHON:-python3}"
 [ -x .venv/bin/python ] && py="${PYTHON:-.venv/bin/python}"
 touch .git/info/exclude
