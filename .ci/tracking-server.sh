@@ -35,11 +35,10 @@ start_tracking_services() {
     --auth-host=scram-sha-256 --no-sync >"$CI_SERVICES/initdb.log"
   _as_postgres "$CI_PG_BIN/pg_ctl" -D "$CI_SERVICES/pg/data" -l "$CI_SERVICES/pg/server.log" -w \
     -o "-c listen_addresses=127.0.0.1 -p $pg_port -k $CI_SERVICES/pg -c fsync=off" start >/dev/null
-  local sql
-  for sql in "CREATE ROLE fus2net LOGIN PASSWORD '$PGPASSWORD'" \
-    "CREATE DATABASE mlflow OWNER fus2net" "CREATE DATABASE optuna OWNER fus2net"; do
-    _as_postgres psql -h "$CI_SERVICES/pg" -p "$pg_port" -U postgres -qc "$sql"
-  done
+  # SQL on stdin, not in psql's argv, where any process listing would show the password
+  printf '%s\n' "CREATE ROLE fus2net LOGIN PASSWORD '$PGPASSWORD';" \
+    "CREATE DATABASE mlflow OWNER fus2net;" "CREATE DATABASE optuna OWNER fus2net;" |
+    _as_postgres psql -h "$CI_SERVICES/pg" -p "$pg_port" -U postgres -q -v ON_ERROR_STOP=1 >/dev/null
 
   # The README's command: PostgreSQL as the backend store, artifacts served by the server.
   setsid mlflow server \

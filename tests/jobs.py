@@ -50,8 +50,10 @@ def tiny(*overrides: str, drop: Iterable[str] = ()) -> list[str]:
 
 
 def train_env(root: Path, **extra: str) -> dict[str, str]:
-    """This environment with the job rooted at `root` and this checkout's sources importable."""
-    return {**os.environ, "FUS2NET_HOME": str(root), "PYTHONPATH": str(REPO / "src"), **extra}
+    """This environment with the job rooted at `root` and this checkout's sources importable;
+    an inherited MLFLOW_TRACKING_URI is dropped (pass it in `extra`): the job uses its own store."""
+    inherited = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return {**inherited, "FUS2NET_HOME": str(root), "PYTHONPATH": str(REPO / "src"), **extra}
 
 
 def run_module(
@@ -113,3 +115,16 @@ def sqlite_client(root: Path) -> MlflowClient:
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=store_uri(root))
+
+
+def compose_train(*overrides: str, hydra_config: bool = False):
+    """The `train` config with `overrides`, composed in-process as `fus2net-train` would (with
+    `hydra_config`, Hydra's own node too, e.g. to inspect launchers)."""
+    from hydra import compose, initialize_config_dir
+
+    from fus2net.cli import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(
+            config_name="train", overrides=list(overrides), return_hydra_config=hydra_config
+        )

@@ -94,7 +94,7 @@ def test_cell_run_has_calibration_operating_localization_external(job: Path) -> 
 
 
 def test_prediction_by_run_id_and_registry_reproduces_the_test_scores(
-    job: Path, tmp_path: Path
+    job: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client, cell, folds = cell_and_folds(job)
     preds = pd.read_csv(
@@ -117,7 +117,7 @@ def test_prediction_by_run_id_and_registry_reproduces_the_test_scores(
 
     import mlflow
 
-    mlflow.set_tracking_uri(uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # set_tracking_uri would leak to later tests
     pyfunc = mlflow.pyfunc.load_model("models:/fus2net-synthetic/1")
     out = pyfunc.predict(np.full((1, 50, 70, 3), 90, np.uint8))
     assert out.loc[0, "predicted_class"] in ("benign", "malignant")

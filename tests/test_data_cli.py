@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from fus2net.cli.data import CONFIG_DIR, check_dataset
+from jobs import compose_train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,11 +40,6 @@ def bad_tree(root: Path) -> list[Path]:
     bad[1].write_text("not an image")
     bad[2].write_bytes((root / "benign/b.png").read_bytes()[:60])
     return bad
-
-
-def compose_train(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name="train", overrides=list(overrides))
 
 
 def run_cli(cwd: Path, *overrides: str) -> subprocess.CompletedProcess:

@@ -13,15 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from fus2net.cli import CONF_DIR
 from fus2net.data.records import DataError
 from fus2net.training import preflight
 from fus2net.training.job_data import prepare_data
 from fus2net.training.preflight import ConfigError, PreflightError, check_config
-from jobs import run_train, sqlite_client, store_uri, tiny, train_env
+from jobs import compose_train, run_train, sqlite_client, store_uri, tiny, train_env
 
 TINY = tiny(
     "data.image_size=64",
@@ -44,11 +42,6 @@ def bad_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "benign" / "empty.png").write_bytes(b"")
     (root / "malignant" / "broken.png").write_bytes(b"this is not a PNG")
     return root
-
-
-def compose_train(*overrides: str):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="train", overrides=list(overrides))
 
 
 def test_bad_images_are_all_listed_in_one_error(bad_folder: Path, tmp_path: Path) -> None:
@@ -177,7 +170,7 @@ def test_diverged_fold_fails_its_cell_while_the_sweep_goes_on(
     assert good.data.params["dataset.n_images"] == "32"
     assert "skipped_images.csv" in {a.path for a in client.list_artifacts(good.info.run_id)}
 
-    compare = pytest.importorskip("fus2net.reporting.compare_runs")
+    from fus2net.reporting import compare_runs as compare
     from fus2net.tracking.mlflow_tracker import MlflowTracker
 
     tracker = MlflowTracker(store_uri(tmp_path), "fus2net")

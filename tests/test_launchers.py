@@ -6,30 +6,23 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 
-from fus2net.cli import CONF_DIR
 from fus2net.training.preflight import ConfigError, check_config
-from jobs import run_train, sqlite_client, tiny, train_env
+from jobs import compose_train, run_train, sqlite_client, tiny, train_env
 
 TINY = tiny("dataset.n_images=48", "data.image_size=64", "evaluation.enabled=false")
 
 
-def compose_with_hydra(*overrides: str):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
-
-
 def test_parallel_preset_is_hydras_joblib_launcher() -> None:
-    launcher = compose_with_hydra("hydra/launcher=parallel").hydra.launcher
+    launcher = compose_train("hydra/launcher=parallel", hydra_config=True).hydra.launcher
     assert launcher._target_ == "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
     assert launcher.n_jobs == 2
 
 
 def test_slurm_preset_composes_the_submitit_launcher() -> None:
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    cfg = compose_with_hydra("hydra/launcher=slurm", "hydra.launcher.partition=gpu")
+    cfg = compose_train("hydra/launcher=slurm", "hydra.launcher.partition=gpu", hydra_config=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
     assert launcher.partition == "gpu" and launcher.gpus_per_node == 1
@@ -39,7 +32,7 @@ def test_slurm_preset_composes_the_submitit_launcher() -> None:
 
 def test_optuna_search_composes_with_an_rdb_study(tmp_path: Path) -> None:
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    cfg = compose_with_hydra("hparams_search=optuna", f"paths.root={tmp_path}")
+    cfg = compose_train("hparams_search=optuna", f"paths.root={tmp_path}", hydra_config=True)
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_.endswith("optuna_sweeper.OptunaSweeper")
     assert sweeper.direction == "maximize"
@@ -61,7 +54,7 @@ def test_optuna_search_composes_with_an_rdb_study(tmp_path: Path) -> None:
     ],
 )
 def test_sqlite_store_refuses_parallel_jobs(overrides: list[str], refused: bool) -> None:
-    cfg = compose_with_hydra(*overrides)
+    cfg = compose_train(*overrides, hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     try:
         if refused:

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from fus2net.cli import CONF_DIR
@@ -17,11 +16,7 @@ from fus2net.tracking.mlflow_tracker import MlflowTracker, TrackingError, redact
 from fus2net.tracking.provenance import cell_key, flatten
 from fus2net.training.module import BUSClassifier
 from fus2net.training.preflight import ConfigError, check_config
-
-
-def compose_train(*overrides: str):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="train", overrides=list(overrides))
+from jobs import compose_train
 
 
 @pytest.mark.parametrize(
