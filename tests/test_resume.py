@@ -248,3 +248,23 @@ def test_killed_runs_are_marked_and_the_same_command_resumes(tmp_path: Path) -> 
     assert "fus2net.error" not in cells[0].data.tags
     assert cells[0].data.tags["fus2net.folds_run"] == "0,1"
     assert "test/auc" in cells[0].data.metrics and cells[0].data.metrics["cv/folds_completed"] == 2
+
+
+def test_signal_handlers_that_others_installed_are_left_to_them() -> None:
+    """submitit ignores SIGTERM on purpose under SLURM (its USR2 handler requeues); an ignored
+    SIGINT, as a background job has, is still taken over."""
+    from fus2net.training.interrupts import JobInterrupted, stop_on_signals
+
+    calls = []
+    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        signal.signal(signal.SIGTERM, lambda *_: calls.append("theirs"))
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        with pytest.raises(JobInterrupted, match="SIGINT"), stop_on_signals():
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+        assert calls == ["theirs"] and signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)

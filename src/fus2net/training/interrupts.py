@@ -7,7 +7,7 @@ ended KILLED by the `except BaseException` blocks it passes through, and the pro
 the shell's code for the signal (128 + its number). SIGKILL cannot be caught: the next job of the
 same cell finds the run orphaned (fus2net.tracking.resume) and marks it KILLED.
 
-A signal whose handler someone else installed is left to them: submitit, under SLURM, ignores
+A signal whose Python handler someone else installed is left to them: submitit, under SLURM, ignores
 SIGTERM on purpose so that its USR2 handler can requeue the task (it then exits with
 `sys.exit`, which the runs record as KILLED too).
 """
@@ -60,8 +60,14 @@ def stop_on_signals(signals: tuple[signal.Signals, ...] = STOP_SIGNALS) -> Itera
         )
         raise JobInterrupted(signum)
 
-    defaults = (signal.SIG_DFL, signal.default_int_handler, None)
-    ours = [s for s in signals if signal.getsignal(s) in defaults]
+    # SIG_DFL, SIG_IGN (a background job's SIGINT), None or Python's own Ctrl+C handler are ours
+    # to replace; a Python function is someone else's (submitit's) and stays.
+    ours = [
+        s
+        for s in signals
+        if not callable(handler_now := signal.getsignal(s))
+        or handler_now is signal.default_int_handler
+    ]
     previous = {s: signal.signal(s, handler) for s in ours}
     try:
         yield
