@@ -35,7 +35,7 @@ TARGET_SPEEDUP = 4.5  # issue "Performance": bf16 + channels_last over plain fp3
 
 
 def machine() -> dict:
-    from fus2net.training.preflight import cpu_supports_bf16
+    from fus2net.training.precision import cpu_supports_bf16
 
     cpu = "unknown"
     if Path("/proc/cpuinfo").exists():

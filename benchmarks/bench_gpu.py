@@ -103,7 +103,7 @@ def paper_config(args: argparse.Namespace):
     """The `experiment=paper` config on BUSI at `args.root`, with the benchmark's overrides."""
     from hydra import compose, initialize_config_dir
 
-    from fus2net.cli import CONF_DIR
+    from fus2net.cli import config_dir
 
     overrides = [
         "experiment=paper",
@@ -121,7 +121,7 @@ def paper_config(args: argparse.Namespace):
         overrides.append(f"data.image_size={args.image_size}")
     if args.compile:
         overrides.append("trainer.compile=true")
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         return compose(config_name="train", overrides=overrides)
 
 
@@ -147,7 +147,7 @@ def loader_rate(cfg, data, workers: int, batches: int) -> float:
 def bench_loader(args: argparse.Namespace) -> None:
     """Loader images/s by worker count, set against the bare bf16 step rate: whether the CPU
     can keep the GPU busy (if not, augmentation belongs on the GPU)."""
-    from fus2net.training.job_data import prepare_data
+    from fus2net.experiment.data import prepare_data
 
     cfg = paper_config(args)
     with tempfile.TemporaryDirectory() as tmp:
@@ -168,9 +168,9 @@ def bench_loader(args: argparse.Namespace) -> None:
 
 
 def bench_paper(args: argparse.Namespace) -> None:
+    from fus2net.experiment.data import prepare_data
     from fus2net.training.callbacks import EpochThroughput
     from fus2net.training.fold import FoldData, train_model
-    from fus2net.training.job_data import prepare_data
 
     cfg = paper_config(args)
     with tempfile.TemporaryDirectory() as tmp:

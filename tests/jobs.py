@@ -122,9 +122,9 @@ def compose_train(*overrides: str, hydra_config: bool = False):
     `hydra_config`, Hydra's own node too, e.g. to inspect launchers)."""
     from hydra import compose, initialize_config_dir
 
-    from fus2net.cli import CONF_DIR
+    from fus2net.cli import config_dir
 
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         return compose(
             config_name="train", overrides=list(overrides), return_hydra_config=hydra_config
         )

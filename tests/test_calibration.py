@@ -26,9 +26,9 @@ from fus2net.evaluation.operating_points import (
     threshold_for_sensitivity,
     youden_threshold,
 )
+from fus2net.experiment.clinical.figures import save_reliability_diagram
+from fus2net.experiment.clinical.model_card import ModelCardFacts, render_model_card
 from fus2net.inference.spec import Member, ModelSpec
-from fus2net.reporting.clinical_plots import save_reliability_diagram
-from fus2net.reporting.model_card import ModelCardFacts, render_model_card
 
 
 def sample(n: int, seed: int, temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray]:

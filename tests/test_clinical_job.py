@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from fus2net.evaluation.clinical import evaluate_clinically
-from fus2net.evaluation.external import evaluate_external, patient_level
-from fus2net.evaluation.localization import localization_scores, resized_mask
+from fus2net.data.imageio import resized_mask
+from fus2net.evaluation.localization import localization_scores
+from fus2net.experiment.clinical.external import evaluate_external, patient_level
+from fus2net.experiment.clinical.step import evaluate_clinically
 from fus2net.inference import load_model, load_package, predict_files
 from jobs import BUSI, run_train, sqlite_client, store_uri, tiny
 
@@ -129,8 +131,9 @@ def test_job_output_folder_is_a_model(job: Path) -> None:
 
 
 def test_disabled_evaluation_logs_nothing(tmp_path: Path) -> None:
-    cfg = OmegaConf.create({"evaluation": {"enabled": False}})
-    report = evaluate_clinically(cfg, None, {}, pd.DataFrame(), None, "run", tmp_path)  # type: ignore[arg-type]
+    ctx = SimpleNamespace(cfg=OmegaConf.create({"evaluation": {"enabled": False}}), out=tmp_path)
+    summary = SimpleNamespace(cell_run_id="run")
+    report = evaluate_clinically(ctx, summary, {}, None)  # type: ignore[arg-type]
     assert report.metrics == {} and report.spec_file is None
 
 

@@ -14,10 +14,11 @@ import pytest
 from fus2net.cli.compare import main as compare_main
 from fus2net.evaluation.metrics import METRICS, binary_metrics
 from fus2net.evaluation.stats import delong_test
-from fus2net.reporting.compare import build_comparison, varying_keys
-from fus2net.reporting.compare_runs import CellRun, read_sweep
-from fus2net.reporting.compare_table import format_markdown, format_text, table_frame
-from fus2net.tracking.mlflow_tracker import MlflowTracker, TrackingError, without_credentials
+from fus2net.reporting.compare.comparison import build_comparison, varying_keys
+from fus2net.reporting.compare.runs import CellRun, read_sweep
+from fus2net.reporting.compare.table import format_markdown, format_text, table_frame
+from fus2net.tracking.mlflow_tracker import MlflowTracker
+from fus2net.tracking.uris import TrackingError, without_credentials
 from jobs import TINY, run_module, run_train
 
 SWEEP = "outputs/multirun/2026-01-02/10-00-00"
@@ -70,7 +71,8 @@ def log_cell(
     key: str | None = None,
     extra_tags: dict[str, str] | None = None,
 ) -> str:
-    """A cell and its fold runs exactly as fus2net-train logs them (training/crossval.py)."""
+    """A cell and its fold runs exactly as fus2net-train logs them (experiment/folds.py and
+    experiment/scoring.py)."""
     tags = {
         "fus2net.cell_key": key or f"key-{optimizer}",
         "fus2net.dataset_fingerprint": "f" * 64,

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fus2net.cli.data import CONFIG_DIR, check_dataset
+from fus2net.cli import config_dir
+from fus2net.cli.data import check_dataset
 from jobs import compose_train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,7 +50,7 @@ def run_cli(cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
 
 
 def test_config_dir_is_the_repos() -> None:
-    assert CONFIG_DIR == REPO / "conf" and (CONFIG_DIR / "train.yaml").is_file()
+    assert Path(config_dir()) == REPO / "conf" and (REPO / "conf" / "train.yaml").is_file()
 
 
 def test_summary_of_good_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

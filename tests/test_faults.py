@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 
 from fus2net.data.records import DataError
-from fus2net.training import preflight
-from fus2net.training.job_data import prepare_data
-from fus2net.training.preflight import ConfigError, PreflightError, check_config
+from fus2net.experiment import preflight
+from fus2net.experiment.data import prepare_data
+from fus2net.experiment.preflight import ConfigError, PreflightError, check_config
 from jobs import compose_train, run_train, sqlite_client, store_uri, tiny, train_env
 
 TINY = tiny(
@@ -170,7 +170,7 @@ def test_diverged_fold_fails_its_cell_while_the_sweep_goes_on(
     assert good.data.params["dataset.n_images"] == "32"
     assert "skipped_images.csv" in {a.path for a in client.list_artifacts(good.info.run_id)}
 
-    from fus2net.reporting import compare_runs as compare
+    from fus2net.reporting.compare import runs as compare
     from fus2net.tracking.mlflow_tracker import MlflowTracker
 
     tracker = MlflowTracker(store_uri(tmp_path), "fus2net")

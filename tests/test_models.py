@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import pickle
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
+from torch import nn
 
 from fus2net.models import ClassifierModel, Fus2Net, create_model, list_models
 from fus2net.models.fus2net import GridAvgPool, InceptionResNetA, feature_map_size
@@ -138,6 +141,47 @@ def test_every_model_config_builds_a_working_grayscale_model(config: Path) -> No
 def test_baseline_drop_rate_reaches_the_classifier_dropout(name: str, dropout: str) -> None:
     model = create_model(name, drop_rate=0.5)
     assert model.get_submodule(dropout).p == 0.5
+
+
+# Per baseline at in_chans=1, num_classes=2: first conv name and weight shape, classifier name,
+# number of state-dict tensors, and the first 16 hex digits of the sha256 of its "key:shape"
+# lines. A change here breaks every checkpoint saved before it.
+BASELINE_STATE_DICTS = {
+    "densenet121": ("features.conv0", (64, 1, 7, 7), "classifier", 727, "a666006be13adda6"),
+    "efficientnet_b0": ("features.0.0", (32, 1, 3, 3), "classifier", 360, "7b6b719ccf003fab"),
+    "googlenet": ("conv1.conv", (64, 1, 7, 7), "fc", 344, "46ada5f88ec289de"),
+    "resnet18": ("conv1", (64, 1, 7, 7), "fc", 122, "83ec4555e1417393"),
+}
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_baseline_state_dict_keys_and_adapted_shapes_stay_fixed(name: str) -> None:
+    conv_name, conv_shape, classifier, n_keys, digest = BASELINE_STATE_DICTS[name]
+    model = create_model(name, in_chans=1, num_classes=2)
+    state_dict = model.state_dict()
+    lines = "\n".join(f"{key}:{tuple(value.shape)}" for key, value in state_dict.items())
+    assert len(state_dict) == n_keys
+    assert hashlib.sha256(lines.encode()).hexdigest()[:16] == digest
+    assert (model.first_conv_name, model.classifier_name) == (conv_name, classifier)
+    conv = model.get_submodule(conv_name)
+    assert conv.in_channels == 1 and tuple(state_dict[f"{conv_name}.weight"].shape) == conv_shape
+    linears = [m for m in model.get_submodule(classifier).modules() if isinstance(m, nn.Linear)]
+    assert [m.out_features for m in linears] == [2]
+    assert model.regularized_weight is linears[0].weight
+    # An RGB checkpoint differs only in the first conv's weight, which load_pretrained skips.
+    rgb = create_model(name, in_chans=3, num_classes=2).state_dict()
+    assert list(rgb) == list(state_dict)
+    assert [k for k in rgb if rgb[k].shape != state_dict[k].shape] == [f"{conv_name}.weight"]
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_baselines_pickle_whole(name: str) -> None:
+    model = create_model(name, in_chans=1).eval()
+    clone = pickle.loads(pickle.dumps(model))
+    assert type(clone) is type(model) and isinstance(clone, ClassifierModel)
+    x = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(clone(x), model(x))
 
 
 def test_googlenet_has_no_auxiliary_classifiers() -> None:

@@ -19,10 +19,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from fus2net.tracking import resume
+from fus2net.experiment import job
+from fus2net.experiment.summary import CellSummary
+from fus2net.tracking import resume, schema
 from fus2net.tracking.mlflow_tracker import MlflowTracker
-from fus2net.training.cells import finish_cell
-from fus2net.training.crossval import CellSummary
 from fus2net.training.fold import _loadable
 from jobs import sqlite_client, start_train, tiny
 
@@ -91,9 +91,9 @@ def fake_run(status: str = "RUNNING", run_id: str = "r1", **tags: str) -> Simple
 def owned_by(pid: int, host: str | None = None, **extra: str) -> dict[str, str]:
     start = resume.process_start_time(pid) or ""
     return {
-        resume.HOST_TAG: host or socket.gethostname(),
-        resume.PID_TAG: str(pid),
-        resume.PID_START_TAG: start,
+        schema.HOST: host or socket.gethostname(),
+        schema.PID: str(pid),
+        schema.PID_START: start,
         **extra,
     }
 
@@ -101,7 +101,7 @@ def owned_by(pid: int, host: str | None = None, **extra: str) -> dict[str, str]:
 def test_a_run_whose_process_is_gone_is_an_orphan() -> None:
     with subprocess.Popen(["sleep", "60"]) as alive:
         assert not resume.is_orphan(fake_run(**owned_by(alive.pid)))
-        reused = {**owned_by(alive.pid), resume.PID_START_TAG: "1"}  # same pid, other process
+        reused = {**owned_by(alive.pid), schema.PID_START: "1"}  # same pid, other process
         assert resume.is_orphan(fake_run(**reused))
         alive.kill()
     assert resume.is_orphan(fake_run(**owned_by(alive.pid)))
@@ -114,9 +114,9 @@ def test_a_run_whose_process_is_gone_is_an_orphan() -> None:
 
 def test_a_run_of_another_host_is_an_orphan_when_its_heartbeat_stops() -> None:
     now = time.time()
-    beat = {resume.HOST_TAG: "node-17", resume.PID_TAG: "1234"}
-    fresh = fake_run(**beat, **{resume.HEARTBEAT_TAG: str(int(now - 60))})
-    stale = fake_run(**beat, **{resume.HEARTBEAT_TAG: str(int(now - 1000))})
+    beat = {schema.HOST: "node-17", schema.PID: "1234"}
+    fresh = fake_run(**beat, **{schema.HEARTBEAT: str(int(now - 60))})
+    stale = fake_run(**beat, **{schema.HEARTBEAT: str(int(now - 1000))})
     assert not resume.is_orphan(fresh, stale_after_s=900, now=now)
     assert resume.is_orphan(stale, stale_after_s=900, now=now)
 
@@ -128,33 +128,47 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def test_jobs_creating_one_cell_at_once_keep_one_run(store: str) -> None:
     tracker = MlflowTracker(store, "claims")
-    tags = {resume.ROLE_TAG: "cell", resume.CELL_KEY_TAG: "k1"}
+    tags = {schema.ROLE: "cell", schema.CELL_KEY: "k1"}
     first = resume.claim_cell(tracker, "k1", "cell", tags, {"lr": 0.1})
     second = resume.claim_cell(tracker, "k1", "cell", tags, {"lr": 0.1})
     assert second == first
     assert [r.info.run_id for r in resume.find_cells(tracker, "k1")] == [first]
 
 
-def test_the_last_fold_to_finish_scores_the_cell(store: str) -> None:
+def complete_cell(
+    tracker: MlflowTracker,
+    summary: CellSummary,
+    monkeypatch: pytest.MonkeyPatch,
+    scored: list[list[int]] | None = None,
+) -> None:
+    """`job.complete_cell` of a 2-fold cell, with loading a fold and scoring stood in for."""
+    ctx = SimpleNamespace(tracker=tracker, stale_after_s=900, n_folds=2)
+    monkeypatch.setattr(
+        job, "load_fold_result", lambda ctx, run: (schema.FoldRun(run).fold, {"val": {}})
+    )
+    monkeypatch.setattr(
+        job,
+        "score_cell",
+        lambda ctx, summary, results: (scored if scored is not None else []).append(list(results)),
+    )
+    monkeypatch.setattr(job, "evaluate_clinically", lambda *args: None)
+    job.complete_cell(ctx, summary, {})  # type: ignore[arg-type]
+
+
+def test_the_last_fold_to_finish_scores_the_cell(
+    store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     tracker = MlflowTracker(store, "finish")
-    cell = tracker.start_run("cell", {resume.ROLE_TAG: "cell"})
+    cell = tracker.start_run("cell", {schema.ROLE: "cell"})
     summary = CellSummary(cell, "k2")
     scored: list[list[int]] = []
 
     def fold_run(fold: int, status: str) -> None:
-        tags = {resume.ROLE_TAG: "fold", resume.FOLD_TAG: str(fold)}
+        tags = {schema.ROLE: "fold", schema.FOLD: str(fold)}
         tracker.end_run(tracker.start_run(f"fold-{fold}", tags, parent_id=cell), status)
 
     def finish() -> None:
-        finish_cell(
-            tracker,
-            summary,
-            2,
-            {},
-            load=lambda fold, run: (fold, {"val": {}}),  # type: ignore[arg-type,return-value]
-            score=lambda results: scored.append(list(results)),
-            stale_after_s=900,
-        )
+        complete_cell(tracker, summary, monkeypatch, scored)
 
     fold_run(0, "FINISHED")
     finish()
@@ -166,14 +180,16 @@ def test_the_last_fold_to_finish_scores_the_cell(store: str) -> None:
     assert tracker.get_run(cell).data.tags["fus2net.folds_run"] == "0,1"
 
 
-def test_a_failed_fold_fails_the_cell_with_its_reason(store: str) -> None:
+def test_a_failed_fold_fails_the_cell_with_its_reason(
+    store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     tracker = MlflowTracker(store, "failed")
-    cell = tracker.start_run("cell", {resume.ROLE_TAG: "cell"})
-    fold = tracker.start_run("fold-0", {resume.ROLE_TAG: "fold", resume.FOLD_TAG: "0"}, cell)
-    tracker.set_tags(fold, {resume.ERROR_TAG: "FloatingPointError: train loss is nan"})
+    cell = tracker.start_run("cell", {schema.ROLE: "cell"})
+    fold = tracker.start_run("fold-0", {schema.ROLE: "fold", schema.FOLD: "0"}, cell)
+    tracker.set_tags(fold, {schema.ERROR: "FloatingPointError: train loss is nan"})
     tracker.end_run(fold, "FAILED")
     summary = CellSummary(cell, "k3")
-    finish_cell(tracker, summary, 2, {}, load=None, score=None, stale_after_s=900)  # type: ignore[arg-type]
+    complete_cell(tracker, summary, monkeypatch)
     run = tracker.get_run(cell)
     assert run.info.status == "FAILED" == summary.status
     assert "fold 0 FAILED: FloatingPointError: train loss is nan" in run.data.tags["fus2net.error"]
@@ -253,7 +269,7 @@ def test_killed_runs_are_marked_and_the_same_command_resumes(tmp_path: Path) -> 
 def test_signal_handlers_that_others_installed_are_left_to_them() -> None:
     """submitit ignores SIGTERM on purpose under SLURM (its USR2 handler requeues); an ignored
     SIGINT, as a background job has, is still taken over."""
-    from fus2net.training.interrupts import JobInterrupted, stop_on_signals
+    from fus2net.experiment.interrupts import JobInterrupted, stop_on_signals
 
     calls = []
     old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}

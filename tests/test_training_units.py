@@ -10,12 +10,13 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from fus2net.cli import CONF_DIR
+from fus2net.cli import config_dir
 from fus2net.evaluation.metrics import binary_metrics, mean_std
-from fus2net.tracking.mlflow_tracker import MlflowTracker, TrackingError, redact_uri
+from fus2net.experiment.preflight import ConfigError, check_config
+from fus2net.tracking.mlflow_tracker import MlflowTracker
 from fus2net.tracking.provenance import cell_key, flatten
+from fus2net.tracking.uris import TrackingError, redact_uri
 from fus2net.training.module import BUSClassifier
-from fus2net.training.preflight import ConfigError, check_config
 from jobs import compose_train
 
 
@@ -37,7 +38,7 @@ def test_optimizers_use_keras_defaults(name: str, cls: type, expected: dict) -> 
 
 
 def test_every_experiment_preset_composes() -> None:
-    for preset in sorted(Path(CONF_DIR, "experiment").glob("*.yaml")):
+    for preset in sorted(Path(config_dir(), "experiment").glob("*.yaml")):
         cfg = compose_train(f"experiment={preset.stem}")
         check_config(cfg)
         assert cfg.data.image_size == 299 and cfg.cv.folds == 10

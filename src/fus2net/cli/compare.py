@@ -8,6 +8,7 @@ fus2net-compare --experiment paper-table1-channels --reference data.channels=3
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import tempfile
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from fus2net.reporting.compare_runs import SweepRuns
+    from fus2net.reporting.compare.runs import SweepRuns
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -93,12 +94,14 @@ def main(argv: list[str] | None = None) -> None:
     if not 0.5 <= args.level < 1:
         raise SystemExit(f"error: --level {args.level}: give a confidence level like 0.95")
 
-    from fus2net.reporting.compare import build_comparison
-    from fus2net.reporting.compare_report import log_comparison, write_report
-    from fus2net.reporting.compare_runs import read_sweep
-    from fus2net.reporting.compare_table import format_text
-    from fus2net.tracking.mlflow_tracker import MlflowTracker, TrackingError, default_tracking_uri
+    from fus2net.reporting.compare.comparison import build_comparison
+    from fus2net.reporting.compare.report import log_comparison, write_report
+    from fus2net.reporting.compare.runs import read_sweep
+    from fus2net.reporting.compare.table import format_text
+    from fus2net.tracking.mlflow_tracker import MlflowTracker
+    from fus2net.tracking.uris import TrackingError, default_tracking_uri
 
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # as fus2net-train
     try:
         uri = args.tracking_uri or default_tracking_uri()
         tracker = MlflowTracker.open_existing(uri, args.experiment)

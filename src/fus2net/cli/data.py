@@ -10,27 +10,20 @@ Writes nothing (no Hydra output folder, no log).
 
 from __future__ import annotations
 
+import argparse
+import os
 import sys
 from pathlib import Path
 
-import hydra
-from hydra.errors import InstantiationException
+from hydra import compose, initialize_config_dir
+from hydra.errors import CompactHydraException, InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+from fus2net.cli import ConfigDirNotFound, config_dir
 from fus2net.data.records import DataError
 from fus2net.data.summary import format_summary, summarize_dataset, usable_records
-
-CONFIG_DIR = Path(__file__).resolve().parents[3] / "conf"
-
-# Appended to the command line unless the user sets them: a check must leave no files behind.
-_WRITE_NOTHING = {
-    "hydra.output_subdir": "null",
-    "hydra.run.dir": ".",
-    "hydra/job_logging": "disabled",
-    "hydra/hydra_logging": "disabled",
-}
 
 
 def check_dataset(cfg: DictConfig) -> int:
@@ -57,16 +50,80 @@ def check_dataset(cfg: DictConfig) -> int:
     return 0 if summary.ok or trainable else 1
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
-def _hydra_main(cfg: DictConfig) -> None:
+def _config_groups(conf: Path) -> str:
+    """`group: option, ...` for each config group under `conf` (Hydra's own are left out)."""
+    lines = []
+    for folder in sorted(p for p in conf.iterdir() if p.is_dir() and p.name != "hydra"):
+        options = sorted(f.stem for f in folder.glob("*.yaml"))
+        if options:
+            lines.append(f"  {folder.name}: {', '.join(options)}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    try:
+        conf = config_dir()
+        epilog = f"config groups (group=option), from {conf}:\n{_config_groups(Path(conf))}"
+    except ConfigDirNotFound as error:
+        epilog = str(error)
+    parser = argparse.ArgumentParser(
+        prog="fus2net-data",
+        description=(
+            "Check a dataset before training on it, with the same overrides as fus2net-train:\n"
+            "print its summary and exit 1 when training would stop on the data, 0 otherwise.\n"
+            "Writes nothing."
+        ),
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="Hydra overrides of the train config, e.g. dataset=busi dataset.root=PATH "
+        "data.channels=1",
+    )
+    parser.add_argument(
+        "-c",
+        "--cfg",
+        choices=["job"],
+        help="print the composed config instead of checking the dataset (as fus2net-train's)",
+    )
+    parser.add_argument("--resolve", action="store_true", help="with --cfg: resolve ${...}")
+    return parser.parse_args(argv)
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    """The `train` config with `overrides`, as fus2net-train composes it; no Hydra run, so no
+    output folder, no log file, no change of directory."""
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: exits with check_dataset's code, or 1 when the overrides
+    do not compose (reported as Hydra reports them; HYDRA_FULL_ERROR=1 shows the traceback)."""
+    args = parse_args(argv)
+    try:
+        cfg = compose_config(args.overrides)
+    except ConfigDirNotFound as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except CompactHydraException as error:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(error, file=sys.stderr)
+        if isinstance(error.__cause__, OmegaConfBaseException):
+            print(error.__cause__, file=sys.stderr)
+        print(
+            "\nSet the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace.",
+            file=sys.stderr,
+        )
+        raise SystemExit(1) from None
+    if args.cfg:
+        sys.stdout.write(OmegaConf.to_yaml(cfg, resolve=args.resolve))
+        raise SystemExit(0)
     raise SystemExit(check_dataset(cfg))
-
-
-def main() -> None:
-    """Console-script entry point."""
-    given = {arg.split("=", 1)[0].lstrip("+~") for arg in sys.argv[1:]}
-    sys.argv += [f"{key}={value}" for key, value in _WRITE_NOTHING.items() if key not in given]
-    _hydra_main()
 
 
 if __name__ == "__main__":

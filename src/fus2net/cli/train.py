@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import hydra
@@ -10,19 +11,23 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from fus2net.cli import CONF_DIR
+from fus2net.cli import config_dir
 
 log = logging.getLogger("fus2net")
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     from fus2net.data.records import DataError
-    from fus2net.tracking.mlflow_tracker import TrackingError
-    from fus2net.training.crossval import format_summary, run_job
-    from fus2net.training.interrupts import JobInterrupted
-    from fus2net.training.preflight import ConfigError
+    from fus2net.experiment.interrupts import JobInterrupted
+    from fus2net.experiment.job import run_job
+    from fus2net.experiment.preflight import ConfigError
+    from fus2net.experiment.summary import format_summary
+    from fus2net.tracking.uris import TrackingError
 
+    # MLflow prints each run's URL, credentials of the tracking URI included, when a run on a
+    # server ends; the job prints one redacted link to the UI instead.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     try:
         summary = run_job(cfg)
     except (ConfigError, DataError, TrackingError) as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -91,3 +92,15 @@ def load_mask(
             raise ValueError("no mask paths and no shape given")
         out = np.zeros(shape, dtype=bool)
     return out
+
+
+def resized_mask(paths: Sequence, size: int) -> np.ndarray:
+    """(size, size) bool union of a record's masks, resized as its image was (aspect not kept).
+
+    Nearest-neighbour keeps the mask binary; empty when the record has no mask.
+    """
+    if not paths:
+        return np.zeros((size, size), dtype=bool)
+    mask = load_mask(tuple(paths))
+    image = Image.fromarray(mask.astype(np.uint8) * 255)
+    return np.asarray(image.resize((size, size), Image.Resampling.NEAREST)) > 127

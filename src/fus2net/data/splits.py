@@ -256,11 +256,13 @@ def make_split(
     dedupe: bool = True,
     duplicate_distance: int = 4,
     cache_dir: Path | None = None,
+    fingerprint: str | None = None,
 ) -> Split:
     """Test set + k folds for `records`, loaded from `cache_dir/splits/` when already computed.
 
     The result does not depend on the order of `records` (computed on the sorted relative paths).
-    With neither test_fraction nor test_per_class there is no held-out test set.
+    With neither test_fraction nor test_per_class there is no held-out test set. Pass
+    `fingerprint` (records_fingerprint) when already computed: every file is hashed once.
     """
     if folds < 2:
         raise ValueError(f"cv.folds must be >= 2, got {folds}")
@@ -273,7 +275,7 @@ def make_split(
         "duplicate_distance": int(duplicate_distance) if dedupe else None,
         "format": SPLIT_FORMAT,
     }
-    fingerprint = records_fingerprint(records)
+    fingerprint = fingerprint or records_fingerprint(records)
     params_hash = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
     path = None
     if cache_dir is not None:

@@ -14,10 +14,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image
 from scipy.ndimage import binary_dilation
-
-from fus2net.data.imageio import load_mask
 
 
 def cam_energy_in_mask(cam: np.ndarray, mask: np.ndarray) -> float:
@@ -60,18 +57,6 @@ def localization_scores(
         "n_images": float(len(hits)),
         "n_empty_cam": float(len(energy) - len(finite)),
     }
-
-
-def resized_mask(paths: Sequence, size: int) -> np.ndarray:
-    """(size, size) bool union of a record's masks, resized as its image was (aspect not kept).
-
-    Nearest-neighbour keeps the mask binary; empty when the record has no mask.
-    """
-    if not paths:
-        return np.zeros((size, size), dtype=bool)
-    mask = load_mask(tuple(paths))
-    image = Image.fromarray(mask.astype(np.uint8) * 255)
-    return np.asarray(image.resize((size, size), Image.Resampling.NEAREST)) > 127
 
 
 def _check_shapes(cam: np.ndarray, mask: np.ndarray) -> None:

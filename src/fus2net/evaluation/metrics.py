@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import (
@@ -52,3 +53,12 @@ def mean_std(per_fold: Iterable[Mapping[str, float]]) -> dict[str, float]:
         out[f"{name}_mean"] = float(values.mean())
         out[f"{name}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
     return out
+
+
+def split_metrics(preds: Any) -> dict[str, dict[str, float]]:
+    """The paper's metrics for each `split` of a predictions table (a pandas DataFrame with
+    `label`, `prob` and `split` columns)."""
+    return {
+        str(split): binary_metrics(part["label"].to_numpy(), part["prob"].to_numpy())
+        for split, part in preds.groupby("split", sort=False)
+    }

@@ -17,15 +17,23 @@ import torch
 from torch import nn
 
 from fus2net.data.transforms import standardize
-from fus2net.evaluation.gradcam import CamTarget, ensemble_grad_cam, find_cam_layer
+from fus2net.inference.gradcam import CamTarget, ensemble_grad_cam, find_cam_layer
+from fus2net.inference.registry import download_version
 from fus2net.inference.spec import SPEC_FILE, Member, ModelSpec
 from fus2net.models import create_model
+from fus2net.tracking import schema
+from fus2net.tracking.mlflow_tracker import MlflowTracker
+from fus2net.tracking.uris import (
+    TrackingError,
+    default_tracking_uri,
+    normalize_tracking_uri,
+    require_existing_store,
+)
 
 if TYPE_CHECKING:
-    from fus2net.tracking.mlflow_tracker import MlflowTracker
+    pass
 
 _RUN_ID = re.compile(r"^(runs:/)?([0-9a-f]{32})/?$")
-_MODEL_URI = re.compile(r"^models:/(?P<name>[^/]+)(/(?P<version>[^/]+))?/?$")
 WHAT_TO_PASS = (
     "pass the job's output folder (it holds fus2net_model.json and fold_*/model.pt), a weights "
     "file inside it, an MLflow run id (runs:/<id>) or a registered model (models:/<name>/<version>)"
@@ -126,33 +134,28 @@ def load_from_run(tracker: MlflowTracker, run_id: str, folder: Path) -> LoadedMo
     """A cell run's ensemble (spec logged by the clinical step, weights from its fold runs'
     `checkpoint/model.pt`), or one fold run's own model."""
     run = tracker.get_run(run_id)
-    tags = run.data.tags
     cell_id, fold = run_id, None
-    if tags.get("fus2net.role") == "fold":
-        cell_id, fold = tags["mlflow.parentRunId"], int(tags["fus2net.fold"])
+    if schema.is_role(run, schema.Role.FOLD):
+        fold_run = schema.FoldRun(run)
+        cell_id, fold = fold_run.cell_id, fold_run.fold
+    spec_path = f"{schema.MODEL_DIR}/{SPEC_FILE}"
     try:
-        spec = ModelSpec.read(tracker.download_artifacts(cell_id, f"model/{SPEC_FILE}", folder))
+        spec = ModelSpec.read(tracker.download_artifacts(cell_id, spec_path, folder))
     except Exception as err:
         raise ValueError(
-            f"run {cell_id} has no model/{SPEC_FILE} artifact (trained before prediction "
+            f"run {cell_id} has no {spec_path} artifact (trained before prediction "
             f"support, or evaluation.enabled=false): {err}"
         ) from err
     if fold is not None:  # that run's own weights, whatever the cell scored the test set with
-        sources = [(run_id, "checkpoint/model.pt", fold)]
+        sources = [(run_id, schema.FOLD_WEIGHTS, fold)]
     else:
-        children = {
-            int(r.data.tags["fus2net.fold"]): r.info.run_id
-            for r in tracker.child_runs(cell_id)
-            if r.data.tags.get("fus2net.role") == "fold"
-            and "fus2net.fold" in r.data.tags
-            and r.info.status == "FINISHED"  # not an earlier, killed attempt of a resumed fold
-        }
+        folds = schema.finished_folds(schema.fold_runs_of(cell_id, tracker.child_runs(cell_id)))
         sources = []
         for member in spec.members:
             if member.fold is None:
-                sources.append((cell_id, "checkpoint/refit/model.pt", None))
-            elif member.fold in children:
-                sources.append((children[member.fold], "checkpoint/model.pt", member.fold))
+                sources.append((cell_id, schema.REFIT_WEIGHTS, None))
+            elif member.fold in folds:
+                sources.append((folds[member.fold].run_id, schema.FOLD_WEIGHTS, member.fold))
             else:
                 raise ValueError(f"run {cell_id} has no fold run for fold {member.fold}")
     members = []
@@ -163,14 +166,12 @@ def load_from_run(tracker: MlflowTracker, run_id: str, folder: Path) -> LoadedMo
     return load_package(folder)
 
 
-def load_from_registry(
-    tracker: MlflowTracker, name: str, version: str | None, folder: Path
-) -> LoadedModel:
+def load_from_registry(tracking_uri: str, uri: str, folder: Path) -> LoadedModel:
     """A model version registered by the clinical step (the package folder inside it)."""
-    local = tracker.download_model_version(name, version, folder)
+    local = download_version(tracking_uri, uri, folder)
     found = sorted(Path(local).rglob(SPEC_FILE))
     if not found:
-        raise ValueError(f"models:/{name}/{version or 'latest'} holds no {SPEC_FILE}")
+        raise ValueError(f"{uri} holds no {SPEC_FILE}")
     return load_package(found[0].parent)
 
 
@@ -178,31 +179,22 @@ def load_model(
     ref: str, tracking_uri: str | None = None, experiment: str = "fus2net"
 ) -> LoadedModel:
     """Load `ref`: a path, an MLflow run id (`runs:/<id>` or the bare 32-hex id), or
-    `models:/<name>[/<version>]` (latest version when none is given)."""
+    `models:/<name>[/<version>]` (latest version when none is given). Reads only: a missing
+    store or experiment is an error, never created."""
     run = _RUN_ID.match(ref)
-    registered = _MODEL_URI.match(ref)
+    registered = ref.startswith("models:/")
     if Path(ref).expanduser().exists() or not (run or registered):
         return load_package(ref)
-    from fus2net.tracking.mlflow_tracker import MlflowTracker, default_tracking_uri
-
     uri = tracking_uri or default_tracking_uri()
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
-        raise FileNotFoundError(
-            f"no MLflow store at {uri}; pass --tracking-uri or run where fus2net-train ran "
-            "(FUS2NET_HOME)"
-        )
-    tracker = MlflowTracker(uri, experiment)
+    try:
+        require_existing_store(uri)
+    except TrackingError as err:
+        raise FileNotFoundError(f"no MLflow store for {ref}: {err}") from None
     with tempfile.TemporaryDirectory(prefix="fus2net-model-") as tmp:
         if run:
+            tracker = MlflowTracker.open_existing(uri, experiment)
             loaded = load_from_run(tracker, run.group(2), Path(tmp))
         else:
-            assert registered is not None
-            version = registered.group("version")
-            loaded = load_from_registry(
-                tracker,
-                registered.group("name"),
-                None if version in (None, "latest") else version,
-                Path(tmp),
-            )
+            loaded = load_from_registry(normalize_tracking_uri(uri, create=False), ref, Path(tmp))
     loaded.origin = ref
     return loaded

@@ -20,7 +20,7 @@ from PIL import Image
 from fus2net.data.cache import resize_image
 from fus2net.data.imageio import IMAGE_SUFFIXES, load_image
 from fus2net.data.sources.base import is_image_file
-from fus2net.evaluation.gradcam import CamTarget, overlay
+from fus2net.inference.gradcam import CamTarget, overlay
 from fus2net.inference.loading import LoadedModel
 
 log = logging.getLogger(__name__)

@@ -1,25 +1,47 @@
 """Comparison CNNs (paper Table 3: GoogLeNet; plus common ImageNet classifiers) from torchvision.
 
-Each is a thin subclass of the torchvision class, so parameter names stay torchvision's and a
-locally saved torchvision/ImageNet state dict loads through ``pretrained_path`` as it is. Nothing
-is downloaded: torchvision's weight enums are never used.
+Each is built by the public ``torchvision.models.get_model(name, weights=None, ...)`` and then
+given the project's model contract by switching its class to a subclass of torchvision's (as
+``torch.distributed.fsdp.fully_shard`` does), so parameter names stay torchvision's and a locally
+saved torchvision/ImageNet state dict loads through ``pretrained_path`` as it is. Nothing is
+downloaded: torchvision's weight enums are never used.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-from typing import ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar, NamedTuple, SupportsIndex
 
 import torch
 from torch import Tensor, nn
 from torchvision import models as tvm
-from torchvision.models.efficientnet import _efficientnet_conf
-from torchvision.models.resnet import BasicBlock
 
 from .layers import check_input_size
 from .registry import register_model
 
 log = logging.getLogger(__name__)
+
+
+class _Arch(NamedTuple):
+    """One torchvision architecture: timm ``default_cfg``-style submodule names and options."""
+
+    first_conv: str  # input conv, rebuilt for ``in_chans``
+    classifier: str  # classifier, built for ``num_classes`` by torchvision
+    drop_rate: float | None = None  # default classifier dropout; None: the architecture has none
+    kwargs: dict[str, Any] | None = None  # further ``get_model`` arguments
+
+
+# Adding a torchvision architecture is one row here and one `_registered` line below.
+_ARCHS = {
+    # GoogLeNet (Inception v1) without the auxiliary classifiers; dropout before ``fc``.
+    "googlenet": _Arch("conv1.conv", "fc", 0.2, {"aux_logits": False, "init_weights": True}),
+    "resnet18": _Arch("conv1", "fc"),
+    # torchvision's own DenseNet ``drop_rate`` (inside every dense layer) stays 0, as on ImageNet.
+    "densenet121": _Arch("features.conv0", "classifier"),
+    "efficientnet_b0": _Arch("features.0.0", "classifier", 0.2),
+}
 
 
 class TorchvisionBaseline:
@@ -76,91 +98,53 @@ class TorchvisionBaseline:
                 new_conv.bias.copy_(conv.bias)
         self.set_submodule(self.first_conv_name, new_conv)  # type: ignore[attr-defined]
 
-
-def _warn_unused_dropout(model_name: str, drop_rate: float) -> None:
-    if drop_rate:
-        log.info("drop_rate=%s ignored: %s has no classifier dropout", drop_rate, model_name)
-
-
-class GoogLeNet(TorchvisionBaseline, tvm.GoogLeNet):
-    """GoogLeNet (Inception v1) without the auxiliary classifiers; dropout before ``fc``."""
-
-    model_name = "googlenet"
-    first_conv_name = "conv1.conv"
-    classifier_name = "fc"
-
-    def __init__(self, in_chans: int = 3, num_classes: int = 2, drop_rate: float = 0.2) -> None:
-        super().__init__(
-            num_classes=num_classes, aux_logits=False, init_weights=True, dropout=drop_rate
-        )
-        self._adapt_first_conv(in_chans)
+    def __reduce_ex__(self, protocol: SupportsIndex) -> tuple[Any, ...]:
+        # The class is made at run time, so a pickle (torch.save(model), spawn) names its recipe.
+        cls = type(self)
+        return _unpickle, (cls.model_name, cls.__bases__[-1]), self.__getstate__()
 
 
-class ResNet18(TorchvisionBaseline, tvm.ResNet):
-    """ResNet-18; it has no classifier dropout, so ``drop_rate`` is ignored (and logged)."""
-
-    model_name = "resnet18"
-    first_conv_name = "conv1"
-    classifier_name = "fc"
-
-    def __init__(self, in_chans: int = 3, num_classes: int = 2, drop_rate: float = 0.0) -> None:
-        super().__init__(BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
-        self._adapt_first_conv(in_chans)
-        _warn_unused_dropout(self.model_name, drop_rate)
+@functools.cache
+def _baseline_class(name: str, base: type[nn.Module]) -> type[TorchvisionBaseline]:
+    """``base`` (torchvision's class) with the contract mixed in and ``name``'s table row."""
+    arch = _ARCHS[name]
+    attrs = {"model_name": name, "first_conv_name": arch.first_conv}
+    attrs |= {"classifier_name": arch.classifier, "__module__": __name__}
+    return type(base.__name__, (TorchvisionBaseline, base), attrs)
 
 
-class DenseNet121(TorchvisionBaseline, tvm.DenseNet):
-    """DenseNet-121; no classifier dropout, so ``drop_rate`` is ignored (and logged).
-
-    torchvision's own ``drop_rate`` (dropout inside every dense layer) stays 0, as in the paper
-    that introduced it for ImageNet.
-    """
-
-    model_name = "densenet121"
-    first_conv_name = "features.conv0"
-    classifier_name = "classifier"
-
-    def __init__(self, in_chans: int = 3, num_classes: int = 2, drop_rate: float = 0.0) -> None:
-        super().__init__(32, (6, 12, 24, 16), 64, num_classes=num_classes)
-        self._adapt_first_conv(in_chans)
-        _warn_unused_dropout(self.model_name, drop_rate)
+def _unpickle(name: str, base: type[nn.Module]) -> TorchvisionBaseline:
+    cls = _baseline_class(name, base)
+    return cls.__new__(cls)
 
 
-class EfficientNetB0(TorchvisionBaseline, tvm.EfficientNet):
-    """EfficientNet-B0; ``drop_rate`` is the dropout before its classifier Linear."""
-
-    model_name = "efficientnet_b0"
-    first_conv_name = "features.0.0"
-    classifier_name = "classifier"
-
-    def __init__(self, in_chans: int = 3, num_classes: int = 2, drop_rate: float = 0.2) -> None:
-        # torchvision's B0 stage table (the same call its efficientnet_b0 builder makes).
-        stages, last_channel = _efficientnet_conf("efficientnet_b0", width_mult=1.0, depth_mult=1.0)
-        super().__init__(
-            stages, dropout=drop_rate, num_classes=num_classes, last_channel=last_channel
-        )
-        self._adapt_first_conv(in_chans)
+def build_baseline(name: str, in_chans: int, num_classes: int, drop_rate: float) -> nn.Module:
+    """torchvision's `name` (untrained) through `get_model`, given the project's contract."""
+    arch = _ARCHS[name]
+    kwargs = dict(arch.kwargs or {}, num_classes=num_classes)
+    if arch.drop_rate is not None:
+        kwargs["dropout"] = drop_rate
+    elif drop_rate:
+        log.info("drop_rate=%s ignored: %s has no classifier dropout", drop_rate, name)
+    model = tvm.get_model(name, weights=None, **kwargs)
+    model.__class__ = _baseline_class(name, type(model))
+    model._adapt_first_conv(in_chans)  # type: ignore[operator]
+    return model
 
 
-@register_model
-def googlenet(**kwargs) -> GoogLeNet:
-    """GoogLeNet, the paper's Table 3 comparison; kwargs as :class:`GoogLeNet`."""
-    return GoogLeNet(**kwargs)
+def _registered(name: str) -> Callable[..., nn.Module]:
+    """The registered builder of `name`: (in_chans=3, num_classes=2, drop_rate=its default)."""
+    default = _ARCHS[name].drop_rate or 0.0
+
+    def builder(in_chans: int = 3, num_classes: int = 2, drop_rate: float = default) -> nn.Module:
+        return build_baseline(name, in_chans, num_classes, drop_rate)
+
+    builder.__name__ = builder.__qualname__ = name
+    builder.__doc__ = f"torchvision's {name}, untrained, with `in_chans` input channels."
+    return register_model(builder)
 
 
-@register_model
-def resnet18(**kwargs) -> ResNet18:
-    """ResNet-18; kwargs as :class:`ResNet18`."""
-    return ResNet18(**kwargs)
-
-
-@register_model
-def densenet121(**kwargs) -> DenseNet121:
-    """DenseNet-121; kwargs as :class:`DenseNet121`."""
-    return DenseNet121(**kwargs)
-
-
-@register_model
-def efficientnet_b0(**kwargs) -> EfficientNetB0:
-    """EfficientNet-B0; kwargs as :class:`EfficientNetB0`."""
-    return EfficientNetB0(**kwargs)
+googlenet = _registered("googlenet")  # the paper's Table 3 comparison
+resnet18 = _registered("resnet18")
+densenet121 = _registered("densenet121")
+efficientnet_b0 = _registered("efficientnet_b0")

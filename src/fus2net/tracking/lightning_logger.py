@@ -1,16 +1,21 @@
-"""Lightning logger that writes epoch metrics into an existing MLflow run via MlflowTracker."""
+"""Lightning's side of tracking: epoch metrics into an existing MLflow run, and a heartbeat."""
 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import pytorch_lightning as L
+from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities import rank_zero_only
 
-if TYPE_CHECKING:
-    from fus2net.tracking.mlflow_tracker import MlflowTracker
+from fus2net.tracking import schema
+from fus2net.tracking.mlflow_tracker import MlflowTracker
+
+HEARTBEAT_EVERY_S = 60.0
 
 
 class MlflowRunLogger(Logger):
@@ -42,3 +47,23 @@ class MlflowRunLogger(Logger):
             self._tracker.log_metrics(
                 self._run_id, clean, step=int(epoch) if epoch is not None else int(step or 0)
             )
+
+
+class Heartbeat(Callback):
+    """Writes the heartbeat tag of `run_ids` at most every `every_s` seconds while training,
+    so that a job on another host can tell this one is alive (tracking.resume.is_orphan)."""
+
+    def __init__(
+        self, tracker: MlflowTracker, run_ids: list[str], every_s: float = HEARTBEAT_EVERY_S
+    ) -> None:
+        self.tracker = tracker
+        self.run_ids = run_ids
+        self.every_s = every_s
+        self._last = time.monotonic()
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        if time.monotonic() - self._last < self.every_s:
+            return
+        self._last = time.monotonic()
+        for run_id in self.run_ids:
+            self.tracker.set_tags(run_id, {schema.HEARTBEAT: str(int(time.time()))})

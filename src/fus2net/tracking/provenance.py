@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
@@ -12,7 +11,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from fus2net.tracking.mlflow_tracker import redact_uri
+from fus2net.tracking import schema
+from fus2net.tracking.uris import redact_uri
 
 # Keys that never change a result: where things are written, how many workers and threads load
 # and compute, which fold of the cell this job runs, where it is tracked, whether the model is
@@ -88,27 +88,31 @@ def cell_key(cfg: DictConfig, dataset_fingerprint: str = "") -> str:
 
 
 def git_state(start: Path | None = None) -> dict[str, str]:
-    """The commit of the code that ran, and whether the tree had uncommitted changes."""
+    """MLflow's source tags (commit, branch, remote) of the code that ran, as MLflow's own git
+    helpers read them, and whether the tree had uncommitted changes; "unknown" outside git."""
+    from mlflow.utils.git_utils import get_git_branch, get_git_commit, get_git_repo_url
+
     where = str(start or Path(__file__).resolve().parent)
+    commit = get_git_commit(where)
+    if commit is None:
+        return {schema.GIT_COMMIT: "unknown", schema.GIT_DIRTY: "unknown"}
+    tags = {schema.GIT_COMMIT: commit, schema.GIT_DIRTY: str(_is_dirty(where))}
+    for key, value in (
+        (schema.GIT_BRANCH, get_git_branch(where)),
+        (schema.GIT_REPO_URL, get_git_repo_url(where)),
+    ):
+        if value:
+            tags[key] = redact_uri(value)
+    return tags
+
+
+def _is_dirty(where: str) -> bool | str:
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=where,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=where,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout
-        return {"mlflow.source.git.commit": commit, "git.dirty": str(bool(dirty.strip()))}
-    except (OSError, subprocess.SubprocessError):
-        return {"mlflow.source.git.commit": "unknown", "git.dirty": "unknown"}
+        import git  # GitPython, which MLflow's git helpers use too
+
+        return git.Repo(where, search_parent_directories=True).is_dirty(untracked_files=False)
+    except Exception:  # no git executable, a broken repository
+        return "unknown"
 
 
 def package_versions() -> dict[str, str]:
@@ -129,23 +133,23 @@ def hydra_tags(cfg_sweep: str | None) -> dict[str, str]:
 
         hc = HydraConfig.get()
     except (ImportError, ValueError):
-        return {"sweep": cfg_sweep or "none"}
+        return {schema.SWEEP: cfg_sweep or schema.NO_SWEEP}
     tags: dict[str, str] = {}
     multirun = hc.mode == RunMode.MULTIRUN
     if cfg_sweep:
-        tags["sweep"] = cfg_sweep
+        tags[schema.SWEEP] = cfg_sweep
     elif multirun:
-        tags["sweep"] = str(hc.sweep.dir)
+        tags[schema.SWEEP] = str(hc.sweep.dir)
     else:
-        tags["sweep"] = "none"
-    tags["hydra.mode"] = "multirun" if multirun else "run"
+        tags[schema.SWEEP] = schema.NO_SWEEP
+    tags[schema.HYDRA_MODE] = "multirun" if multirun else "run"
     overrides = list(hc.overrides.task)
-    tags["overrides"] = " ".join(redact_uri(o) if "://" in o else o for o in overrides) or "(none)"
+    tags[schema.OVERRIDES] = " ".join(redact_uri(o) for o in overrides) or "(none)"
     for item in overrides:
         key, _, value = item.lstrip("+~").partition("=")
-        tags[f"override.{key}"] = redact_uri(value) if "://" in value else value
+        tags[f"{schema.OVERRIDE_PREFIX}{key}"] = redact_uri(value)
     for group, choice in hc.runtime.choices.items():
         if not group.startswith("hydra"):
-            tags[f"choice.{group}"] = str(choice)
-    tags["hydra.output_dir"] = str(hc.runtime.output_dir)
+            tags[f"{schema.CHOICE_PREFIX}{group}"] = str(choice)
+    tags[schema.HYDRA_OUTPUT_DIR] = str(hc.runtime.output_dir)
     return tags

@@ -3,7 +3,8 @@
 A cell run is found by its `fus2net.cell_key` tag, its folds as its child runs by `fus2net.fold`.
 A run whose process died without ending it (SIGKILL, the OOM killer, a lost node) would stay
 RUNNING forever; every run therefore carries owner tags (host, pid, the process's start time),
-a fold run also a heartbeat, and `is_orphan` tells a live fold run from a dead one:
+a fold run also a heartbeat (`tracking.lightning_logger.Heartbeat`), and `is_orphan` tells a
+live fold run from a dead one:
 
 - same host: the owner process is gone, or its pid now belongs to another process;
 - other host: no heartbeat for `stale_after_s` seconds (a heartbeat is written at most once a
@@ -20,25 +21,16 @@ import socket
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as L
-from pytorch_lightning.callbacks import Callback
+from fus2net.tracking import schema
+from fus2net.tracking.mlflow_tracker import MlflowTracker
 
-from fus2net.tracking.mlflow_tracker import PARENT_TAG, MlflowTracker
+if TYPE_CHECKING:
+    from mlflow.entities import Run
 
 log = logging.getLogger(__name__)
 
-ROLE_TAG = "fus2net.role"
-CELL_KEY_TAG = "fus2net.cell_key"
-FOLD_TAG = "fus2net.fold"
-ERROR_TAG = "fus2net.error"
-HOST_TAG = "fus2net.host"
-PID_TAG = "fus2net.pid"
-PID_START_TAG = "fus2net.pid_start"
-HEARTBEAT_TAG = "fus2net.heartbeat"
-
-HEARTBEAT_EVERY_S = 60.0
 STALE_AFTER_S = 900.0  # 15 missed heartbeats: only for runs owned by another host
 
 # Runs this process is working on right now: never orphans, whatever their tags say.
@@ -71,30 +63,30 @@ def owner_tags() -> dict[str, str]:
     """Who is running a run: host, pid, process start time, and a first heartbeat."""
     pid = os.getpid()
     return {
-        HOST_TAG: socket.gethostname(),
-        PID_TAG: str(pid),
-        PID_START_TAG: process_start_time(pid) or "",
-        HEARTBEAT_TAG: str(int(time.time())),
+        schema.HOST: socket.gethostname(),
+        schema.PID: str(pid),
+        schema.PID_START: process_start_time(pid) or "",
+        schema.HEARTBEAT: str(int(time.time())),
     }
 
 
-def is_orphan(run: Any, stale_after_s: float = STALE_AFTER_S, now: float | None = None) -> bool:
+def is_orphan(run: Run, stale_after_s: float = STALE_AFTER_S, now: float | None = None) -> bool:
     """True for a RUNNING run whose owner process is gone (see the module docstring)."""
     if run.info.status != "RUNNING" or run.info.run_id in _ACTIVE:
         return False
     tags = run.data.tags
-    pid = tags.get(PID_TAG, "")
-    if tags.get(HOST_TAG) == socket.gethostname() and pid.isdigit():
+    pid = tags.get(schema.PID, "")
+    if tags.get(schema.HOST) == socket.gethostname() and pid.isdigit():
         if int(pid) == os.getpid():  # this process, but no longer working on it
             return True
-        return not process_alive(int(pid), tags.get(PID_START_TAG) or None)
-    beat = tags.get(HEARTBEAT_TAG, "")
+        return not process_alive(int(pid), tags.get(schema.PID_START) or None)
+    beat = tags.get(schema.HEARTBEAT, "")
     last = float(beat) if beat.isdigit() else (run.info.start_time or 0) / 1000
     return (now or time.time()) - last > stale_after_s
 
 
 def reap_orphans(
-    tracker: MlflowTracker, runs: Iterable[Any], stale_after_s: float = STALE_AFTER_S
+    tracker: MlflowTracker, runs: Iterable[Run], stale_after_s: float = STALE_AFTER_S
 ) -> list[str]:
     """Mark every orphaned run of `runs` KILLED with the reason; returns their ids."""
     reaped = []
@@ -102,12 +94,12 @@ def reap_orphans(
         if not is_orphan(run, stale_after_s):
             continue
         tags = run.data.tags
-        owner = f"process {tags.get(PID_TAG, '?')} on {tags.get(HOST_TAG, '?')}"
+        owner = f"process {tags.get(schema.PID, '?')} on {tags.get(schema.HOST, '?')}"
         reason = (
             f"orphaned: {owner} ended without closing the run (SIGKILL, out of memory or a lost "
             f"node); marked KILLED by process {os.getpid()} on {socket.gethostname()}"
         )
-        tracker.set_tags(run.info.run_id, {ERROR_TAG: reason})
+        tracker.set_tags(run.info.run_id, {schema.ERROR: reason})
         tracker.end_run(run.info.run_id, "KILLED")
         log.warning("run %s (%s): %s", run.info.run_id, run.info.run_name, reason)
         reaped.append(run.info.run_id)
@@ -124,14 +116,10 @@ def working_on(run_id: str) -> Iterator[None]:
         _ACTIVE.discard(run_id)
 
 
-def _oldest_first(runs: Iterable[Any]) -> list[Any]:
-    return sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
-
-
-def find_cells(tracker: MlflowTracker, key: str) -> list[Any]:
+def find_cells(tracker: MlflowTracker, key: str) -> list[Run]:
     """The cell runs of `key` in the experiment, oldest first (normally one)."""
-    query = f"tags.`{CELL_KEY_TAG}` = '{key}' AND tags.`{ROLE_TAG}` = 'cell'"
-    return _oldest_first(tracker.search_runs(query))
+    query = schema.role_filter(schema.Role.CELL, **{schema.CELL_KEY: key})
+    return schema.oldest_first(tracker.search_runs(query))
 
 
 def claim_cell(
@@ -158,50 +146,16 @@ def claim_cell(
     return winner
 
 
-def pick_attempt(runs: list[Any]) -> Any:
-    """Of several runs of one fold, the one that counts: finished, else running, else newest."""
-    for status in ("FINISHED", "RUNNING"):
-        found = [r for r in runs if r.info.status == status]
-        if found:
-            return _oldest_first(found)[-1]
-    return _oldest_first(runs)[-1]
-
-
-def fold_runs(tracker: MlflowTracker, cell_run_id: str) -> dict[int, Any]:
-    """The run that counts for each fold of a cell (fold index -> mlflow Run)."""
-    by_fold: dict[int, list[Any]] = {}
-    for run in tracker.child_runs(cell_run_id):
-        tags = run.data.tags
-        if tags.get(ROLE_TAG) == "fold" and tags.get(PARENT_TAG) == cell_run_id:
-            by_fold.setdefault(int(tags[FOLD_TAG]), []).append(run)
-    return {fold: pick_attempt(runs) for fold, runs in sorted(by_fold.items())}
+def fold_runs(tracker: MlflowTracker, cell_run_id: str) -> dict[int, schema.FoldRun]:
+    """The run that counts for each fold of a cell, as the store has it now."""
+    return schema.fold_runs_of(cell_run_id, tracker.child_runs(cell_run_id))
 
 
 def current_fold_runs(
     tracker: MlflowTracker, cell_run_id: str, stale_after_s: float = STALE_AFTER_S
-) -> dict[int, Any]:
+) -> dict[int, schema.FoldRun]:
     """`fold_runs` after marking orphans among them KILLED (re-read: statuses are current)."""
     runs = fold_runs(tracker, cell_run_id)
-    if reap_orphans(tracker, runs.values(), stale_after_s):
+    if reap_orphans(tracker, [r.run for r in runs.values()], stale_after_s):
         runs = fold_runs(tracker, cell_run_id)
     return runs
-
-
-class Heartbeat(Callback):
-    """Writes the heartbeat tag of `run_ids` at most every `every_s` seconds while training,
-    so that a job on another host can tell this one is alive."""
-
-    def __init__(
-        self, tracker: MlflowTracker, run_ids: list[str], every_s: float = HEARTBEAT_EVERY_S
-    ) -> None:
-        self.tracker = tracker
-        self.run_ids = run_ids
-        self.every_s = every_s
-        self._last = time.monotonic()
-
-    def on_train_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
-        if time.monotonic() - self._last < self.every_s:
-            return
-        self._last = time.monotonic()
-        for run_id in self.run_ids:
-            self.tracker.set_tags(run_id, {HEARTBEAT_TAG: str(int(time.time()))})

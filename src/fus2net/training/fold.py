@@ -20,14 +20,9 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from fus2net.data.datamodule import FoldDataModule
 from fus2net.training.callbacks import EpochThroughput
 from fus2net.training.module import BUSClassifier
-from fus2net.training.preflight import effective_precision
+from fus2net.training.precision import effective_precision
 
 log = logging.getLogger(__name__)
-# Lightning's per-trainer banners ("GPU available", tips) would repeat for every fold.
-logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
-warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
-warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
-warnings.filterwarnings("ignore", message=".*exists and is not empty.*")  # resuming a fold
 
 # Keys of the `trainer` group that are ours, not pytorch_lightning.Trainer arguments.
 TRAINER_EXTRAS = ("channels_last", "compile", "threads")
@@ -56,29 +51,13 @@ class FoldResult:
     start_epoch: int = 0  # > 0: resumed from a checkpoint taken after that many epochs
 
 
-class KeepBestWeights(Callback):
-    """Keeps a CPU copy of the weights at the best validation AUC (cv.checkpoint=best)."""
-
-    def __init__(self, monitor: str = "val/auc") -> None:
-        self.monitor = monitor
-        self.best = -float("inf")
-        self.state: dict[str, torch.Tensor] | None = None
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
-            return
-        value = float(trainer.callback_metrics[self.monitor])
-        if value > self.best:
-            self.best = value
-            self.state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
-
-    def state_dict(self) -> dict[str, Any]:
-        """Saved in last.ckpt, so a resumed fold still knows its best epoch so far."""
-        return {"best": self.best, "state": self.state}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.best = float(state_dict["best"])
-        self.state = state_dict["state"]
+def quiet_lightning() -> None:
+    """Silence what Lightning repeats for every fold (banners, tips, known-harmless warnings);
+    called once by a job, never at import."""
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*exists and is not empty.*")  # resuming a fold
 
 
 class StartEpoch(Callback):
@@ -206,7 +185,6 @@ def train_model(
     datamodule = fold_datamodule(cfg, data, seed)
     module = build_module(cfg, num_classes, datamodule.class_weights)
     validate = len(data.val_idx) > 0
-    best = KeepBestWeights()
     checkpoint_dir = checkpoint_dir or out_dir / "checkpoints"
     last = checkpoint_dir / "last.ckpt"
     ckpt_path = last if resume and _loadable(last) else None
@@ -222,15 +200,28 @@ def train_model(
         start,
         *callbacks,
     ]
+    best = None
     if cfg.cv.checkpoint == "best" and validate:
+        # The weights of the best validation AUC; its state (best path and score) is saved in
+        # last.ckpt too, so a resumed fold still knows its best epoch so far.
+        best = ModelCheckpoint(
+            dirpath=checkpoint_dir,
+            filename="best",
+            monitor="val/auc",
+            mode="max",
+            save_top_k=1,
+            save_weights_only=True,
+            enable_version_counter=False,
+        )
         all_callbacks.append(best)
     trainer = build_trainer(cfg, logger, all_callbacks, out_dir, validate=validate)
     if ckpt_path is not None:
         log.info("resuming from %s", ckpt_path)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    if best.state is not None:
-        module.load_state_dict(best.state)
-        log.info("restored the weights of the best validation AUC (%.4f)", best.best)
+    if best is not None and best.best_model_path:
+        state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
+        module.load_state_dict(state["state_dict"])
+        log.info("restored the weights of the best validation AUC (%.4f)", best.best_model_score)
     net = getattr(module.net, "_orig_mod", module.net)
     weights = out_dir / "model.pt"
     torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, weights)

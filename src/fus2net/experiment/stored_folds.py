@@ -13,16 +13,21 @@ import logging
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from fus2net.data.records import Record
 from fus2net.data.splits import record_keys
-from fus2net.reporting.run_artifacts import split_metrics
-from fus2net.tracking.mlflow_tracker import MlflowTracker
+from fus2net.evaluation.metrics import split_metrics
+from fus2net.experiment.context import JobContext
+from fus2net.experiment.summary import FoldMetrics
+from fus2net.tracking import schema
 from fus2net.training.fold import FoldResult
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
 
 log = logging.getLogger(__name__)
 
@@ -48,34 +53,31 @@ class RecordIndex:
         )
 
 
-def load_fold_result(
-    tracker: MlflowTracker,
-    run: Any,
-    records: Sequence[Record],
-    test_idx: np.ndarray,
-    fold_dir: Path,
-) -> tuple[FoldResult, dict[str, dict[str, float]]]:
+def load_fold_result(ctx: JobContext, run: Run) -> tuple[FoldResult, FoldMetrics]:
     """The FoldResult and metrics of a FINISHED fold run, from its logged artifacts.
 
-    Its weights (`checkpoint/model.pt`) are fetched into `fold_dir/model.pt`, where a fold
+    Its weights (`checkpoint/model.pt`) are fetched into `fold_<k>/model.pt`, where a fold
     trained by this job would have left them.
     """
-    run_id = run.info.run_id
-    preds = pd.read_csv(tracker.artifact_file(run, "predictions.csv", fold_dir / "stored"))
-    index = RecordIndex(records)
-    val = preds[preds["split"] == "val"]
-    test = preds[preds["split"] == "test"]
+    tracker, run_id = ctx.tracker, run.info.run_id
+    fold_dir = ctx.fold_dir(schema.FoldRun(run).fold)
+    stored = fold_dir / "stored"
+    preds = pd.read_csv(tracker.artifact_file(run, schema.PREDICTIONS_FILE, stored))
+    index = RecordIndex(ctx.data.records)
+    val = preds[preds["split"] == schema.Split.VAL]
+    test = preds[preds["split"] == schema.Split.TEST]
     test_prob = dict(zip(test["path"].map(index), test["prob"], strict=True))
     weights = fold_dir / "model.pt"
-    if not weights.is_file() and "checkpoint" in {a.path for a in tracker.list_artifacts(run_id)}:
-        fetched = tracker.download_artifacts(run_id, "checkpoint/model.pt", fold_dir / "stored")
+    logged = {a.path for a in tracker.list_artifacts(run_id)}
+    if not weights.is_file() and schema.CHECKPOINT_DIR in logged:
+        fetched = tracker.download_artifacts(run_id, schema.FOLD_WEIGHTS, stored)
         shutil.copyfile(fetched, weights)
     elif not weights.is_file():
-        log.warning("fold run %s logged no checkpoint/model.pt (log_checkpoints=false)", run_id)
+        log.warning("fold run %s logged no %s (log_checkpoints=false)", run_id, schema.FOLD_WEIGHTS)
     result = FoldResult(
         val_index=val["path"].map(index).to_numpy(dtype=np.int64),
         val_prob=val["prob"].to_numpy(dtype=float),
-        test_prob=np.array([test_prob[int(i)] for i in test_idx], dtype=float),
+        test_prob=np.array([test_prob[int(i)] for i in ctx.data.split.test], dtype=float),
         weights=weights,
         epochs_run=int(run.data.params.get("trainer.max_epochs", 0) or 0),
     )

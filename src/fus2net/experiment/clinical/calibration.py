@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -21,10 +20,9 @@ from fus2net.evaluation.calibration import (
     fit_calibration,
     negative_log_likelihood,
 )
-from fus2net.reporting.clinical_plots import save_reliability_diagram
-
-if TYPE_CHECKING:
-    from fus2net.tracking.mlflow_tracker import MlflowTracker
+from fus2net.experiment.clinical.figures import save_reliability_diagram
+from fus2net.tracking import resume, schema
+from fus2net.tracking.mlflow_tracker import MlflowTracker
 
 
 @dataclass(frozen=True)
@@ -41,18 +39,15 @@ def log_fold_calibration(
     tracker: MlflowTracker, cell_run: str, oof: pd.DataFrame, n_bins: int, out: Path
 ) -> list[float]:
     """`calibration/val_ece` and a reliability diagram in each fold run; the ECEs."""
-    fold_runs = {
-        r.data.tags.get("fus2net.fold"): r.info.run_id
-        for r in tracker.child_runs(cell_run)
-        if r.info.status == "FINISHED"  # not an earlier, killed attempt of a resumed fold
-    }
+    # not an earlier, killed attempt of a resumed fold
+    fold_runs = schema.finished_folds(resume.fold_runs(tracker, cell_run))
     eces = []
     for fold, part in oof.groupby("fold", sort=True):
         labels, probs = part["label"].to_numpy(), part["prob"].to_numpy()
         ece = expected_calibration_error(labels, probs, n_bins)
         eces.append(ece)
-        run_id = fold_runs.get(str(fold))
-        if run_id is None:  # not a child of this cell (e.g. resumed): cell-level numbers only
+        run = fold_runs.get(int(fold))
+        if run is None:  # not a child of this cell (e.g. resumed): cell-level numbers only
             continue
         (out / f"fold_{fold}").mkdir(parents=True, exist_ok=True)
         figure = save_reliability_diagram(
@@ -61,8 +56,8 @@ def log_fold_calibration(
             f"Reliability: fold {fold} validation",
             n_bins,
         )
-        tracker.log_metrics(run_id, {"calibration/val_ece": ece})
-        tracker.log_artifacts(run_id, [figure], "calibration")
+        tracker.log_metrics(run.run_id, {schema.VAL_ECE: ece})
+        tracker.log_artifacts(run.run_id, [figure], schema.CALIBRATION_DIR)
     return eces
 
 
@@ -93,7 +88,7 @@ def calibrate_cell(
         "Reliability of the malignant probability",
         n_bins,
     )
-    tracker.log_artifacts(cell_run, [figure], "calibration")
+    tracker.log_artifacts(cell_run, [figure], schema.CALIBRATION_DIR)
     metrics = {
         "val_ece_mean": float(np.nanmean(eces)) if eces else np.nan,
         "oof_ece": expected_calibration_error(oof_y, oof_p, n_bins),

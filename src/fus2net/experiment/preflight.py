@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import shutil
 import socket
@@ -26,29 +25,6 @@ class ConfigError(ValueError):
 
 class PreflightError(ConfigError):
     """The machine or a service is not ready for the job (tracking store, disk space)."""
-
-
-@functools.cache
-def cpu_supports_bf16() -> bool:
-    """True where the CPU has native bf16 (AVX512-BF16 or AMX), so bf16 autocast is fast."""
-    try:
-        cpu = torch._C._cpu  # type: ignore[attr-defined]
-        return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
-    except AttributeError:
-        flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-        return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def effective_precision(trainer_cfg: DictConfig) -> str:
-    """The configured precision, or fp32 where bf16 would be emulated (slow) on this CPU."""
-    precision = str(trainer_cfg.precision)
-    if (
-        trainer_cfg.accelerator == "cpu"
-        and precision.startswith("bf16")
-        and not cpu_supports_bf16()
-    ):
-        return "32-true"
-    return precision
 
 
 def check_config(cfg: DictConfig) -> None:

@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from fus2net.evaluation.metrics import METRICS
-from fus2net.reporting.compare import Comparison
+from fus2net.reporting.compare.comparison import Comparison
 
 BAR_METRICS = ("accuracy", "sensitivity", "specificity", "auc")  # the paper's Figure 1
 NAMES = {"accuracy": "Accuracy", "sensitivity": "Sensitivity", "specificity": "Specificity",

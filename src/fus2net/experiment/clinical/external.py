@@ -20,12 +20,13 @@ from hydra.utils import instantiate
 
 from fus2net.data.cache import load_resized
 from fus2net.data.imageio import ImageReadError
-from fus2net.data.records import DataError, Problem
 from fus2net.evaluation.calibration import expected_calibration_error
 from fus2net.evaluation.metrics import binary_metrics
 from fus2net.evaluation.operating_points import OperatingPoint
+from fus2net.experiment.context import JobContext
+from fus2net.experiment.figures import save_roc
 from fus2net.inference.loading import LoadedModel
-from fus2net.reporting.plots import save_roc
+from fus2net.tracking import schema
 
 log = logging.getLogger(__name__)
 
@@ -43,34 +44,6 @@ def patient_level(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per group id: mean probability, malignant if any image is."""
     grouped = frame.dropna(subset=["group"]).groupby("group", sort=True)
     return grouped.agg(label=("label", "max"), prob=("prob", "mean")).reset_index()
-
-
-def check_external_datasets(entries: Any, class_names: list[str]) -> list[Problem]:
-    """What would stop any `eval_datasets` entry from being scored, found before training:
-    a config that does not instantiate, other class names, no images or a missing folder.
-    Unreadable single images are not looked at here; scoring skips and counts them."""
-    problems = []
-    for name, dataset_cfg in (entries or {}).items():
-        where = f"eval_datasets.{name}"
-        try:
-            source = instantiate(dataset_cfg)
-            records = source.load()  # first: a missing folder is named as such
-            if list(source.class_names) != list(class_names):
-                problems.append(
-                    Problem(
-                        where,
-                        f"classes {list(source.class_names)} differ from the training data's "
-                        f"{list(class_names)} (index = label); set {where}.classes",
-                    )
-                )
-            elif not records:
-                problems.append(Problem(where, f"no images found by {source!r}"))
-        except DataError as err:  # the source's own problems, its fix pointed at this entry
-            fix = err.fix.replace("dataset.", f"{where}.")
-            problems += [Problem(f"{where}: {p.path}", f"{p.reason}; {fix}") for p in err.problems]
-        except Exception as err:  # any reason it cannot be read: report them all at once
-            problems.append(Problem(where, str(err).replace("\n", " ")))
-    return problems
 
 
 def evaluate_external(
@@ -147,3 +120,24 @@ def evaluate_external(
     ]
     result.metrics = {k: float(v) for k, v in result.metrics.items() if np.isfinite(v)}
     return result
+
+
+def score_external_datasets(
+    ctx: JobContext, cell_run: str, model: LoadedModel, points: list[OperatingPoint], work: Path
+) -> dict[str, dict[str, float]]:
+    """Score every `eval_datasets` entry and log its files; one that fails is logged and
+    tagged, not fatal: a bad extra dataset must not lose the trained cell."""
+    external = {}
+    n_bins = int(ctx.cfg.evaluation.calibration_bins)
+    for name, dataset_cfg in (ctx.cfg.get("eval_datasets") or {}).items():
+        try:
+            result = evaluate_external(
+                name, dataset_cfg, model, points, work / "external" / name, n_bins
+            )
+        except Exception as err:
+            log.error("eval_datasets.%s could not be scored: %s", name, err)
+            ctx.tracker.set_tags(cell_run, {schema.external_error(name): str(err)})
+            continue
+        external[name] = result.metrics
+        ctx.tracker.log_artifacts(cell_run, result.files, schema.external_dir(name))
+    return external

@@ -11,8 +11,9 @@ import html
 from datetime import datetime
 from pathlib import Path
 
-from fus2net.reporting.compare import Comparison
-from fus2net.reporting.compare_table import Section, notes, sections, skipped_lines
+from fus2net.reporting.compare.comparison import Comparison
+from fus2net.reporting.compare.table import Section, notes, sections, skipped_lines
+from fus2net.tracking import schema
 
 CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
@@ -107,7 +108,7 @@ def render_html(
     parts.append("<th>cell key</th><th>git commit</th></tr></thead><tbody>")
     for v in comparison.variants:
         tags = v.cell.tags
-        commit = tags.get("mlflow.source.git.commit", "?")[:10]
+        commit = tags.get(schema.GIT_COMMIT, "?")[:10]
         dirty = " (uncommitted changes)" if tags.get("git.dirty") == "True" else ""
         parts.append(
             f"<tr><td>{html.escape(v.label)}</td>"

@@ -7,13 +7,22 @@ looks, how it does elsewhere, and that it is a research model, not a medical dev
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fus2net.evaluation.metrics import METRICS
+from fus2net.evaluation.stats import bootstrap_intervals
+from fus2net.experiment.clinical.calibration import CalibrationResult
+from fus2net.experiment.context import JobContext
+from fus2net.experiment.scoring import CellScores
+from fus2net.experiment.summary import CellSummary
+from fus2net.inference.loading import LoadedModel
 from fus2net.inference.spec import ModelSpec
+from fus2net.tracking.predictions import patient_groups
 
 LIMITATIONS = (
     "Research software. Not a medical device: not cleared or approved by any regulator (FDA, "
@@ -46,6 +55,61 @@ class ModelCardFacts:
     external: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     provenance: Mapping[str, str] = field(default_factory=dict)  # git commit, created, ...
     n_parameters: int = 0
+
+
+@dataclass
+class Findings:
+    """What the clinical step found, besides the cell's own scores."""
+
+    calibration: CalibrationResult
+    operating: dict[str, float]
+    localization: dict[str, float]  # localization/<name>
+    external: dict[str, dict[str, float]]
+
+
+def write_model_card(
+    ctx: JobContext,
+    summary: CellSummary,
+    scores: CellScores,
+    model: LoadedModel,
+    findings: Findings,
+    path: Path,
+) -> Path:
+    """The card of the cell at `path`, from the metrics the job already computed."""
+    test = scores.test_rows
+    labels, probs = test["label"].to_numpy(), test["prob"].to_numpy()
+    n_boot = int(ctx.cfg.evaluation.get("bootstrap", 1000))
+    split = ctx.data.split
+    facts = ModelCardFacts(
+        run_id=summary.cell_run_id,
+        spec=model.spec,
+        dataset=ctx.data.description,
+        split={
+            "folds": len(split.folds),
+            "n_train_pool": len(split.train_pool()),
+            "n_test": len(test),
+            "seed": int(ctx.cfg.seed),
+            "test_scoring": str(ctx.cfg.cv.test_scoring),
+        },
+        cv=summary.cv,
+        test=summary.test if len(test) else {},
+        test_ci=(
+            bootstrap_intervals(labels, probs, patient_groups(test), n_boot=n_boot)
+            if len(test)
+            else {}
+        ),
+        calibration={
+            **findings.calibration.metrics,
+            "bins": float(ctx.cfg.evaluation.calibration_bins),
+        },
+        operating=findings.operating,
+        localization={k.split("/", 1)[1]: v for k, v in findings.localization.items()},
+        external=findings.external,
+        provenance={"created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")},
+        n_parameters=sum(p.numel() for p in model.members[0].parameters()),
+    )
+    path.write_text(render_model_card(facts))
+    return path
 
 
 def _f(value: Any, digits: int = 3) -> str:

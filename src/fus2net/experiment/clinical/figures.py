@@ -5,14 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 
 from fus2net.evaluation.calibration import expected_calibration_error, reliability_bins
-from fus2net.evaluation.gradcam import overlay
+from fus2net.inference.gradcam import overlay
 
 
 def save_reliability_diagram(
@@ -20,9 +17,8 @@ def save_reliability_diagram(
 ) -> Path:
     """Observed malignant fraction against mean predicted probability per bin, one curve per
     (labels, probabilities) pair with its ECE in the legend, and the bins' counts below."""
-    fig, (ax, hist) = plt.subplots(
-        2, 1, figsize=(5, 6), dpi=110, sharex=True, gridspec_kw={"height_ratios": [3, 1]}
-    )
+    fig = Figure(figsize=(5, 6), dpi=110)
+    ax, hist = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfect")
     width = 1.0 / n_bins / max(len(curves), 1)
     for i, (name, (labels, probs)) in enumerate(curves.items()):
@@ -41,7 +37,6 @@ def save_reliability_diagram(
     hist.set(xlabel="predicted malignant probability", ylabel="images")
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 
@@ -56,9 +51,8 @@ def save_overlay_grid(
     """Grad-CAM overlays in a grid, the lesion mask outlined in white where one is given."""
     count = len(images)
     rows = max(1, -(-count // columns))
-    fig, axes = plt.subplots(
-        rows, columns, figsize=(2.6 * columns, 2.8 * rows), dpi=100, squeeze=False
-    )
+    fig = Figure(figsize=(2.6 * columns, 2.8 * rows), dpi=100)
+    axes = fig.subplots(rows, columns, squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for i in range(count):
@@ -70,5 +64,4 @@ def save_overlay_grid(
         ax.set_title(titles[i], fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return path

@@ -23,10 +23,11 @@ from fus2net.evaluation.stats import (
     delong_test,
     mcnemar_test,
 )
-from fus2net.reporting.compare_runs import CellRun, Skipped, SweepRuns, load_predictions
-from fus2net.reporting.run_artifacts import patient_groups
-from fus2net.tracking.mlflow_tracker import MlflowTracker, without_credentials
+from fus2net.reporting.compare.runs import CellRun, Skipped, SweepRuns, load_predictions
+from fus2net.tracking.mlflow_tracker import MlflowTracker
+from fus2net.tracking.predictions import patient_groups
 from fus2net.tracking.provenance import NON_RESULT_KEYS
+from fus2net.tracking.uris import without_credentials
 
 THRESHOLD = 0.5  # the operating point every logged metric uses
 # Params that describe where or how fast, or restate the data; never a variant's name.

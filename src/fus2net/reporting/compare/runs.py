@@ -11,59 +11,21 @@ silently: they come back as `Skipped` with the reason, for the report to list.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from fus2net.evaluation.metrics import METRICS
-from fus2net.tracking.mlflow_tracker import PARENT_TAG, MlflowTracker
+from fus2net.tracking import schema
+from fus2net.tracking.mlflow_tracker import MlflowTracker
+from fus2net.tracking.predictions import read_cell_predictions
+from fus2net.tracking.schema import CellRun
 
-ROLE_TAG = "fus2net.role"
-CELLS = f"tags.`{ROLE_TAG}` = 'cell'"
-SWEEPS_TAG = "fus2net.sweeps"  # every sweep that used a cell (a later sweep may reuse it)
-REQUIRED_COLUMNS = ("path", "label", "prob", "split")
+if TYPE_CHECKING:
+    from mlflow.entities import Run
 
-
-@dataclass(frozen=True)
-class CellRun:
-    """One cell (configuration) of a sweep, as logged by `fus2net-train`."""
-
-    run: Any  # the mlflow Run, kept for artifact access
-    folds: dict[int, dict[str, float]] = field(default_factory=dict)  # fold -> validation metrics
-
-    @property
-    def run_id(self) -> str:
-        return self.run.info.run_id
-
-    @property
-    def name(self) -> str:
-        return self.run.info.run_name or self.run_id
-
-    @property
-    def status(self) -> str:
-        return self.run.info.status
-
-    @property
-    def params(self) -> dict[str, str]:
-        return self.run.data.params
-
-    @property
-    def tags(self) -> dict[str, str]:
-        return self.run.data.tags
-
-    @property
-    def metrics(self) -> dict[str, float]:
-        return self.run.data.metrics
-
-    @property
-    def n_folds(self) -> int:
-        return int(self.params.get("cv.folds", 0) or 0)
-
-    @property
-    def folds_run(self) -> list[int]:
-        return [int(f) for f in self.tags.get("fus2net.folds_run", "").split(",") if f]
+CELLS = schema.role_filter(schema.Role.CELL)
 
 
 @dataclass(frozen=True)
@@ -91,37 +53,26 @@ def _quote(value: str) -> str:
 def latest_sweep(tracker: MlflowTracker) -> str | None:
     """The sweep tag of the most recently started cell in the experiment."""
     newest = tracker.search_all_runs(CELLS, order_by=["attributes.start_time DESC"], max_results=1)
-    return newest[0].data.tags.get("sweep") if newest else None
+    return newest[0].data.tags.get(schema.SWEEP) if newest else None
 
 
-def build_query(sweep: str | None, filter_string: str, tag: str = "sweep") -> str:
+def build_query(sweep: str | None, filter_string: str, tag: str = schema.SWEEP) -> str:
     """`--sweep` (a sweep tag or its end, e.g. the time folder) AND-ed with a user filter.
 
     `tag="fus2net.sweeps"` matches the list of every sweep that reused a cell.
     """
     parts = []
     if sweep and sweep != "all":
-        pattern = "%" + sweep + ("%" if tag != "sweep" else "")
+        pattern = "%" + sweep + ("%" if tag != schema.SWEEP else "")
         parts.append(f"tags.`{tag}` LIKE {_quote(pattern)}")
     if filter_string.strip():
         parts.append(filter_string.strip())
     return " AND ".join(parts)
 
 
-def _sweeps_of(run: Any) -> list[str]:
-    tags = run.data.tags
-    return list(dict.fromkeys([*tags.get(SWEEPS_TAG, "").split(), tags.get("sweep", "none")]))
-
-
-def _fold_metrics(run: Any) -> dict[str, float]:
-    return {
-        m: run.data.metrics[f"fold/val_{m}"] for m in METRICS if f"fold/val_{m}" in run.data.metrics
-    }
-
-
 def _why_unusable(cell: CellRun) -> tuple[str, str] | None:
     """(status, reason) when a cell cannot be compared, None when it can."""
-    error = cell.tags.get("fus2net.error", "")
+    error = cell.error
     if cell.status in ("FAILED", "KILLED"):
         return cell.status, f"{cell.status.lower()}: {error or 'no error recorded'}"
     if cell.status == "SCHEDULED":
@@ -157,41 +108,40 @@ def read_sweep(
     runs = tracker.search_all_runs(query)
     if sweep and sweep != "all" and not latest:  # cells a later sweep reused carry its tag now
         seen = {r.info.run_id for r in runs}
-        reused = tracker.search_all_runs(build_query(sweep, filter_string, SWEEPS_TAG))
+        reused = tracker.search_all_runs(build_query(sweep, filter_string, schema.SWEEPS))
         runs += [
             r
             for r in reused
-            if r.info.run_id not in seen and any(s.endswith(sweep) for s in _sweeps_of(r))
+            if r.info.run_id not in seen and any(s.endswith(sweep) for s in CellRun(r).sweeps)
         ]
-    cell_runs = [r for r in runs if r.data.tags.get(ROLE_TAG) == "cell"]
-    fold_runs = [r for r in runs if r.data.tags.get(ROLE_TAG) == "fold"]
+    cell_runs = [r for r in runs if schema.is_role(r, schema.Role.CELL)]
+    fold_runs = [r for r in runs if schema.is_role(r, schema.Role.FOLD)]
     if not cell_runs:
         raise ValueError(f"no cell runs match {query!r} in experiment {tracker.experiment_name!r}")
-    parents = {r.data.tags.get(PARENT_TAG) for r in fold_runs}
+    parents = {r.data.tags.get(schema.PARENT) for r in fold_runs}
     for cell in cell_runs:  # a finished cell whose folds the filter left out
         if cell.info.status == "FINISHED" and cell.info.run_id not in parents:
             children = tracker.child_runs(cell.info.run_id)
-            fold_runs += [r for r in children if r.data.tags.get(ROLE_TAG) == "fold"]
+            fold_runs += [r for r in children if schema.is_role(r, schema.Role.FOLD)]
     if sweep and sweep != "all":
-        sweeps = sorted({s for r in cell_runs for s in _sweeps_of(r) if s.endswith(sweep)})
+        sweeps = sorted({s for r in cell_runs for s in CellRun(r).sweeps if s.endswith(sweep)})
         if len(sweeps) > 1:
             raise ValueError(
                 f"--sweep {sweep!r} matches {len(sweeps)} sweeps: {', '.join(sweeps)}; "
                 "give more of it"
             )
     else:
-        sweeps = sorted({r.data.tags.get("sweep", "none") for r in cell_runs})
+        sweeps = sorted({r.data.tags.get(schema.SWEEP, schema.NO_SWEEP) for r in cell_runs})
 
-    folds: dict[str, dict[int, dict[str, float]]] = defaultdict(dict)
-    for run in sorted(fold_runs, key=lambda r: r.info.start_time or 0):
-        if run.info.status == "FINISHED" and "fus2net.fold" in run.data.tags:
-            folds[run.data.tags.get(PARENT_TAG, "")][int(run.data.tags["fus2net.fold"])] = (
-                _fold_metrics(run)
-            )
-    cells = [
-        CellRun(run, dict(sorted(folds[run.info.run_id].items())))
-        for run in sorted(cell_runs, key=lambda r: r.info.start_time or 0)
-    ]
+    by_cell: dict[str, list[Run]] = defaultdict(list)
+    for run in fold_runs:
+        by_cell[run.data.tags.get(schema.PARENT, "")].append(run)
+    cells = []
+    for run in schema.oldest_first(cell_runs):
+        folds = schema.finished_folds(
+            schema.fold_runs_of(run.info.run_id, by_cell[run.info.run_id])
+        )
+        cells.append(CellRun(run, {f: r.metrics(schema.Split.VAL) for f, r in folds.items()}))
 
     usable: dict[str, CellRun] = {}  # cell key -> newest complete run
     skipped: list[Skipped] = []
@@ -200,7 +150,7 @@ def read_sweep(
         if problem:
             skipped.append(Skipped(cell.run_id, cell.name, *problem))
             continue
-        key = cell.tags.get("fus2net.cell_key", cell.run_id)
+        key = cell.key
         if key in usable:
             old = usable[key]
             skipped.append(
@@ -213,18 +163,5 @@ def read_sweep(
 
 def load_predictions(tracker: MlflowTracker, cell: CellRun, download_dir: Path) -> pd.DataFrame:
     """The cell's `predictions.csv` (pooled out-of-fold and test rows), checked."""
-    path = tracker.artifact_file(cell.run, "predictions.csv", download_dir / cell.run_id)
-    frame = pd.read_csv(path)
-    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
-    if missing:
-        raise ValueError(
-            f"{path} (run {cell.run_id}) lacks column(s) {missing}; expected "
-            f"{list(REQUIRED_COLUMNS)}: was it written by fus2net-train?"
-        )
-    splits = set(frame["split"])
-    if not {"oof", "test"} <= splits:
-        raise ValueError(
-            f"{path} (run {cell.run_id}) has splits {sorted(splits)}; a cell's predictions need "
-            "both 'oof' and 'test' rows"
-        )
-    return frame
+    path = tracker.artifact_file(cell.run, schema.PREDICTIONS_FILE, download_dir / cell.run_id)
+    return read_cell_predictions(path, cell.run_id)

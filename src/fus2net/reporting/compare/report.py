@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fus2net.reporting.compare import Comparison
-from fus2net.reporting.compare_figures import write_figures
-from fus2net.reporting.compare_html import render_html
-from fus2net.reporting.compare_table import format_markdown, table_frame
+from fus2net.reporting.compare.comparison import Comparison
+from fus2net.reporting.compare.figures import write_figures
+from fus2net.reporting.compare.html import render_html
+from fus2net.reporting.compare.table import format_markdown, table_frame
+from fus2net.tracking import schema
 from fus2net.tracking.mlflow_tracker import MlflowTracker
-
-MAX_TAG = 5000
 
 
 def write_report(
@@ -43,11 +42,11 @@ def log_comparison(
     run_id = tracker.start_run(
         title,
         {
-            "fus2net.role": "comparison",
-            "sweep": sweep,
-            "fus2net.compared_runs": ids[:MAX_TAG],
-            "fus2net.reference": comparison.reference,
-            "fus2net.filter": comparison.source["filter"][:MAX_TAG],
+            schema.ROLE: schema.Role.COMPARISON.value,
+            schema.SWEEP: sweep,
+            schema.COMPARED_RUNS: ids,
+            schema.REFERENCE: comparison.reference,
+            schema.FILTER: comparison.source["filter"],
         },
     )
     try:

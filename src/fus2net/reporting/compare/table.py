@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from fus2net.evaluation.metrics import METRICS
-from fus2net.reporting.compare import Comparison, VariantResult
+from fus2net.reporting.compare.comparison import Comparison, VariantResult
 
 HEADINGS = {
     "accuracy": "accuracy %",

@@ -17,11 +17,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from fus2net.data.cache import ImageCache
-from fus2net.data.records import Problem, Record, raise_if_problems
+from fus2net.data.records import DataError, Problem, Record, raise_if_problems
 from fus2net.data.splits import Split, make_split, records_fingerprint
 from fus2net.data.validation import drop_bad_records, validate_records
-from fus2net.evaluation.external import check_external_datasets
-from fus2net.training.preflight import check_free_space
+from fus2net.experiment.preflight import check_free_space
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +86,7 @@ def prepare_data(cfg: DictConfig) -> JobData:
         dedupe=bool(cfg.data.dedupe),
         duplicate_distance=int(cfg.data.duplicate_distance),
         cache_dir=Path(cfg.paths.cache_dir),
+        fingerprint=fingerprint,
     )
     cache = ImageCache.build(
         records,
@@ -109,3 +109,31 @@ def prepare_data(cfg: DictConfig) -> JobData:
     return JobData(
         records, list(source.class_names), split, cache, fingerprint, description, skipped
     )
+
+
+def check_external_datasets(entries: Any, class_names: list[str]) -> list[Problem]:
+    """What would stop any `eval_datasets` entry from being scored, found before training:
+    a config that does not instantiate, other class names, no images or a missing folder.
+    Unreadable single images are not looked at here; scoring skips and counts them."""
+    problems = []
+    for name, dataset_cfg in (entries or {}).items():
+        where = f"eval_datasets.{name}"
+        try:
+            source = instantiate(dataset_cfg)
+            records = source.load()  # first: a missing folder is named as such
+            if list(source.class_names) != list(class_names):
+                problems.append(
+                    Problem(
+                        where,
+                        f"classes {list(source.class_names)} differ from the training data's "
+                        f"{list(class_names)} (index = label); set {where}.classes",
+                    )
+                )
+            elif not records:
+                problems.append(Problem(where, f"no images found by {source!r}"))
+        except DataError as err:  # the source's own problems, its fix pointed at this entry
+            fix = err.fix.replace("dataset.", f"{where}.")
+            problems += [Problem(f"{where}: {p.path}", f"{p.reason}; {fix}") for p in err.problems]
+        except Exception as err:  # any reason it cannot be read: report them all at once
+            problems.append(Problem(where, str(err).replace("\n", " ")))
+    return problems

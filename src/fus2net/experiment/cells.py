@@ -1,0 +1,173 @@
+"""A cell's life in the tracking store: created or resumed, then closed by whichever job can.
+
+One cell run per cell key. A job joins the run a previous or parallel job made (re-runs, and
+`cv.fold=k` jobs of one cell), trains the folds the store does not have, and then
+(`experiment.job.complete_cell`):
+
+- all folds FINISHED: score the cell (pooled out-of-fold, ensemble test) and mark it FINISHED;
+- a fold FAILED or KILLED: mark the cell the same, with every fold's reason;
+- folds still to be trained by other jobs: park the cell SCHEDULED, then look again, so that
+  of two jobs finishing at the same moment at least one sees all folds done and scores it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from fus2net.experiment.context import JobContext
+from fus2net.experiment.interrupts import JobInterrupted
+from fus2net.experiment.summary import CellSummary
+from fus2net.tracking import resume, schema
+from fus2net.tracking.mlflow_tracker import MlflowTracker
+from fus2net.tracking.provenance import NON_RESULT_KEYS
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class OpenCell:
+    """The cell run this job works in, and the run that counts for each fold so far."""
+
+    run_id: str
+    folds: dict[int, schema.FoldRun]
+    finished: bool  # FINISHED with every fold: nothing left to do
+    run: Run | None = None
+
+
+def cell_name(tags: Mapping[str, str]) -> str:
+    """The overrides that change results, e.g. `optimizer=sgd data.channels=1`."""
+    changed = []
+    for tag, value in tags.items():
+        key = tag.removeprefix(schema.OVERRIDE_PREFIX)
+        if key != tag and not any(key == p or key.startswith(p + ".") for p in NON_RESULT_KEYS):
+            changed.append(f"{key}={value}")
+    name = " ".join(changed) or "default"
+    limit = schema.MAX_RUN_NAME
+    return name if len(name) <= limit else name[: limit - 1] + "…"
+
+
+def _sweep_tags(run: Run, tags: Mapping[str, str]) -> dict[str, str]:
+    """The current sweep becomes the cell's `sweep` (so comparing this sweep finds it); every
+    sweep that used the cell stays listed in `fus2net.sweeps`."""
+    sweep = tags.get(schema.SWEEP, schema.NO_SWEEP)
+    if sweep == schema.NO_SWEEP:
+        return {}
+    seen = [s for s in schema.CellRun(run).sweeps if s != schema.NO_SWEEP]
+    return {schema.SWEEP: sweep, schema.SWEEPS: " ".join(dict.fromkeys([*seen, sweep]))}
+
+
+def open_cell(ctx: JobContext) -> OpenCell:
+    """Find the cell of the job's key (reopened RUNNING unless finished), or create it.
+
+    A reopened cell gets the params it lacks (the job that created it may have died first);
+    those it has are kept, since MLflow params cannot change.
+    """
+    tracker, key = ctx.tracker, ctx.key
+    tags = {
+        **ctx.tags,
+        schema.ROLE: schema.Role.CELL.value,
+        schema.FOLDS_RUN: ",".join(map(str, ctx.folds)),
+    }
+    params = {**ctx.params, "cv.fold": None}  # the cell is all folds, whichever this job runs
+    found = resume.find_cells(tracker, key)
+    if not found:
+        owned = {**tags, **resume.owner_tags()}
+        run_id = resume.claim_cell(tracker, key, cell_name(ctx.tags), owned, params)
+        return OpenCell(run_id, resume.current_fold_runs(tracker, run_id, ctx.stale_after_s), False)
+    cell = found[0]
+    run_id = cell.info.run_id
+    folds = resume.current_fold_runs(tracker, run_id, ctx.stale_after_s)
+    done = schema.finished_folds(folds)
+    if cell.info.status == "FINISHED" and len(done) == ctx.n_folds:
+        tracker.set_tags(run_id, _sweep_tags(cell, tags))
+        log.info("cell %s is finished in run %s: nothing to train", key, run_id)
+        return OpenCell(run_id, folds, True, cell)
+    log.info(
+        "resuming cell %s (run %s, was %s): %d of %d folds finished",
+        key,
+        run_id,
+        cell.info.status,
+        len(done),
+        ctx.n_folds,
+    )
+    reopen(tracker, cell, {**_sweep_tags(cell, tags), schema.RESUMED_FROM: cell.info.status})
+    logged = cell.data.params
+    tracker.log_params(run_id, {k: v for k, v in params.items() if k not in logged})
+    return OpenCell(run_id, folds, False, cell)
+
+
+def reopen(tracker: MlflowTracker, run: Run, tags: Mapping[str, Any]) -> None:
+    """Mark `run` RUNNING again, owned by this process, its old error cleared."""
+    run_id = run.info.run_id
+    attempts = int(run.data.tags.get(schema.ATTEMPTS, "1")) + 1
+    tracker.set_status(run_id, "RUNNING")
+    tracker.delete_tag(run_id, schema.ERROR)
+    tracker.set_tags(run_id, {**tags, **resume.owner_tags(), schema.ATTEMPTS: attempts})
+
+
+def end_status(exc: BaseException) -> str:
+    """KILLED when the job was stopped from outside (a signal, or submitit's requeue exit)."""
+    stopped = isinstance(exc, KeyboardInterrupt | JobInterrupted | SystemExit)
+    return "KILLED" if stopped else "FAILED"
+
+
+@contextmanager
+def working_in(tracker: MlflowTracker, run_id: str) -> Iterator[None]:
+    """This process works on `run_id` (never reaped as an orphan); when the block raises, the
+    run is ended FAILED or KILLED with the reason, and the error goes on unchanged."""
+    with resume.working_on(run_id):
+        try:
+            yield
+        except BaseException as exc:
+            try:
+                tracker.set_tags(run_id, {schema.ERROR: f"{type(exc).__name__}: {exc}"})
+                tracker.end_run(run_id, end_status(exc))
+            except Exception:  # the store itself may be what failed
+                log.exception("could not mark MLflow run %s as %s", run_id, end_status(exc))
+            raise
+
+
+def all_finished(folds: Mapping[int, schema.FoldRun], n_folds: int) -> bool:
+    return len(schema.finished_folds({f: r for f, r in folds.items() if f < n_folds})) == n_folds
+
+
+def close_finished(tracker: MlflowTracker, summary: CellSummary, folds: list[int]) -> None:
+    """Mark the scored cell FINISHED, with the folds it was scored from."""
+    run_id = summary.cell_run_id
+    tracker.set_tags(run_id, {schema.FOLDS_RUN: ",".join(map(str, folds))})
+    tracker.delete_tag(run_id, schema.ERROR)
+    tracker.end_run(run_id, "FINISHED")
+    summary.status, summary.error = "FINISHED", ""
+
+
+def close_unfinished(
+    tracker: MlflowTracker,
+    summary: CellSummary,
+    folds: Mapping[int, schema.FoldRun],
+    n_folds: int,
+) -> None:
+    """A cell some of whose folds failed or were killed ends the same; one whose folds other
+    jobs still train is parked SCHEDULED."""
+    run_id = summary.cell_run_id
+    broken = {f: r for f, r in folds.items() if r.status in ("FAILED", "KILLED")}
+    if broken:
+        failed = any(r.status == "FAILED" for r in broken.values())
+        summary.status = "FAILED" if failed else "KILLED"
+        summary.error = "; ".join(
+            f"fold {f} {r.status}: {r.error or 'no reason logged'}" for f, r in broken.items()
+        )
+        tracker.set_tags(run_id, {schema.ERROR: summary.error})
+        tracker.end_run(run_id, summary.status)
+    else:
+        missing = [f for f in range(n_folds) if f not in schema.finished_folds(folds)]
+        summary.status = "SCHEDULED"
+        summary.error = f"fold(s) {missing} not finished yet (other cv.fold jobs)"
+        tracker.set_status(run_id, "SCHEDULED")
+    log.info("cell %s: %s (%s)", summary.cell_key, summary.status, summary.error)

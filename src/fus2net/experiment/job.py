@@ -1,0 +1,86 @@
+"""One job = one cell: k-fold cross-validation, held-out test scoring, and its MLflow runs.
+
+MLflow layout (`fus2net.tracking.schema`): one parent run per cell (one resolved configuration,
+folds aside) tagged with a deterministic cell key and the sweep, and one child run per fold.
+Everything a comparison needs (fold metrics, pooled out-of-fold and test predictions, splits,
+config) is logged there. The job reads top to bottom: check, build the context once, open the
+cell, train the folds it lacks, then complete the cell when every fold is done.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+import torch
+from omegaconf import DictConfig
+
+from fus2net.experiment import cells
+from fus2net.experiment.clinical.step import evaluate_clinically
+from fus2net.experiment.context import JobContext, build_context, threads
+from fus2net.experiment.folds import train_folds
+from fus2net.experiment.interrupts import stop_on_signals
+from fus2net.experiment.preflight import check_config, check_tracking
+from fus2net.experiment.scoring import score_cell
+from fus2net.experiment.stored_folds import load_fold_result
+from fus2net.experiment.summary import CellSummary, stored_summary
+from fus2net.tracking import resume
+from fus2net.training.fold import FoldResult, quiet_lightning
+
+log = logging.getLogger(__name__)
+
+
+def run_job(cfg: DictConfig) -> CellSummary:
+    """Check, then train the folds of the cell (or `cv.fold`) the tracking store lacks, score
+    the test set once every fold is done, and log it all.
+
+    A re-run finds the cell by its key: finished folds are skipped, an interrupted fold resumes
+    from its last checkpoint, a finished cell is not trained again (fus2net.experiment.cells). A
+    diverged fold (non-finite loss) fails alone; the other folds and jobs go on.
+    """
+    check_config(cfg)
+    check_tracking(str(cfg.tracking.uri))  # before anything is prepared or written
+    torch.set_num_threads(threads(cfg))
+    quiet_lightning()
+    with stop_on_signals():
+        ctx = build_context(cfg)
+        cell = cells.open_cell(ctx)
+        summary = CellSummary(cell.run_id, ctx.key, ui_command=ctx.tracker.ui_command())
+        if cell.finished:
+            assert cell.run is not None
+            return stored_summary(summary, cell.run.data.metrics, cell.folds)
+        with cells.working_in(ctx.tracker, cell.run_id):
+            _log_skipped_images(ctx, cell.run_id)
+            results = train_folds(ctx, cell, summary)
+            complete_cell(ctx, summary, results)
+    return summary
+
+
+def _log_skipped_images(ctx: JobContext, cell_run: str) -> None:
+    if ctx.data.skipped:
+        skipped = ctx.out / "skipped_images.csv"
+        pd.DataFrame([vars(p) for p in ctx.data.skipped]).to_csv(skipped, index=False)
+        ctx.tracker.log_artifacts(cell_run, [skipped])
+
+
+def complete_cell(ctx: JobContext, summary: CellSummary, results: dict[int, FoldResult]) -> None:
+    """Score and close the cell if every fold is done, else record why not (experiment.cells).
+
+    Folds other jobs trained are read back from the store; of two jobs finishing at the same
+    moment, the second look of at least one sees every fold done.
+    """
+    for look in range(2):
+        folds = resume.current_fold_runs(ctx.tracker, summary.cell_run_id, ctx.stale_after_s)
+        if cells.all_finished(folds, ctx.n_folds):
+            for fold in range(ctx.n_folds):
+                if fold not in results:
+                    results[fold], summary.folds[fold] = load_fold_result(ctx, folds[fold].run)
+            summary.folds = dict(sorted(summary.folds.items()))
+            scored = dict(sorted(results.items()))
+            scores = score_cell(ctx, summary, scored)
+            evaluate_clinically(ctx, summary, scored, scores)
+            cells.close_finished(ctx.tracker, summary, sorted(scored))
+            return
+        if look:
+            return
+        cells.close_unfinished(ctx.tracker, summary, folds, ctx.n_folds)

@@ -1,0 +1,107 @@
+"""Scoring a cell from its folds: fold mean and sd, pooled out-of-fold, and the test set.
+
+The test set is scored once per cell, by the ensemble of the fold models (mean probability) or,
+with `cv.test_scoring=refit`, by one model refit on every training image. Each metric is
+computed here once and handed on (to the summary, the clinical step and the model card).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fus2net.evaluation.metrics import binary_metrics, mean_std
+from fus2net.experiment.artifacts import provenance_files, write_json, write_prediction_artifacts
+from fus2net.experiment.context import JobContext
+from fus2net.experiment.summary import CellSummary
+from fus2net.tracking import schema
+from fus2net.training.fold import FoldData, FoldResult, train_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CellScores:
+    """The cell's predictions (`oof` and `test` rows), and what scored the test set."""
+
+    preds: pd.DataFrame
+    test_members: np.ndarray  # (members, N) test probabilities before their mean
+    oof: dict[str, float]  # metrics of the pooled out-of-fold predictions
+    refit_weights: Path | None = None  # the refit model, when it scored the test set
+
+    @property
+    def oof_rows(self) -> pd.DataFrame:
+        return self.preds[self.preds.split == schema.Split.OOF]
+
+    @property
+    def test_rows(self) -> pd.DataFrame:
+        return self.preds[self.preds.split == schema.Split.TEST]
+
+
+def _refit(ctx: JobContext) -> FoldResult:
+    """One model on every training image (no validation), for the test set."""
+    data = ctx.data
+    pool = data.split.train_pool()
+    log.info("refit on all %d training images for the test set", len(pool))
+    return train_model(
+        ctx.cell_cfg,
+        FoldData(
+            data.cache.images, data.cache.labels, pool, np.zeros(0, dtype=int), data.split.test
+        ),
+        seed=int(ctx.cfg.seed) + 1000,
+        num_classes=len(data.class_names),
+        out_dir=ctx.out / "refit",
+    )
+
+
+def score_cell(ctx: JobContext, summary: CellSummary, results: dict[int, FoldResult]) -> CellScores:
+    """Score the cell from every fold's results; log its metrics and files to the cell run."""
+    data, test_idx = ctx.data, ctx.data.split.test
+    refit = _refit(ctx) if ctx.cfg.cv.test_scoring == "refit" else None
+    if refit is not None:
+        members = refit.test_prob[None]
+    else:
+        members = np.stack([r.test_prob for r in results.values()])
+    test_prob = members.mean(axis=0)
+    frames = [
+        ctx.predictions(r.val_index, r.val_prob, f, schema.Split.OOF) for f, r in results.items()
+    ]
+    frames.append(
+        ctx.predictions(test_idx, test_prob, str(ctx.cfg.cv.test_scoring), schema.Split.TEST)
+    )
+    scores = CellScores(
+        pd.concat(frames, ignore_index=True),
+        members,
+        oof={},
+        refit_weights=refit.weights if refit is not None else None,
+    )
+    oof = scores.oof_rows
+    scores.oof = binary_metrics(oof["label"].to_numpy(), oof["prob"].to_numpy())
+    summary.cv = mean_std(m["val"] for m in summary.folds.values() if "val" in m)
+    summary.test = binary_metrics(data.cache.labels[test_idx], test_prob)
+
+    metrics = {
+        **schema.prefixed(schema.CV, summary.cv),
+        **schema.prefixed(schema.TEST, summary.test),
+        **schema.prefixed(schema.OOF, scores.oof),
+        schema.FOLDS_COMPLETED: len(results),
+    }
+    cell_run = summary.cell_run_id
+    ctx.tracker.log_metrics(cell_run, {k: v for k, v in metrics.items() if np.isfinite(v)})
+    report = ctx.out / "report"
+    files = write_prediction_artifacts(scores.preds, report, data.class_names, "cell")
+    results_json = {
+        "folds": summary.folds,
+        "cv": summary.cv,
+        "test": summary.test,
+        "oof": scores.oof,
+    }
+    files.append(write_json(results_json, report / "results.json"))
+    ctx.tracker.log_artifacts(cell_run, files)
+    provenance = provenance_files(ctx.cell_cfg, data.description, data.split.path, ctx.out)
+    ctx.tracker.log_artifacts(cell_run, provenance, schema.PROVENANCE_DIR)
+    return scores
