@@ -66,6 +66,20 @@ def decode_all(
     return images
 
 
+def _decoded(
+    pixels: np.ndarray | None, paths: Sequence[Path], image_size: int, channels: int, progress: bool
+) -> np.ndarray:
+    """`pixels` when the caller decoded the images already (checked), else decode them."""
+    if pixels is None:
+        return decode_all(paths, image_size, channels, progress)
+    expected = (len(paths), image_size, image_size, channels)
+    if pixels.shape != expected or pixels.dtype != np.uint8:
+        raise ValueError(
+            f"pixels have shape {pixels.shape} {pixels.dtype}, expected {expected} uint8"
+        )
+    return pixels
+
+
 @dataclass
 class ImageCache:
     """Every record's resized image (images[i] belongs to records[i]) and its label."""
@@ -84,13 +98,15 @@ class ImageCache:
         cache_dir: Path | None = None,
         progress: bool = True,
         fingerprint: str | None = None,
+        pixels: np.ndarray | None = None,
     ) -> ImageCache:
         """Decode (or reuse) the images of `records`.
 
         mode: 'memory' decodes into RAM and keeps the array for later calls in this process;
         'disk' also stores `cache_dir/images/<fingerprint>-s<size>-c<channels>.npy` and
         memory-maps it on reuse (across processes and jobs); 'none' decodes into RAM for this
-        call only. Pass `fingerprint` (records_fingerprint) when already computed.
+        call only. Pass `fingerprint` (records_fingerprint) and `pixels` (the resized images,
+        (N, S, S, C) uint8 in record order) when already computed: nothing is decoded again.
         """
         if channels not in (1, 3):
             raise ValueError(f"data.channels must be 1 or 3, got {channels}")
@@ -101,14 +117,14 @@ class ImageCache:
         labels = np.array([r.label for r in records], dtype=np.int64)
         paths = [r.image for r in records]
         if mode == "none":
-            return cls(decode_all(paths, image_size, channels, progress), labels)
+            return cls(_decoded(pixels, paths, image_size, channels, progress), labels)
 
         fingerprint = fingerprint or records_fingerprint(records)
         if mode == "memory":
             # The fingerprint ignores record order; the key must not, since images follow it.
             key = (fingerprint, tuple(map(str, paths)), image_size, channels)
             if key not in _PROCESS_CACHE:
-                images = decode_all(paths, image_size, channels, progress)
+                images = _decoded(pixels, paths, image_size, channels, progress)
                 images.setflags(write=False)  # shared by every fold and job of this process
                 _PROCESS_CACHE[key] = (images, labels)
                 while len(_PROCESS_CACHE) > _PROCESS_CACHE_SIZE:
@@ -129,7 +145,7 @@ class ImageCache:
             log.warning(
                 "image cache %s has shape %s, expected %s; rebuilding", path, images.shape, expected
             )
-        images = decode_all(paths, image_size, channels, progress)
+        images = _decoded(pixels, paths, image_size, channels, progress)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}.npy")
         np.save(tmp, images)

@@ -24,8 +24,12 @@ _POPCOUNT = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(a
 
 def perceptual_hash(path: str | Path) -> int:
     """64-bit DCT perceptual hash (imagehash.phash) of the grayscale image, as an unsigned int."""
-    gray = Image.fromarray(load_image(path, channels=1)[:, :, 0], mode="L")
-    bits = imagehash.phash(gray, hash_size=8).hash.ravel()
+    return phash_of(load_image(path, channels=1))
+
+
+def phash_of(gray: np.ndarray) -> int:
+    """`perceptual_hash` of an (H, W, 1) uint8 image already decoded (`load_image(..., 1)`)."""
+    bits = imagehash.phash(Image.fromarray(gray[:, :, 0], mode="L"), hash_size=8).hash.ravel()
     return int.from_bytes(np.packbits(bits).tobytes(), "big")
 
 

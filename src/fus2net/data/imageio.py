@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -48,11 +49,17 @@ def load_image(path: str | Path, channels: int = 3) -> np.ndarray:
     """Read an image as an (H, W, channels) uint8 array; raise ImageReadError with the reason."""
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
+    return image_pixels(open_image(path), channels)
+
+
+def open_image(path: str | Path, data: bytes | None = None) -> Image.Image:
+    """The decoded PIL image of `path` (from `data`, its bytes, when the caller has read them
+    already), in its own mode; raise ImageReadError with the reason."""
     path = Path(path)
     try:
-        if path.stat().st_size == 0:
+        if (len(data) if data is not None else path.stat().st_size) == 0:
             raise ImageReadError(f"{path}: zero-byte file")
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(data) if data is not None else path) as img:
             img.load()
     except FileNotFoundError as exc:
         raise ImageReadError(f"{path}: file not found") from exc
@@ -62,7 +69,7 @@ def load_image(path: str | Path, channels: int = 3) -> np.ndarray:
         if isinstance(exc, ImageReadError):
             raise
         raise ImageReadError(f"{path}: corrupt or truncated image ({exc})") from exc
-    return image_pixels(img, channels)
+    return img
 
 
 def image_pixels(img: Image.Image, channels: int = 3) -> np.ndarray:

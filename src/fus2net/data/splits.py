@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-from fus2net.data.duplicates import connected_groups, find_duplicate_groups
+from fus2net.data.duplicates import connected_groups, find_duplicate_groups, near_pairs
 from fus2net.data.records import DataError, Problem, Record
 
 log = logging.getLogger(__name__)
@@ -43,13 +43,14 @@ def _file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def records_fingerprint(records: Sequence[Record]) -> str:
-    """sha256 over sorted (relative path, label, group, size, content hash) of every record."""
+def records_fingerprint(records: Sequence[Record], contents: Sequence[str] | None = None) -> str:
+    """sha256 over sorted (relative path, label, group, size, content hash) of every record;
+    `contents` are the files' sha256 when already computed (validation reads every file)."""
     if not records:
         raise ValueError("records_fingerprint: no records")
-    paths = [r.image for r in records]
-    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 2)) as pool:
-        contents = list(pool.map(_file_sha256, paths))
+    if contents is None:
+        with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 2)) as pool:
+            contents = list(pool.map(_file_sha256, [r.image for r in records]))
     rows = sorted(
         (key, int(r.label), r.group or "", r.image.stat().st_size, content)
         for key, r, content in zip(record_keys(records), records, contents, strict=True)
@@ -257,12 +258,14 @@ def make_split(
     duplicate_distance: int = 4,
     cache_dir: Path | None = None,
     fingerprint: str | None = None,
+    phashes: np.ndarray | None = None,
 ) -> Split:
     """Test set + k folds for `records`, loaded from `cache_dir/splits/` when already computed.
 
     The result does not depend on the order of `records` (computed on the sorted relative paths).
     With neither test_fraction nor test_per_class there is no held-out test set. Pass
-    `fingerprint` (records_fingerprint) when already computed: every file is hashed once.
+    `fingerprint` (records_fingerprint) and `phashes` (each record's perceptual hash) when
+    already computed: every file is then read once per job.
     """
     if folds < 2:
         raise ValueError(f"cv.folds must be >= 2, got {folds}")
@@ -297,7 +300,11 @@ def make_split(
     labels = np.array([r.label for r in ordered], dtype=np.int64)
     duplicate_groups: list[list[int]] = []
     if dedupe:
-        duplicate_groups = find_duplicate_groups([r.image for r in ordered], duplicate_distance)
+        if phashes is None:
+            duplicate_groups = find_duplicate_groups([r.image for r in ordered], duplicate_distance)
+        else:
+            pairs = near_pairs(np.asarray(phashes, dtype=np.uint64)[order], duplicate_distance)
+            duplicate_groups = connected_groups(len(ordered), pairs)
         _log_duplicates(duplicate_groups, ordered, duplicate_distance)
     units = grouping_units(ordered, duplicate_groups)
 

@@ -10,6 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from fus2net.data.duplicates import connected_groups, near_pairs
 from fus2net.data.records import Problem, Record
 from fus2net.data.sources.base import DataSource
 from fus2net.data.validation import ImageInfo, drop_bad_records, inspect_records
@@ -77,17 +80,15 @@ def summarize_dataset(
     channels: int = 3,
     duplicate_distance: int | None = 4,
 ) -> DatasetSummary:
-    """Decode every file, then look for near-duplicates among the readable images.
-
-    `duplicate_distance=None` skips the duplicate search (it decodes every image again).
-    """
-    infos = inspect_records(records, channels=channels)
+    """Read and decode every file once, then look for near-duplicates among the readable images
+    by the perceptual hashes that read computed (`duplicate_distance=None`: no search)."""
+    search = duplicate_distance is not None
+    infos = inspect_records(records, channels=channels, phash=search)
     duplicate_groups = None
-    if duplicate_distance is not None:
-        from fus2net.data.duplicates import find_duplicate_groups  # imagehash: only when used
-
-        readable = [i for i, info in enumerate(infos) if info.size is not None]
-        found = find_duplicate_groups([records[i].image for i in readable], duplicate_distance)
+    if search:
+        readable = [i for i, info in enumerate(infos) if info.phash is not None]
+        hashes = np.array([infos[i].phash for i in readable], dtype=np.uint64)
+        found = connected_groups(len(readable), near_pairs(hashes, int(duplicate_distance)))
         duplicate_groups = [[readable[j] for j in group] for group in found]
     return summarize(source, records, infos, duplicate_groups, duplicate_distance)
 

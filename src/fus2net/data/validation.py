@@ -1,31 +1,41 @@
-"""Decode every image and mask of a dataset once, so bad files are found before training starts.
+"""Read and decode every image and mask of a dataset once, before training starts.
 
-Sources only check structure; this is the expensive pass. It reports every unreadable,
-corrupt, zero-byte or non-image file and every mask whose size differs from its image, and
-records each image's size and PIL mode for the dataset summary.
+Sources only check structure; this is the expensive pass, and the only one that reads the
+images: it reports every unreadable, corrupt, zero-byte or non-image file and every mask whose
+size differs from its image, records each image's size and PIL mode for the dataset summary,
+and computes from the same read what the job needs of each file (its content hash for the
+dataset fingerprint, its perceptual hash for near-duplicates, its resized pixels for the cache).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
+import numpy as np
+from tqdm.auto import tqdm
 
-from fus2net.data.imageio import ImageReadError, load_image
+from fus2net.data.cache import resize_image
+from fus2net.data.duplicates import phash_of
+from fus2net.data.imageio import ImageReadError, image_pixels, load_image, open_image
 from fus2net.data.records import Problem, Record
 
 
 @dataclass(frozen=True)
 class ImageInfo:
-    """What decoding one record found: the image's (width, height) and mode, and its problems."""
+    """What reading one record found: the image's (width, height) and mode, its problems, and
+    (when asked for) its content hash, perceptual hash and resized pixels."""
 
     size: tuple[int, int] | None
     mode: str | None
     problems: tuple[Problem, ...] = ()
+    sha256: str | None = None
+    phash: int | None = None
+    pixels: np.ndarray | None = None  # (S, S, C) uint8 at the requested image size
 
 
 def _problem(path: Path, error: ImageReadError) -> Problem:
@@ -33,23 +43,24 @@ def _problem(path: Path, error: ImageReadError) -> Problem:
     return Problem(str(path), reason)
 
 
-def _original_mode(path: Path) -> str | None:
-    """The file's own PIL mode (L, RGB, P, I;16, ...) from its header, before conversion."""
-    try:
-        with Image.open(path) as img:
-            return img.mode
-    except (OSError, ValueError):
-        return None  # load_image reports why
-
-
-def inspect_record(record: Record, channels: int = 3) -> ImageInfo:
-    """Fully decode one record's image and masks; never raises for bad files."""
+def inspect_record(
+    record: Record, channels: int = 3, image_size: int | None = None, phash: bool = False
+) -> ImageInfo:
+    """Read one record's image once and decode it, and its masks; never raises for bad files."""
     problems: list[Problem] = []
-    size = mode = None
+    size = mode = digest = perceptual = pixels = None
     try:
-        array = load_image(record.image, channels=channels)
-        size = (array.shape[1], array.shape[0])
-        mode = _original_mode(record.image)
+        data = record.image.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        img = open_image(record.image, data)
+        size, mode = img.size, img.mode
+        array = image_pixels(img, channels)
+        if image_size is not None:
+            pixels = resize_image(array, image_size, channels)
+        if phash:
+            perceptual = phash_of(array if channels == 1 else image_pixels(img, 1))
+    except FileNotFoundError:
+        problems.append(Problem(str(record.image), "file not found"))
     except ImageReadError as error:
         problems.append(_problem(record.image, error))
     for mask_path in record.masks:
@@ -62,17 +73,24 @@ def inspect_record(record: Record, channels: int = 3) -> ImageInfo:
         if size is not None and mask_size != size:
             reason = f"mask is {mask_size[0]}x{mask_size[1]} but its image is {size[0]}x{size[1]}"
             problems.append(Problem(str(mask_path), reason))
-    return ImageInfo(size=size, mode=mode, problems=tuple(problems))
+    return ImageInfo(size, mode, tuple(problems), digest, perceptual, pixels)
 
 
 def inspect_records(
-    records: Sequence[Record], channels: int = 3, max_workers: int | None = None
+    records: Sequence[Record],
+    channels: int = 3,
+    max_workers: int | None = None,
+    *,
+    image_size: int | None = None,
+    phash: bool = False,
+    progress: bool = False,
 ) -> list[ImageInfo]:
     """`inspect_record` for every record (same order), on a thread pool: PIL decodes without
     holding the GIL, so threads scale with cores without pickling records to processes."""
     workers = max_workers or min(16, (os.cpu_count() or 1) + 2)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda record: inspect_record(record, channels), records))
+        jobs = pool.map(lambda r: inspect_record(r, channels, image_size, phash), records)
+        return list(tqdm(jobs, total=len(records), desc="read images", disable=not progress))
 
 
 def validate_records(

@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from fus2net.data.cache import ImageCache
 from fus2net.data.records import DataError, Problem, Record, raise_if_problems
 from fus2net.data.splits import Split, make_split, records_fingerprint
-from fus2net.data.validation import drop_bad_records, validate_records
+from fus2net.data.validation import drop_bad_records, inspect_records
 from fus2net.experiment.preflight import check_free_space
 
 log = logging.getLogger(__name__)
@@ -46,10 +46,17 @@ def prepare_data(cfg: DictConfig) -> JobData:
     """
     source = instantiate(cfg.dataset)
     records = source.load()
-    problems = validate_records(records, int(cfg.data.channels))
+    size, channels = int(cfg.data.image_size), int(cfg.data.channels)
+    # The one pass that reads the images: checks, content and perceptual hashes, pixels.
+    infos = inspect_records(
+        records, channels, image_size=size, phash=bool(cfg.data.dedupe), progress=True
+    )
+    problems = [problem for info in infos for problem in info.problems]
     skipped: list[Problem] = []
     if problems and cfg.data.get("on_bad_image", "error") == "skip":
         kept = drop_bad_records(records, problems)
+        by_image = {r.image: info for r, info in zip(records, infos, strict=True)}
+        infos = [by_image[r.image] for r in kept]
         log.warning(
             "data.on_bad_image=skip: leaving out %d of %d images (%d unreadable files)",
             len(records) - len(kept),
@@ -69,14 +76,13 @@ def prepare_data(cfg: DictConfig) -> JobData:
         source="eval_datasets",
     )
     if cfg.data.cache == "disk":
-        size, channels = int(cfg.data.image_size), int(cfg.data.channels)
         check_free_space(
             Path(cfg.paths.cache_dir),
             len(records) * size * size * channels,
             what=f"the image cache of {len(records)} images (data.cache=disk)",
             fix="free some space, point paths.cache_dir elsewhere, or use data.cache=memory",
         )
-    fingerprint = records_fingerprint(records)
+    fingerprint = records_fingerprint(records, [str(info.sha256) for info in infos])
     split = make_split(
         records,
         folds=int(cfg.cv.folds),
@@ -87,14 +93,16 @@ def prepare_data(cfg: DictConfig) -> JobData:
         duplicate_distance=int(cfg.data.duplicate_distance),
         cache_dir=Path(cfg.paths.cache_dir),
         fingerprint=fingerprint,
+        phashes=np.array([info.phash or 0 for info in infos], dtype=np.uint64),
     )
     cache = ImageCache.build(
         records,
-        image_size=int(cfg.data.image_size),
-        channels=int(cfg.data.channels),
+        image_size=size,
+        channels=channels,
         mode=str(cfg.data.cache),
         fingerprint=fingerprint,
         cache_dir=Path(cfg.paths.cache_dir),
+        pixels=np.stack([info.pixels for info in infos]) if records else None,
     )
     counts = np.bincount([r.label for r in records], minlength=len(source.class_names))
     description = {

@@ -59,7 +59,7 @@ def latest_sweep(tracker: MlflowTracker) -> str | None:
 def build_query(sweep: str | None, filter_string: str, tag: str = schema.SWEEP) -> str:
     """`--sweep` (a sweep tag or its end, e.g. the time folder) AND-ed with a user filter.
 
-    `tag="fus2net.sweeps"` matches the list of every sweep that reused a cell.
+    `tag=schema.SWEEPS` matches the list of every sweep that reused a cell.
     """
     parts = []
     if sweep and sweep != "all":
