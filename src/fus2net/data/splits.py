@@ -247,6 +247,25 @@ def _log_duplicates(groups: list[list[int]], records: Sequence[Record], distance
             log.warning("duplicate images with different labels: %s", names)
 
 
+def _stored_split(
+    path: Path, records: Sequence[Record], fingerprint: str, params: dict[str, Any]
+) -> Split | None:
+    """The split saved at `path` when it is there and was made for these records and params."""
+    if not path.is_file():
+        return None
+    try:
+        split = Split.from_json(path.read_text(), records)
+    except (ValueError, KeyError) as exc:
+        log.warning("split file %s unusable (%s); recomputing", path, exc)
+        return None
+    if split.fingerprint != fingerprint or split.params != params:
+        log.warning("split file %s does not match the records; recomputing", path)
+        return None
+    split.path = path
+    log.info("reusing split %s", path)
+    return split
+
+
 def make_split(
     records: Sequence[Record],
     *,
@@ -283,16 +302,9 @@ def make_split(
     path = None
     if cache_dir is not None:
         path = Path(cache_dir) / "splits" / f"{fingerprint[:16]}-{params_hash}.json"
-        if path.is_file():
-            try:
-                split = Split.from_json(path.read_text(), records)
-                if split.fingerprint == fingerprint and split.params == params:
-                    split.path = path
-                    log.info("reusing split %s", path)
-                    return split
-                log.warning("split file %s does not match the records; recomputing", path)
-            except (ValueError, KeyError) as exc:
-                log.warning("split file %s unusable (%s); recomputing", path, exc)
+        stored = _stored_split(path, records, fingerprint, params)
+        if stored is not None:
+            return stored
 
     keys = record_keys(records)
     order = np.array(sorted(range(len(records)), key=keys.__getitem__), dtype=np.int64)

@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from fus2net.data.cache import ImageCache
 from fus2net.data.records import DataError, Problem, Record, raise_if_problems
 from fus2net.data.splits import Split, make_split, records_fingerprint
-from fus2net.data.validation import drop_bad_records, inspect_records
+from fus2net.data.validation import ImageInfo, drop_bad_records, inspect_records
 from fus2net.experiment.preflight import check_free_space
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,35 @@ class JobData:
     skipped: list[Problem] = field(default_factory=list)  # bad files left out (on_bad_image=skip)
 
 
+def _read_images(
+    cfg: DictConfig, source: Any, records: list[Record]
+) -> tuple[list[Record], list[ImageInfo], list[Problem]]:
+    """The one pass that reads the images (checks, content and perceptual hashes, pixels);
+    bad files stop the job, or are left out with `data.on_bad_image=skip`."""
+    size, channels = int(cfg.data.image_size), int(cfg.data.channels)
+    infos = inspect_records(
+        records, channels, image_size=size, phash=bool(cfg.data.dedupe), progress=True
+    )
+    problems = [problem for info in infos for problem in info.problems]
+    if problems and cfg.data.get("on_bad_image", "error") == "skip":
+        kept = drop_bad_records(records, problems)
+        by_image = {r.image: info for r, info in zip(records, infos, strict=True)}
+        log.warning(
+            "data.on_bad_image=skip: leaving out %d of %d images (%d unreadable files)",
+            len(records) - len(kept),
+            len(records),
+            len(problems),
+        )
+        return kept, [by_image[r.image] for r in kept], problems
+    raise_if_problems(
+        problems,
+        fix="remove or replace the files listed (fus2net-data shows the full summary), or set "
+        "data.on_bad_image=skip to train without them",
+        source=source.name,
+    )
+    return records, infos, []
+
+
 def prepare_data(cfg: DictConfig) -> JobData:
     """Load, validate, split and decode the dataset once for all folds (errors before training).
 
@@ -45,31 +74,8 @@ def prepare_data(cfg: DictConfig) -> JobData:
     are left out and listed (`skip`): in `JobData.skipped` and the description's counts.
     """
     source = instantiate(cfg.dataset)
-    records = source.load()
     size, channels = int(cfg.data.image_size), int(cfg.data.channels)
-    # The one pass that reads the images: checks, content and perceptual hashes, pixels.
-    infos = inspect_records(
-        records, channels, image_size=size, phash=bool(cfg.data.dedupe), progress=True
-    )
-    problems = [problem for info in infos for problem in info.problems]
-    skipped: list[Problem] = []
-    if problems and cfg.data.get("on_bad_image", "error") == "skip":
-        kept = drop_bad_records(records, problems)
-        by_image = {r.image: info for r, info in zip(records, infos, strict=True)}
-        infos = [by_image[r.image] for r in kept]
-        log.warning(
-            "data.on_bad_image=skip: leaving out %d of %d images (%d unreadable files)",
-            len(records) - len(kept),
-            len(records),
-            len(problems),
-        )
-        records, skipped = kept, problems
-    raise_if_problems(
-        [] if skipped else problems,
-        fix="remove or replace the files listed (fus2net-data shows the full summary), or set "
-        "data.on_bad_image=skip to train without them",
-        source=source.name,
-    )
+    records, infos, skipped = _read_images(cfg, source, source.load())
     raise_if_problems(
         check_external_datasets(cfg.get("eval_datasets"), list(source.class_names)),
         fix="fix the eval_datasets entries listed, or drop them (e.g. ~eval_datasets.NAME)",

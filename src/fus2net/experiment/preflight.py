@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from fus2net.evaluation.calibration import CALIBRATION_METHODS
 from fus2net.models import create_model, list_models
+from fus2net.tracking.uris import sqlite_path
 
 DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
 
@@ -82,7 +83,7 @@ def check_config(cfg: DictConfig) -> None:
     if method not in CALIBRATION_METHODS:
         errors.append(f"evaluation.calibration={method}: must be {', '.join(CALIBRATION_METHODS)}")
     launcher = parallel_launcher()
-    if launcher and str(cfg.tracking.uri).startswith("sqlite:"):
+    if launcher and sqlite_path(str(cfg.tracking.uri)) is not None:
         errors.append(
             f"hydra/launcher={launcher} runs jobs at the same time, and the local SQLite store "
             "(tracking=local) is not safe for parallel writers (locked database, lost runs): "
@@ -114,8 +115,9 @@ def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
     minutes), before any data is prepared or any run is created."""
     parts = urlsplit(uri)
     scheme = parts.scheme.split("+")[0]
-    if scheme == "sqlite":
-        folder = Path(uri.removeprefix("sqlite:///")).parent
+    database = sqlite_path(uri)
+    if database is not None:
+        folder = database.parent
         while not folder.exists() and folder != folder.parent:
             folder = folder.parent
         if not folder.is_dir() or not os.access(folder, os.W_OK):

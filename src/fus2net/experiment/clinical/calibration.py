@@ -21,6 +21,7 @@ from fus2net.evaluation.calibration import (
     negative_log_likelihood,
 )
 from fus2net.experiment.clinical.figures import save_reliability_diagram
+from fus2net.experiment.scoring import CellScores
 from fus2net.tracking import resume, schema
 from fus2net.tracking.mlflow_tracker import MlflowTracker
 
@@ -62,22 +63,16 @@ def log_fold_calibration(
 
 
 def calibrate_cell(
-    tracker: MlflowTracker,
-    cell_run: str,
-    oof: pd.DataFrame,
-    test: pd.DataFrame,
-    test_members: np.ndarray,
-    method: str,
-    n_bins: int,
-    work: Path,
+    tracker: MlflowTracker, cell_run: str, scores: CellScores, method: str, n_bins: int, work: Path
 ) -> CalibrationResult:
-    """Fit `method` on the out-of-fold predictions, apply it to each test-scoring member
-    (`test_members`, (members, N)) before their mean, and log the cell's reliability diagram."""
+    """Fit `method` on the cell's out-of-fold predictions, apply it to each test-scoring member
+    before their mean, and log the reliability diagrams (each fold's and the cell's)."""
+    oof, test = scores.oof_rows, scores.test_rows
     eces = log_fold_calibration(tracker, cell_run, oof, n_bins, work)
     oof_y, oof_p = oof["label"].to_numpy(), oof["prob"].to_numpy()
     test_y, test_p = test["label"].to_numpy(), test["prob"].to_numpy()
     temperature, bias = fit_calibration(oof_y, oof_p, method)
-    test_calibrated = calibrated_ensemble(test_members, temperature, bias)
+    test_calibrated = calibrated_ensemble(scores.test_members, temperature, bias)
     figure = save_reliability_diagram(
         {
             "out-of-fold": (oof_y, oof_p),

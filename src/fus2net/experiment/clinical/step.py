@@ -67,16 +67,8 @@ def evaluate_clinically(
     work = ctx.out / "clinical"
     work.mkdir(parents=True, exist_ok=True)
     test = scores.test_rows
-    calibration = calibrate_cell(
-        tracker,
-        cell_run,
-        scores.oof_rows,
-        test,
-        scores.test_members,
-        str(ev.get("calibration", "platt")),
-        int(ev.calibration_bins),
-        work,
-    )
+    method = str(ev.get("calibration", "platt"))
+    calibration = calibrate_cell(tracker, cell_run, scores, method, int(ev.calibration_bins), work)
     points = _operating_points(scores, float(ev.target_sensitivity))
     operating = operating_point_metrics(points, test["label"].to_numpy(), test["prob"].to_numpy())
 
