@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -98,3 +99,68 @@ def _packages(graph: grimp.ImportGraph) -> set[str]:
     return {
         m for m in graph.modules if (ROOT / "src" / Path(*m.split(".")) / "__init__.py").is_file()
     }
+
+
+IMPORT_EVERYTHING = r"""
+import importlib, json, logging, os, pkgutil, sys, warnings
+
+
+def state():
+    loggers = logging.Logger.manager.loggerDict.items()
+    levels = {n: lg.level for n, lg in loggers if isinstance(lg, logging.Logger)}
+    backend = sys.modules["matplotlib"].get_backend() if "matplotlib" in sys.modules else ""
+    return list(map(repr, warnings.filters)), dict(os.environ), backend, levels
+
+
+# What the third-party libraries do when imported is theirs: import them all first.
+for name in sys.argv[1].split(","):
+    try:
+        importlib.import_module(name)
+    except Exception:
+        pass
+import matplotlib  # noqa: E402
+
+filters, environ, backend, levels = state()
+import fus2net  # noqa: E402
+
+names = [m.name for m in pkgutil.walk_packages(fus2net.__path__, "fus2net.")]
+for name in names:
+    importlib.import_module(name)
+after = state()
+print(json.dumps({
+    "warnings": [f for f in after[0] if f not in filters],
+    "environ": sorted(k for k in set(after[1]) | set(environ) if after[1].get(k) != environ.get(k)),
+    "backend": after[2] != backend,
+    "levels": {n: v for n, v in after[3].items() if v != levels.get(n, logging.NOTSET)},
+    "modules": len(names),
+    "third_party": sorted({m for m in sys.modules if not m.startswith("fus2net")}),
+}))
+"""
+
+
+def _import_everything(preload: list[str]) -> dict:
+    import json
+
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+    done = subprocess.run(
+        [sys.executable, "-c", IMPORT_EVERYTHING, ",".join(preload)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**env, "PYTHONPATH": str(ROOT / "src")},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_importing_every_module_changes_nothing() -> None:
+    """No work at import time: importing every module of the package changes no warning filter,
+    environment variable, logger level or matplotlib backend (beyond what the libraries it
+    imports do themselves, measured by importing those first)."""
+    libraries = _import_everything([])["third_party"]
+    changed = _import_everything(libraries)
+    assert changed["modules"] > 50
+    assert changed["warnings"] == [], "a module changes warning filters at import"
+    assert changed["environ"] == [], "a module changes the environment at import"
+    assert not changed["backend"], "a module chooses a matplotlib backend at import"
+    assert changed["levels"] == {}, "a module sets log levels at import"
