@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from pathlib import Path
@@ -12,11 +13,31 @@ import pandas as pd
 import pytest
 
 from fus2net.cli.compare import main as compare_main
-from fus2net.evaluation.metrics import METRICS, binary_metrics
-from fus2net.evaluation.stats import delong_test
-from fus2net.reporting.compare.comparison import build_comparison, varying_keys
+from fus2net.evaluation.metrics import METRICS, binary_metrics, mean_std
+from fus2net.evaluation.stats import DelongResult, delong_test, holm, proportion_interval
+from fus2net.reporting.compare.comparison import (
+    Comparison,
+    Contrast,
+    VariantResult,
+    build_comparison,
+    varying_keys,
+)
+from fus2net.reporting.compare.figures import (
+    LABEL_WIDTH,
+    fold_spread_figure,
+    metric_bars_figure,
+    whiskers,
+)
+from fus2net.reporting.compare.html import render_html
 from fus2net.reporting.compare.runs import CellRun, read_sweep
-from fus2net.reporting.compare.table import format_markdown, format_text, table_frame
+from fus2net.reporting.compare.table import (
+    CONTRAST_COLUMNS,
+    best_rows,
+    format_markdown,
+    format_text,
+    table_frame,
+    verdict,
+)
 from fus2net.tracking.mlflow_tracker import MlflowTracker
 from fus2net.tracking.uris import TrackingError, without_credentials
 from jobs import TINY, run_module, run_train
@@ -70,6 +91,7 @@ def log_cell(
     folds_run: str = "0,1",
     key: str | None = None,
     extra_tags: dict[str, str] | None = None,
+    extra_params: dict[str, object] | None = None,
 ) -> str:
     """A cell and its fold runs exactly as fus2net-train logs them (experiment/folds.py and
     experiment/scoring.py)."""
@@ -98,6 +120,7 @@ def log_cell(
         "tracking.uri": f"sqlite:///{tmp}/{optimizer}.db",
         "dataset.fingerprint": "f" * 64,
         "dataset.n_images": 30,
+        **(extra_params or {}),
     }
     cell = tracker.start_run(
         f"optimizer={optimizer}", {**tags, "fus2net.role": "cell", "fus2net.folds_run": folds_run}
@@ -190,11 +213,14 @@ def test_table_values_from_known_predictions(store, tmp_path: Path) -> None:
 
     text = format_text(comparison)
     assert re.search(r"optimizer=adam +2 +80\.00 ± 14\.14 ", text)
-    assert "0.920 [" in text and "100.00 [100.00, 100.00]" in text
+    # sgd found 5 of 5 positives: the bootstrap's "100.00 [100.00, 100.00]" became the exact
+    # interval, 0.025^(1/5) = 47.82 % (changed on purpose: issue 15)
+    assert "0.920 [" in text and "100.00 [47.82, 100.00]†" in text
+    assert "100.00 [100.00, 100.00]" not in text
     assert "+0.080" in text and "+20.00" in text and "0.500 (2:0)" in text
     markdown = format_markdown(comparison, "t")
-    assert "| optimizer=sgd | 2 | 90.00 ± 7.07 |" in markdown
-    assert "not corrected" in markdown
+    assert "| optimizer=sgd | 2 | **90.00 ± 7.07** |" in markdown  # best, now bold
+    assert "Holm" in markdown and "not corrected" not in markdown  # Holm-adjusted now
 
     skipped = {s.run_id: s for s in comparison.skipped}
     left_out = ("superseded", "failed", "running", "partial", "scheduled")
@@ -298,7 +324,7 @@ def test_cli_writes_report_and_logs_a_comparison_run(store, tmp_path: Path, caps
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 3
     assert "<script" not in html and 'src="http' not in html  # self-contained
-    assert "FAILED" in html and "not corrected" in html
+    assert "FAILED" in html and "Holm" in html and "not corrected" not in html
     runs = tracker.search_all_runs("tags.`fus2net.role` = 'comparison'")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     logged = {a.path for a in tracker.client.list_artifacts(runs[0].info.run_id)}
@@ -351,3 +377,245 @@ def test_real_tiny_sweep_compares_from_the_readme_command(tmp_path: Path) -> Non
     table = pd.read_csv(reports[0].parent / "table.csv")
     assert list(table["variant"]) == ["optimizer=adam", "optimizer=sgd"]
     assert table["test_n"].tolist() == [18, 18]
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory: pytest.TempPathFactory) -> MlflowTracker:
+    """Three variants, so two comparisons against the reference per test (Holm's family), with
+    class names logged and rmsprop trained at another image size."""
+    tmp = tmp_path_factory.mktemp("family")
+    tracker = MlflowTracker(
+        f"sqlite:///{tmp}/mlruns/mlflow.db", "fus2net", str(tmp / "mlruns/artifacts")
+    )
+    for optimizer in ("adam", "sgd", "rmsprop"):
+        params = {"dataset.classes": '["benign", "malignant"]'}
+        if optimizer == "rmsprop":
+            params["data.image_size"] = 96
+        log_cell(tracker, tmp, optimizer, extra_params=params)
+    return tracker
+
+
+def test_holm_adjusts_each_test_over_the_comparisons_and_verdicts_follow(
+    family: MlflowTracker, tmp_path: Path
+) -> None:
+    comparison = build_comparison(family, read_sweep(family), tmp_path / "dl", n_boot=200)
+    adam, sgd, rms = comparison.variants
+    assert adam.contrast is None and comparison.reference == "optimizer=adam"
+    # McNemar by hand: rmsprop (every image called malignant) is right alone on 1 image, adam
+    # on 4: p = 2 * P(X <= 1 | 5, 1/2) = 0.375; sgd 2:0, p = 0.5. Holm: 2 * 0.375 = 0.75 for
+    # the smaller, max(0.75, 1 * 0.5) for the larger.
+    mc = rms.contrast.test_accuracy
+    assert (mc.only_a_correct, mc.only_b_correct) == (1, 4)
+    assert mc.p_value == pytest.approx(0.375)
+    assert rms.contrast.holm["test_accuracy"] == pytest.approx(0.75)
+    assert sgd.contrast.holm["test_accuracy"] == pytest.approx(0.75)
+    # DeLong on the test set: rmsprop's constant score (AUC 0.5) against 0.92 is the smaller p
+    p_sgd = delong_test(TEST_LABELS, TEST_PROBS["sgd"], TEST_PROBS["adam"]).p_value
+    p_rms = delong_test(TEST_LABELS, TEST_PROBS["rmsprop"], TEST_PROBS["adam"]).p_value
+    assert p_rms < p_sgd
+    assert rms.contrast.holm["test_auc"] == pytest.approx(2 * p_rms)
+    assert sgd.contrast.holm["test_auc"] == pytest.approx(max(2 * p_rms, p_sgd))
+    oof = [v.contrast.oof_auc.p_value for v in (sgd, rms)]
+    assert [sgd.contrast.holm["oof_auc"], rms.contrast.holm["oof_auc"]] == pytest.approx(holm(oof))
+
+    text = format_text(comparison)
+    header = next(
+        line for line in text.splitlines() if line.startswith("variant  ") and "Holm" in line
+    )
+    for column in ("p DeLong test", "Holm test", "p DeLong OOF", "Holm OOF", "Holm McNemar"):
+        assert column in header, column
+    assert re.search(r"optimizer=rmsprop .* 0\.375 \(1:4\) +0\.750$", text, re.M)
+    assert (
+        f"optimizer=sgd vs optimizer=adam: test AUC +0.080 (DeLong p {p_sgd:.3f}, Holm "
+        f"{max(2 * p_rms, p_sgd):.3f}): no evidence of a difference; out-of-fold AUC" in text
+    )
+    assert (
+        "optimizer=rmsprop vs optimizer=adam: test AUC -0.420 (DeLong p <0.001, Holm <0.001): "
+        "lower than the reference; " in text
+    )
+    assert (
+        "test accuracy -30.00 points (McNemar p 0.375, Holm 0.750): no evidence of a difference"
+        in text
+    )
+    markdown = format_markdown(comparison, "t")
+    contrast_header = next(
+        line for line in markdown.splitlines() if line.startswith("| variant | ΔAUC")
+    )
+    cells = contrast_header.strip("| ").split(" | ")
+    assert len(cells) == len(set(cells)) == len(CONTRAST_COLUMNS)  # test and OOF told apart
+    assert "- optimizer=rmsprop vs optimizer=adam: test AUC -0.420" in markdown
+    frame = table_frame(comparison).set_index("variant")
+    assert frame.loc["optimizer=sgd", "p_holm_mcnemar_test"] == pytest.approx(0.75)
+    assert frame.loc["optimizer=rmsprop", "p_holm_delong_test"] == pytest.approx(2 * p_rms)
+    assert frame.loc["optimizer=rmsprop", "verdict"].startswith("optimizer=rmsprop vs ")
+
+
+def test_verdict_wording_for_each_outcome() -> None:
+    def delong(difference: float, p: float) -> DelongResult:
+        return DelongResult(0.5 + difference, 0.5, 0.1, difference / 0.1, p, 10, 10)
+
+    def line(test_auc: DelongResult | None, holm_p: float) -> str:
+        c = Contrast(test_auc, None, None, holm={"test_auc": holm_p})
+        return verdict(SimpleNamespace(label="b", contrast=c), "a", 0.05)
+
+    assert "test AUC +0.100 (DeLong p 0.010, Holm 0.020): higher than the reference" in line(
+        delong(0.1, 0.01), 0.02
+    )
+    assert "no evidence of a difference after Holm (unadjusted p < 0.05)" in line(
+        delong(-0.1, 0.03), 0.06
+    )
+    assert "untestable" in line(delong(0.2, math.nan), math.nan)
+    tested_nothing = line(None, math.nan)
+    assert tested_nothing.startswith("b vs a: test AUC not tested")
+    assert "out-of-fold AUC not tested" in tested_nothing
+
+
+def test_report_states_what_the_variants_share(
+    family: MlflowTracker, store, tmp_path: Path
+) -> None:
+    comparison = build_comparison(family, read_sweep(family), tmp_path / "dl", n_boot=200)
+    facts = {f.name: f for f in comparison.facts}
+    assert facts["dataset"].shared and not facts["image size (px)"].shared
+    text = format_text(comparison)
+    shared = text.split("\n\n")[0]
+    assert shared.startswith("What the variants share")
+    assert "  dataset: synthetic\n" in shared
+    assert f"  dataset fingerprint: {'f' * 64}\n" in shared
+    assert "  test set: 10 images: 5 benign (label 0), 5 malignant (label 1)" in shared
+    assert "  training pool (out-of-fold): 20 images: 10 benign (label 0), 10 malignant" in shared
+    assert "  model: fus2net\n" in shared and "  folds: 2" in shared
+    assert (
+        "  image size (px): differs: 80 (optimizer=adam, optimizer=sgd); 96 (optimizer=rmsprop)"
+        in shared
+    )
+    assert "epochs" not in shared  # not logged by these cells: not made up
+    html = render_html(comparison, {}, "t")
+    assert html.index("<h2>What the variants share</h2>") < html.index("<h2>Cross-validation")
+    assert '<td class="differs">differs: 80 (optimizer=adam' in html
+    markdown = format_markdown(comparison, "t")
+    assert "## What the variants share" in markdown and "- folds: 2" in markdown
+    # without class names in the config, labels are named by number
+    tracker, _ = store
+    plain = build_comparison(tracker, read_sweep(tracker), tmp_path / "dl2", n_boot=200)
+    assert "test set: 10 images: 5 label 0 (negative), 5 label 1 (positive)" in format_text(plain)
+
+
+def test_best_value_of_each_column_is_marked_in_every_format(store, tmp_path: Path) -> None:
+    tracker, _ = store
+    comparison = build_comparison(tracker, read_sweep(tracker), tmp_path / "dl", n_boot=200)
+    text = format_text(comparison)
+    cv_adam = next(line for line in text.splitlines() if line.startswith("optimizer=adam   "))
+    cv_sgd = next(line for line in text.splitlines() if line.startswith("optimizer=sgd    "))
+    assert "90.00 ± 7.07*" in cv_sgd and "*" not in cv_adam  # sgd's folds: 0.85, 0.95
+    assert "* best in its column" in text
+    test_sgd = [line for line in text.splitlines() if line.startswith("optimizer=sgd ")][1]
+    assert re.search(r"1\.000 \[1\.000, 1\.000\]\*$", test_sgd)  # AUC 1 against 0.92
+    markdown = format_markdown(comparison, "t")
+    assert "**90.00 ± 7.07**" in markdown and "**80.00" not in markdown
+    html = render_html(comparison, {}, "t")
+    assert '<td class="best">90.00 ± 7.07</td>' in html
+    assert '<td class="best">80.00' not in html
+
+
+def test_best_rows_compare_what_is_printed() -> None:
+    assert best_rows("accuracy", [0.8, 0.9, 0.9]) == {1, 2}  # ties all marked
+    assert best_rows("accuracy", [0.5, 0.5]) == set()  # all tie: nothing to point at
+    assert best_rows("auc", [0.12344, 0.12341]) == set()  # both print 0.123
+    assert best_rows("auc", [0.7, None, math.nan, 0.6]) == {0}
+    assert best_rows("auc", [0.7]) == set()  # one variant has no rival
+
+
+def test_degenerate_bootstrap_intervals_become_exact_with_a_note(store, tmp_path: Path) -> None:
+    tracker, _ = store
+    comparison = build_comparison(tracker, read_sweep(tracker), tmp_path / "dl", n_boot=200)
+    adam, sgd = comparison.variants
+    # five positives: every proportion has fewer than 5 successes or failures
+    assert set(sgd.test_exact) == set(adam.test_exact) == set(METRICS) - {"auc"}
+    low, high = proportion_interval(4, 5)  # adam's sensitivity
+    assert adam.test_ci["sensitivity"] == pytest.approx((low, high))
+    text = format_text(comparison)
+    assert f"80.00 [{100 * low:.2f}, {100 * high:.2f}]†" in text
+    assert "† exact binomial CI, see notes]" in text
+    markdown = format_markdown(comparison, "t")
+    assert "- † Exact (Clopper-Pearson) 95% interval of the count" in markdown
+    assert "optimizer=adam: accuracy 8/10, sensitivity 4/5, specificity 4/5, precision 4/5" in (
+        markdown
+    )
+    assert "A zero-width AUC interval (optimizer=sgd)" in markdown
+    frame = table_frame(comparison).query("status == 'compared'").set_index("variant")
+    assert frame.loc["optimizer=adam", "test_sensitivity_ci"] == "exact"
+    assert frame.loc["optimizer=adam", "test_auc_ci"] == "bootstrap"
+    assert frame.loc["optimizer=adam", ["test_positive", "test_negative"]].tolist() == [5, 5]
+
+
+def fake_comparison(folds: list[dict[int, dict[str, float]]], names: list[tuple[str, ...]],
+                    keys: list[str]) -> Comparison:  # fmt: skip
+    """A comparison with just what the figures draw: fold metrics and variant names."""
+    variants = []
+    for i, (per_fold, values) in enumerate(zip(folds, names, strict=True)):
+        run = SimpleNamespace(
+            info=SimpleNamespace(run_id=f"run{i}", run_name=None),
+            data=SimpleNamespace(tags={}, params={}),
+        )
+        settings = dict(zip(keys, values, strict=True))
+        label = " ".join(f"{k}={v}" for k, v in settings.items())
+        cv = mean_std(per_fold.values())
+        variants.append(
+            VariantResult(label, settings, CellRun(run, per_fold), pd.DataFrame(), cv, {}, {}, {})
+        )
+    return Comparison(variants, variants[0].label, keys, [], {}, 200, 0.95, False)
+
+
+def test_error_bars_stay_inside_the_axis() -> None:
+    from matplotlib.container import ErrorbarContainer
+
+    cut = whiskers(np.array([0.6, 0.05]), np.array([0.55, 0.1]))  # rows: below, above
+    np.testing.assert_allclose(cut, [[0.55, 0.05], [0.4, 0.1]])  # cut at 1 and at 0
+    spread = [{0: dict.fromkeys(METRICS, 0.05), 1: dict.fromkeys(METRICS, 1.0)}]  # sd 0.67
+    steady = [{0: dict.fromkeys(METRICS, 0.5), 1: dict.fromkeys(METRICS, 0.6)}]
+    comparison = fake_comparison(spread + steady, [("adam",), ("sgd",)], ["optimizer"])
+    ax = metric_bars_figure(comparison).axes[0]
+    low, high = ax.get_ylim()
+    tops = []
+    for container in ax.containers:
+        if isinstance(container, ErrorbarContainer):
+            _, caps, bars = container.lines
+            ys = np.concatenate([seg[:, 1] for coll in bars for seg in coll.get_segments()])
+            ys = np.concatenate([ys, *[cap.get_ydata() for cap in caps]])
+            assert low < ys.min() and ys.max() < high
+            tops.append(ys.max())
+    assert max(tops) == pytest.approx(1.0)  # the spread variant's whisker ends at the range
+
+
+def test_per_fold_labels_do_not_overlap_with_ten_folds_and_long_names() -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    rng = np.random.default_rng(0)
+    names = [
+        ("l2_dropout", "efficientnet_b0", "0.0001"),
+        ("none", "densenet121", "0.001"),
+        ("l2_dropout", "fus2net", "0.01"),
+        ("none", "googlenet", "0.0001"),
+        ("l2_dropout", "resnet18", "0.1"),
+        ("none", "fus2net", "0.001"),
+    ]
+    folds = [{f: {m: float(rng.uniform(0, 1)) for m in METRICS} for f in range(10)} for _ in names]
+    keys = ["regularization", "model", "optimizer.lr"]
+    fig = fold_spread_figure(fake_comparison(folds, names, keys))
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    ticks = [t for t in fig.axes[0].get_yticklabels() if t.get_text()]
+    assert len(ticks) == len(names)
+    for tick in ticks:  # short (values only, the keys are the axis title) and wrapped
+        assert all(len(line) <= LABEL_WIDTH for line in tick.get_text().split("\n"))
+    assert fig.axes[0].get_ylabel() == "regularization, model, optimizer.lr"
+    xticks = [t for ax in fig.axes for t in ax.get_xticklabels() if t.get_text()]
+    widest = max(t.get_window_extent(renderer).width for t in ticks)
+    assert widest < 0.12 * fig.bbox.width  # names do not squeeze the panels
+    for group in (ticks, xticks):
+        boxes = [t.get_window_extent(renderer) for t in group]
+        for i, box in enumerate(boxes):
+            assert fig.bbox.contains(box.x0, box.y0) and fig.bbox.contains(box.x1, box.y1)
+            for other in boxes[i + 1 :]:
+                assert not box.overlaps(other), (box, other)

@@ -15,7 +15,11 @@ from fus2net.evaluation.stats import (
     delong_covariance,
     delong_placements,
     delong_test,
+    exact_fallbacks,
+    holm,
     mcnemar_test,
+    proportion_counts,
+    proportion_interval,
 )
 
 # pROC's aSAH data (Robin et al. 2011; 41 poor outcomes = cases, 72 good = controls), rebuilt
@@ -210,3 +214,100 @@ def test_bootstrap_input_errors() -> None:
         bootstrap_intervals(np.array([0, 1]), np.array([0.5]))
     with pytest.raises(ValueError, match="group ids"):
         bootstrap_intervals(np.array([0, 1]), np.array([0.2, 0.8]), groups=["a"])
+
+
+def test_holm_matches_published_and_hand_values() -> None:
+    # R: p.adjust(c(0.01, 0.02, 0.03, 0.04, 0.05), "holm") = 0.05 0.08 0.09 0.09 0.09
+    assert holm([0.01, 0.02, 0.03, 0.04, 0.05]) == pytest.approx([0.05, 0.08, 0.09, 0.09, 0.09])
+    # unsorted: 0.005 * 4, 0.01 * 3, 0.03 * 2, then max(0.06, 0.04 * 1), back in input order
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.2]) == [0.2]  # a family of one is not adjusted
+    assert holm([0.6, 0.7]) == [1.0, 1.0]  # capped at 1
+    assert holm([]) == []
+
+
+def test_holm_leaves_untestable_comparisons_out_of_the_family() -> None:
+    adjusted = holm([0.01, math.nan, 0.04])
+    assert math.isnan(adjusted[1])
+    assert adjusted[0] == pytest.approx(0.02) and adjusted[2] == pytest.approx(0.04)  # m = 2
+
+
+def test_holm_is_monotone_and_between_raw_and_bonferroni() -> None:
+    rng = np.random.default_rng(4)
+    p = rng.random(12) ** 3
+    adjusted = np.array(holm(p))
+    assert np.all(adjusted >= p) and np.all(adjusted <= np.minimum(1, 12 * p) + 1e-12)
+    order = np.argsort(p)
+    assert np.all(np.diff(adjusted[order]) >= 0)  # the order of the raw p-values is kept
+
+
+def test_clopper_pearson_matches_its_closed_forms_and_beta_quantiles() -> None:
+    from scipy.stats import beta
+
+    # all n successes: the lower limit solves p^n = alpha/2; none: 1 - (alpha/2)^(1/n)
+    assert proportion_interval(6, 6) == pytest.approx((0.025 ** (1 / 6), 1.0))  # 0.5407
+    assert proportion_interval(0, 12) == pytest.approx((0.0, 1 - 0.025 ** (1 / 12)))  # 0.2646
+    low, high = proportion_interval(7, 20, level=0.9)
+    assert low == pytest.approx(beta.ppf(0.05, 7, 14)) and high == pytest.approx(
+        beta.ppf(0.95, 8, 13)
+    )
+    wilson = proportion_interval(6, 6, method="wilson")
+    assert wilson[0] > proportion_interval(6, 6)[0]  # Wilson is the narrower of the two
+    assert all(math.isnan(x) for x in proportion_interval(0, 0))
+
+
+def test_exact_interval_covers_where_the_percentile_bootstrap_cannot() -> None:
+    """Six positives, true sensitivity 0.9: the chance each interval covers 0.9, summed exactly
+    over the binomial outcomes k = 0..6 (no simulation)."""
+    from scipy.stats import binom
+
+    n, truth = 6, 0.9
+    labels = np.ones(n, int)
+    boot_cover = exact_cover = 0.0
+    for k in range(n + 1):
+        probs = np.r_[np.full(k, 0.9), np.full(n - k, 0.1)]  # k of the 6 found
+        low, high = bootstrap_intervals(labels, probs, n_boot=500)["sensitivity"]
+        boot_cover += binom.pmf(k, n, truth) * (low <= truth <= high)
+        e_low, e_high = proportion_interval(k, n)
+        exact_cover += binom.pmf(k, n, truth) * (e_low <= truth <= e_high)
+    assert exact_cover >= 0.95
+    assert boot_cover < 0.5  # 6 of 6 (p = 0.53) gives [1, 1]
+
+
+def test_exact_fallbacks_replace_degenerate_proportions_only() -> None:
+    # 6 malignant all found, 12 benign all called malignant: sensitivity 6/6, specificity 0/12
+    labels = np.r_[np.ones(6, int), np.zeros(12, int)]
+    probs = np.full(18, 0.9)
+    boot = bootstrap_intervals(labels, probs, n_boot=300)
+    assert boot["sensitivity"] == (1.0, 1.0) and boot["specificity"] == (0.0, 0.0)
+    found = exact_fallbacks(labels, probs, boot)
+    assert set(found) == {"sensitivity", "specificity"}  # accuracy, precision: 6 of 18
+    sens = found["sensitivity"]
+    assert (sens.successes, sens.trials) == (6, 6)
+    assert (sens.low, sens.high) == pytest.approx(proportion_interval(6, 6))
+    assert found["specificity"].high == pytest.approx(1 - 0.025 ** (1 / 12))
+    # a small count with a non-zero-width bootstrap interval also qualifies ...
+    probs = np.r_[np.full(5, 0.9), 0.1, np.full(12, 0.1)]  # sensitivity 5/6
+    assert "sensitivity" in exact_fallbacks(labels, probs, bootstrap_intervals(labels, probs))
+    # ... and with hundreds of images of each kind, nothing does; AUC never does
+    rng = np.random.default_rng(5)
+    big = np.repeat([0, 1], 200)
+    scores = 1 / (1 + np.exp(-(big * 2.0 - 1 + rng.normal(size=400))))
+    assert exact_fallbacks(big, scores, bootstrap_intervals(big, scores, n_boot=300)) == {}
+    # nothing called positive: precision is undefined and stays so
+    nothing = exact_fallbacks(labels, np.zeros(18), bootstrap_intervals(labels, np.zeros(18)))
+    assert "precision" not in nothing and "auc" not in nothing
+
+
+def test_proportion_counts_are_the_confusion_counts() -> None:
+    labels = np.array([1, 1, 1, 0, 0])
+    probs = np.array([0.9, 0.6, 0.2, 0.7, 0.1])  # TP 2, FN 1, FP 1, TN 1
+    assert proportion_counts(labels, probs) == {
+        "accuracy": (3, 5),
+        "sensitivity": (2, 3),
+        "specificity": (1, 2),
+        "precision": (2, 3),
+    }
+    point = binary_metrics(labels, probs)
+    for name, (k, n) in proportion_counts(labels, probs).items():
+        assert k / n == pytest.approx(point[name]), name

@@ -1,11 +1,14 @@
-"""Honest comparisons of two classifiers: DeLong's AUC test, McNemar's test, bootstrap intervals.
+"""Honest comparisons of two classifiers: DeLong's AUC test, McNemar's test, bootstrap intervals,
+exact binomial intervals where the bootstrap degenerates, and Holm's step-down adjustment.
 
 All three are paired: the same images scored by both variants, so that image difficulty cancels
 out and small differences can be told from noise. DeLong's test uses the fast algorithm of
 Sun & Xu (2014), which gives the structural components of DeLong et al. (1988) from mid-ranks
 in O(n log n) instead of the O(m n) table of all case/control pairs. Bootstrap intervals resample
 images, or whole patients when group ids exist, so that several images of one patient never
-look like independent evidence.
+look like independent evidence. A percentile bootstrap of a proportion cannot be wider than the
+sample shows: 6 of 6 positives found resample to 6 of 6 every time, "100 [100, 100]". There the
+exact (Clopper-Pearson) interval of the count is given instead (`exact_fallbacks`).
 """
 
 from __future__ import annotations
@@ -211,3 +214,87 @@ def bootstrap_intervals(
             low, high = np.percentile(finite, [tail, 100 - tail])
             intervals[name] = (float(low), float(high))
     return intervals
+
+
+# A proportion with fewer successes or failures than this gets the exact interval: below it the
+# percentile bootstrap undercovers (at 0 it has zero width), the usual np >= 5 rule of thumb.
+MIN_COUNT = 5
+PROPORTIONS = ("accuracy", "sensitivity", "specificity", "precision")  # binomial counts, not AUC
+
+
+@dataclass(frozen=True)
+class ExactInterval:
+    """A proportion's exact binomial interval, with the count it comes from."""
+
+    metric: str
+    successes: int
+    trials: int
+    low: float
+    high: float
+    method: str  # scipy's name: "exact" (Clopper-Pearson) or "wilson"
+
+
+def proportion_counts(
+    labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5
+) -> dict[str, tuple[int, int]]:
+    """(successes, trials) behind each threshold metric: e.g. sensitivity = TP of TP + FN."""
+    labels = np.asarray(labels).astype(int)
+    pred = np.asarray(probs, dtype=float) >= threshold
+    tp = int((pred & (labels == 1)).sum())
+    tn = int((~pred & (labels == 0)).sum())
+    positives, negatives = int((labels == 1).sum()), int((labels == 0).sum())
+    return {
+        "accuracy": (tp + tn, len(labels)),
+        "sensitivity": (tp, positives),
+        "specificity": (tn, negatives),
+        "precision": (tp, int(pred.sum())),
+    }
+
+
+def proportion_interval(
+    successes: int, trials: int, level: float = 0.95, method: str = "exact"
+) -> tuple[float, float]:
+    """Clopper-Pearson (`exact`) or Wilson interval of `successes` of `trials` (scipy's)."""
+    if trials == 0:
+        return math.nan, math.nan
+    ci = binomtest(successes, trials).proportion_ci(confidence_level=level, method=method)
+    return float(ci.low), float(ci.high)
+
+
+def exact_fallbacks(
+    labels: np.ndarray,
+    probs: np.ndarray,
+    bootstrap: dict[str, tuple[float, float]],
+    level: float = 0.95,
+    threshold: float = 0.5,
+    min_count: int = MIN_COUNT,
+    method: str = "exact",
+) -> dict[str, ExactInterval]:
+    """The proportions whose bootstrap interval should give way to an exact one, with it.
+
+    A proportion qualifies when its bootstrap interval has zero width or it has fewer than
+    `min_count` successes or failures. Undefined ones (precision with nothing called positive)
+    keep the bootstrap's n/a. AUC is not a binomial count and is never replaced.
+    """
+    found = {}
+    for name, (k, n) in proportion_counts(labels, probs, threshold).items():
+        low, high = bootstrap.get(name, (math.nan, math.nan))
+        if n == 0 or not (low == high or min(k, n - k) < min_count):
+            continue
+        found[name] = ExactInterval(name, k, n, *proportion_interval(k, n, level, method), method)
+    return found
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (Holm 1979): family-wise error control, never less
+    powerful than Bonferroni. NaN (an untestable comparison) stays NaN and is not counted in the
+    family. Hand-written: scipy has no Holm, and statsmodels is not a dependency."""
+    p = np.asarray(p_values, dtype=float)
+    adjusted = np.full(p.shape, math.nan)
+    tested = np.flatnonzero(~np.isnan(p))
+    order = tested[np.argsort(p[tested], kind="stable")]
+    running = 0.0
+    for rank, i in enumerate(order):  # the i-th smallest p is multiplied by (m - i + 1)
+        running = max(running, min(1.0, (len(order) - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted.tolist()

@@ -2,14 +2,19 @@
 
 Rows are variants, named by the configuration that differs between cells (found here, not
 typed in). For each: cross-validation mean +/- sd over folds, the held-out test set with
-bootstrap intervals, and, against a reference row, paired tests on the same images: DeLong
-for AUC (test set and pooled out-of-fold predictions) and McNemar for accuracy.
+bootstrap intervals (exact binomial ones where the bootstrap degenerates), and, against a
+reference row, paired tests on the same images: DeLong for AUC (test set and pooled out-of-fold
+predictions) and McNemar for accuracy, each with Holm's adjustment over the comparisons. What
+the variants share (dataset, test set, image size, epochs, folds, model) is read from the same
+runs, so that a report says what was compared without its reader opening MLflow.
 """
 
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +23,16 @@ import pandas as pd
 from fus2net.evaluation.metrics import METRICS, binary_metrics, mean_std
 from fus2net.evaluation.stats import (
     DelongResult,
+    ExactInterval,
     McNemarResult,
     bootstrap_intervals,
     delong_test,
+    exact_fallbacks,
+    holm,
     mcnemar_test,
 )
 from fus2net.reporting.compare.runs import CellRun, Skipped, SweepRuns, load_predictions
+from fus2net.tracking import schema
 from fus2net.tracking.mlflow_tracker import MlflowTracker
 from fus2net.tracking.predictions import patient_groups
 from fus2net.tracking.provenance import NON_RESULT_KEYS
@@ -32,7 +41,10 @@ from fus2net.tracking.uris import without_credentials
 THRESHOLD = 0.5  # the operating point every logged metric uses
 # Params that describe where or how fast, or restate the data; never a variant's name.
 IGNORED_PARAMS = (*NON_RESULT_KEYS, "dataset.fingerprint", "trainer.threads", "trainer.devices")
-CHOICE = "choice."
+CHOICE = schema.CHOICE_PREFIX
+NOT_LOGGED = "not logged"  # a fact a cell run does not record
+# The three tests against the reference; Holm's adjustment runs within each (its family).
+TEST_KINDS = ("test_auc", "oof_auc", "test_accuracy")
 
 
 @dataclass(frozen=True)
@@ -43,6 +55,15 @@ class Contrast:
     oof_auc: DelongResult | None
     test_accuracy: McNemarResult | None
     notes: tuple[str, ...] = ()
+    holm: dict[str, float] = field(default_factory=dict)  # test kind -> Holm-adjusted p
+
+    def result(self, kind: str) -> DelongResult | McNemarResult | None:
+        return getattr(self, kind)
+
+    def p(self, kind: str) -> float:
+        """The raw p-value of test `kind` (NaN when not run or untestable)."""
+        found = self.result(kind)
+        return found.p_value if found is not None else float("nan")
 
 
 @dataclass
@@ -53,8 +74,9 @@ class VariantResult:
     predictions: pd.DataFrame
     cv: dict[str, float]  # <metric>_mean / <metric>_std over folds
     test: dict[str, float]
-    test_ci: dict[str, tuple[float, float]]
+    test_ci: dict[str, tuple[float, float]]  # bootstrap, or exact where it degenerates
     oof: dict[str, float]
+    test_exact: dict[str, ExactInterval] = field(default_factory=dict)  # the exact ones
     contrast: Contrast | None = None  # None for the reference row
 
     @property
@@ -63,6 +85,25 @@ class VariantResult:
 
     def split(self, name: str) -> pd.DataFrame:
         return self.predictions[self.predictions["split"] == name]
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One condition of the runs (dataset, image size, ...) and each variant's value of it."""
+
+    name: str
+    values: dict[str, str]  # variant label -> value
+
+    @property
+    def shared(self) -> bool:
+        return len(set(self.values.values())) <= 1
+
+    def by_value(self) -> dict[str, list[str]]:
+        """Each distinct value and the variants that have it, in row order."""
+        grouped: dict[str, list[str]] = {}
+        for label, value in self.values.items():
+            grouped.setdefault(value, []).append(label)
+        return grouped
 
 
 @dataclass
@@ -76,6 +117,12 @@ class Comparison:
     level: float
     grouped: bool  # bootstrap resampled patients (group ids) rather than images
     extra_metrics: list[str] = field(default_factory=list)  # cell-run metrics shown as columns
+    facts: list[Fact] = field(default_factory=list)  # what the variants share, or not
+
+    @property
+    def alpha(self) -> float:
+        """The tests' level, matching the intervals' coverage (0.05 for 95 %)."""
+        return round(1 - self.level, 10)
 
 
 def _settings_table(cells: list[CellRun]) -> pd.DataFrame:
@@ -192,6 +239,62 @@ def contrast(reference: VariantResult, variant: VariantResult) -> Contrast:
     return Contrast(test_auc, oof_auc, accuracy, tuple(notes))
 
 
+def _class_names(cell: CellRun) -> tuple[str, str]:
+    """The names of labels 0 and 1 where the dataset config lists them, else neutral ones."""
+    try:
+        names = json.loads(cell.params.get("dataset.classes", "null"))
+    except json.JSONDecodeError:
+        names = None
+    if isinstance(names, list) and len(names) == 2:
+        return f"{names[0]} (label 0)", f"{names[1]} (label 1)"
+    return "label 0 (negative)", "label 1 (positive)"
+
+
+def _class_counts(part: pd.DataFrame, names: tuple[str, str]) -> str:
+    counts = part["label"].astype(int).value_counts()
+    text = f"{len(part)} images: {counts.get(0, 0)} {names[0]}, {counts.get(1, 0)} {names[1]}"
+    groups = patient_groups(part)
+    return text + (f"; {len(set(groups))} patients" if groups is not None else "")
+
+
+def _run_value(cell: CellRun, keys: tuple[str, ...]) -> str:
+    for key in keys:
+        value = cell.tags.get(key, cell.params.get(key))
+        if value not in (None, "", "None"):
+            return str(value)
+    return NOT_LOGGED
+
+
+def _counts_of(split: str) -> Callable[[VariantResult], str]:
+    return lambda v: _class_counts(v.split(split), _class_names(v.cell))
+
+
+def _logged(*keys: str) -> Callable[[VariantResult], str]:
+    return lambda v: _run_value(v.cell, keys)
+
+
+# What a report states about the runs: name and how to read it (tags first, as logged).
+FACTS: tuple[tuple[str, Callable[[VariantResult], str]], ...] = (
+    ("dataset", _logged(schema.DATASET, "dataset.name")),
+    ("dataset fingerprint", _logged(schema.DATASET_FINGERPRINT, "dataset.fingerprint")),
+    ("test set", _counts_of("test")),
+    ("training pool (out-of-fold)", _counts_of("oof")),
+    ("model", _logged("model.name", CHOICE + "model")),
+    ("image size (px)", _logged("data.image_size")),
+    ("input channels", _logged("data.channels")),
+    ("epochs", _logged("trainer.max_epochs")),
+    ("folds", _logged("cv.folds")),
+    ("test-set scoring", _logged("cv.test_scoring")),
+)
+
+
+def shared_facts(variants: list[VariantResult]) -> list[Fact]:
+    """What the variants were run with, from their cell runs and predictions: the conditions a
+    reader needs before trusting a difference (same data, same test images, same budget)."""
+    facts = [Fact(name, {v.label: read(v) for v in variants}) for name, read in FACTS]
+    return [f for f in facts if set(f.values.values()) != {NOT_LOGGED}]
+
+
 def _variant(
     cell: CellRun, label: str, settings: dict[str, str], preds: pd.DataFrame, boot: dict
 ) -> VariantResult:
@@ -206,6 +309,8 @@ def _variant(
             if f"cv/{m}_{s}" in cell.metrics
         }
     labels, probs = test["label"].to_numpy(int), test["prob"].to_numpy(float)
+    ci = bootstrap_intervals(labels, probs, groups=patient_groups(test), **boot)
+    exact = exact_fallbacks(labels, probs, ci, level=boot["level"], threshold=THRESHOLD)
     return VariantResult(
         label=label,
         settings=settings,
@@ -213,9 +318,18 @@ def _variant(
         predictions=preds,
         cv=cv,
         test=binary_metrics(labels, probs, THRESHOLD),
-        test_ci=bootstrap_intervals(labels, probs, groups=patient_groups(test), **boot),
+        test_ci={**ci, **{m: (e.low, e.high) for m, e in exact.items()}},
         oof=binary_metrics(oof["label"].to_numpy(int), oof["prob"].to_numpy(float), THRESHOLD),
+        test_exact=exact,
     )
+
+
+def adjust_for_multiplicity(variants: list[VariantResult]) -> None:
+    """Holm's step-down within each test kind, over every variant's test against the reference."""
+    tested = [(v, v.contrast) for v in variants if v.contrast is not None]
+    adjusted = {kind: holm([c.p(kind) for _, c in tested]) for kind in TEST_KINDS}
+    for i, (v, c) in enumerate(tested):
+        v.contrast = replace(c, holm={kind: adjusted[kind][i] for kind in TEST_KINDS})
 
 
 def pick_reference(labels: list[str], reference: str | None) -> int:
@@ -264,6 +378,7 @@ def build_comparison(
     for v in variants:
         if v is not ref:
             v.contrast = contrast(ref, v)
+    adjust_for_multiplicity(variants)
     grouped = all(patient_groups(v.split("test")) is not None for v in variants)
     source = {
         "store": without_credentials(tracker.uri),  # written to files and logged
@@ -281,4 +396,5 @@ def build_comparison(
         level,
         grouped,
         list(extra_metrics or []),
+        shared_facts(variants),
     )

@@ -12,7 +12,14 @@ from datetime import datetime
 from pathlib import Path
 
 from fus2net.reporting.compare.comparison import Comparison
-from fus2net.reporting.compare.table import Section, notes, sections, skipped_lines
+from fus2net.reporting.compare.table import (
+    BEST_LEGEND,
+    Section,
+    notes,
+    sections,
+    shared_lines,
+    skipped_lines,
+)
 from fus2net.tracking import schema
 
 CSS = """
@@ -22,9 +29,17 @@ h1 { font-size: 1.6em; margin-bottom: 0.2em; }
 h2 { font-size: 1.2em; margin-top: 1.8em; border-bottom: 1px solid #d0d7de; }
 table { border-collapse: collapse; font-size: 0.88em; margin: 0.6em 0; }
 th, td { border: 1px solid #d0d7de; padding: 4px 9px; text-align: right; white-space: nowrap; }
-th { background: #f6f8fa; }
+th { background: #f6f8fa; white-space: normal; vertical-align: bottom; }
+.scroll { overflow-x: auto; }
 td:first-child, th:first-child { text-align: left; }
 tr.reference td { background: #fff8c5; }
+td.best { font-weight: 600; background: #dafbe1; }
+tr.reference td.best { background: #dafbe1; }
+table.facts th { text-align: left; font-weight: 600; }
+table.facts td { text-align: left; white-space: normal; }
+td.differs { color: #9a6700; }
+.legend { color: #57606a; font-size: 0.85em; margin-top: 0; }
+ul.verdicts li { margin: 0.35em 0; }
 .meta { color: #57606a; font-size: 0.9em; }
 .meta code { font-size: 0.95em; }
 figure { margin: 1em 0; }
@@ -37,11 +52,39 @@ li { margin: 0.25em 0; }
 def _table(section: Section, reference: str) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in section.columns)
     body = []
-    for row in section.rows:
+    for i, row in enumerate(section.rows):
         cls = ' class="reference"' if row[0] == reference else ""
-        cells = "".join(f"<td>{html.escape(c)}</td>" for c in row)
-        body.append(f"<tr{cls}>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+        cells = []
+        for j, c in enumerate(row):
+            best = ' class="best"' if (i, j) in section.best else ""
+            cells.append(f"<td{best}>{html.escape(c)}</td>")
+        body.append(f"<tr{cls}>{''.join(cells)}</tr>")
+    table = f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    out = f'<div class="scroll">{table}</div>'  # a wide table scrolls, the page does not
+    if section.best:
+        out += f'<p class="legend">Bold on green: {html.escape(BEST_LEGEND)}.</p>'
+    if section.footer:
+        out += f"<p><b>{html.escape(section.footer_title)}</b></p>"
+        out += '<ul class="verdicts">'
+        out += "".join(f"<li>{_verdict(line)}</li>" for line in section.footer) + "</ul>"
+    return out
+
+
+def _verdict(line: str) -> str:
+    """`b vs a: ...` with `b vs a` in bold, so that a list of verdicts reads at a glance."""
+    who, sep, rest = line.partition(": ")
+    return f"<b>{html.escape(who)}</b>{sep}{html.escape(rest)}" if sep else html.escape(line)
+
+
+def _facts(comparison: Comparison) -> str:
+    """What the variants share, first: without it a table of differences means little. What
+    they do not share (beyond their names) is shown in amber."""
+    rows = []
+    for name, value, shared in shared_lines(comparison):
+        cls = "" if shared else ' class="differs"'
+        rows.append(f"<tr><th>{html.escape(name)}</th><td{cls}>{html.escape(value)}</td></tr>")
+    body = "".join(rows)
+    return f'<h2>What the variants share</h2><table class="facts"><tbody>{body}</tbody></table>'
 
 
 def _image(path: Path, alt: str) -> str:
@@ -53,8 +96,10 @@ CAPTIONS = {
     "roc": "ROC curves of every variant (the paper's Figure 2): left, pooled out-of-fold "
     "predictions of the training pool; right, the held-out test set.",
     "metrics": "Cross-validation mean of accuracy, sensitivity, specificity and AUC per "
-    "variant, error bars one standard deviation over folds (the paper's Figure 1).",
-    "folds": "Every fold's validation value: the spread behind each mean.",
+    "variant, error bars one standard deviation over folds, cut at 0 and 1 (the metrics' range; "
+    "the sd itself is in the table) (the paper's Figure 1).",
+    "folds": "Every fold's validation value (dots) and their mean (bar): the spread behind each "
+    "mean.",
 }
 
 
@@ -86,6 +131,7 @@ def render_html(
         f"Written {datetime.now().astimezone():%Y-%m-%d %H:%M %Z}"
         + (f" by <code>{html.escape(command)}</code>" if command else ""),
         "</p>",
+        _facts(comparison),
     ]
     for section in sections(comparison):
         parts += [f"<h2>{html.escape(section.title)}</h2>", _table(section, comparison.reference)]
