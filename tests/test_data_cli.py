@@ -18,7 +18,7 @@ from jobs import compose_train
 REPO = Path(__file__).resolve().parents[1]
 
 
-def save(path: Path, size: tuple[int, int] = (32, 24), value: int = 100) -> Path:
+def save(path: Path, size: tuple[int, int] = (40, 32), value: int = 100) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("L", size, value).save(path)
     return path
@@ -28,7 +28,7 @@ def good_tree(root: Path) -> Path:
     """benign: 2 images (one masked), malignant: 1 image; one image copied across classes."""
     save(root / "benign/a.png", value=40)
     save(root / "benign/a_mask.png", value=255)
-    noise = np.random.default_rng(0).integers(0, 256, (24, 32), dtype=np.uint8)
+    noise = np.random.default_rng(0).integers(0, 256, (32, 40), dtype=np.uint8)
     Image.fromarray(noise).save(root / "benign/b.png")
     save(root / "malignant/c.png", value=40)  # the same picture as benign/a.png
     return root
@@ -63,7 +63,7 @@ def test_summary_of_good_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         ["0", "benign", "2", "1"],
         ["1", "malignant", "1", "0"],
     ]
-    assert "32x24 (3)" in out and "Modes: L (3)" in out
+    assert "40x32 (3)" in out and "Modes: L (3)" in out
     assert "Masks: 1 for 3 images (2 with 0, 1 with 1)" in out
     assert "1 group(s) covering 2 images" in out and "1 group(s) mix labels" in out
     assert "Problems: none" in out
@@ -126,3 +126,64 @@ def test_console_script_structural_error(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
     assert str(tmp_path / "benign/x_mask.png") in result.stderr
     assert "mask without its image" in result.stderr
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+def manifest_tree(root: Path, csv_text: str) -> list[str]:
+    """Two images under root/img and list.csv beside them: the overrides to check it."""
+    save(root / "img/a.png", value=40)
+    save(root / "img/b.png", value=200)
+    (root / "list.csv").write_text(csv_text)
+    return ["dataset=manifest", f"dataset.csv={root / 'list.csv'}", "dataset.image_column=path"]
+
+
+def test_console_script_empty_class_after_label_map_exit_1(tmp_path: Path) -> None:
+    args = manifest_tree(tmp_path, "path,label\nimg/a.png,B\nimg/b.png,N\n")
+    result = run_cli(tmp_path, *args, "dataset.label_map={B:benign,M:malignant,N:null}")
+    assert result.returncode == 1
+    assert "class 'malignant' (label 1): no images in list.csv" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_console_script_header_without_rows_exit_1(tmp_path: Path) -> None:
+    result = run_cli(tmp_path, *manifest_tree(tmp_path, "path,label\n"))
+    assert result.returncode == 1
+    assert f"{tmp_path / 'list.csv'}: the CSV has a header but no rows" in result.stderr
+
+
+def test_console_script_semicolon_csv_names_the_quoting(tmp_path: Path) -> None:
+    args = manifest_tree(tmp_path, "path;label\nimg/a.png;benign\nimg/b.png;malignant\n")
+    result = run_cli(tmp_path, *args)
+    assert result.returncode == 1
+    assert "the header is one column 'path;label'" in result.stderr
+    assert "\"dataset.delimiter=';'\"" in result.stderr
+    fixed = run_cli(tmp_path, *args, "dataset.delimiter=';'")  # as the shell passes it on
+    assert fixed.returncode == 0, fixed.stderr
+    assert "Problems: none" in fixed.stdout
+
+
+def test_console_script_paths_outside_root(tmp_path: Path) -> None:
+    save(tmp_path / "other/c.png")
+    args = manifest_tree(
+        tmp_path / "data", "path,label\nimg/a.png,benign\n../other/c.png,malignant\n"
+    )
+    result = run_cli(tmp_path, *args)
+    assert result.returncode == 1
+    assert f"{tmp_path / 'other/c.png'}: image listed in" in result.stderr
+    assert "is outside dataset.root" in result.stderr
+    assert "dataset.allow_outside_root=true" in result.stderr
+    allowed = run_cli(tmp_path, *args, "dataset.allow_outside_root=true")
+    assert allowed.returncode == 0, allowed.stderr
+
+
+def test_skip_that_empties_a_class_fails_the_check(tmp_path: Path) -> None:
+    save(tmp_path / "benign/a.png")
+    (tmp_path / "malignant").mkdir()
+    (tmp_path / "malignant/zero.png").write_bytes(b"")
+    result = run_cli(
+        tmp_path, "dataset=folder", f"dataset.root={tmp_path}", "data.on_bad_image=skip"
+    )
+    assert result.returncode == 1
+    assert "training would stop: no images left in class 'malignant'" in result.stdout

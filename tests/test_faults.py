@@ -189,3 +189,60 @@ def test_diverged_fold_fails_its_cell_while_the_sweep_goes_on(
     assert {f.data.tags.get("fus2net.attempts") for f in refolds if f.info.status == "FAILED"} == {
         "2"
     }
+
+
+def _manifest_args(root: Path, csv_text: str, *overrides: str) -> list[str]:
+    """A manifest job over two 64 px images and list.csv (the CSV as given)."""
+    for name in ("a", "b"):
+        (root / "img").mkdir(parents=True, exist_ok=True)
+        Image.new("L", (64, 64), 90).save(root / "img" / f"{name}.png")
+    (root / "list.csv").write_text(csv_text)
+    csv = f"dataset.csv={root / 'list.csv'}"
+    return ["dataset=manifest", csv, "dataset.image_column=path", *overrides, *TINY]
+
+
+def test_class_without_images_stops_training_exit_2(tmp_path: Path) -> None:
+    """label_map drops every malignant row: exit 2 naming the class, no run (today: a
+    FINISHED cell with accuracy 1.0 and AUC nan)."""
+    args = _manifest_args(
+        tmp_path / "data",
+        "path,label\nimg/a.png,B\nimg/b.png,N\n",
+        "dataset.label_map={B:benign,M:malignant,N:null}",
+    )
+    proc = run_train(args, cwd=tmp_path, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert "class 'malignant' (label 1): no images in list.csv" in out
+    assert "Traceback" not in out and not (tmp_path / "mlruns").exists()
+
+
+def test_header_only_csv_stops_training_exit_2(tmp_path: Path) -> None:
+    proc = run_train(_manifest_args(tmp_path / "data", "path,label\n"), cwd=tmp_path, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert "the CSV has a header but no rows" in out and "Traceback" not in out
+
+
+def test_skip_that_empties_a_class_stops_the_job(bad_folder: Path, tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    for name in ("benign", "malignant"):
+        (root / name).mkdir(parents=True)
+    for i in range(4):
+        (root / "benign" / f"b{i}.png").write_bytes(
+            (bad_folder / f"benign/benign_{i}.png").read_bytes()
+        )
+    (root / "malignant" / "empty.png").write_bytes(b"")
+    cfg = compose_train(
+        "dataset=folder", f"dataset.root={root}", f"paths.root={tmp_path}", "data.on_bad_image=skip"
+    )
+    with pytest.raises(DataError) as error:
+        prepare_data(cfg)
+    assert [p.path for p in error.value.problems] == ["class 'malignant' (label 1)"]
+    assert "left after data.on_bad_image=skip" in str(error.value)
+
+
+def test_invalid_dataset_option_is_a_config_error(tmp_path: Path) -> None:
+    args = _manifest_args(tmp_path / "data", "path,label\n", "dataset.delimiter=';;'")
+    cfg = compose_train(*args[: -len(TINY)], f"paths.root={tmp_path}")
+    with pytest.raises(ConfigError, match=r"dataset\.delimiter=';;' must be one character"):
+        prepare_data(cfg)

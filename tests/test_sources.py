@@ -190,15 +190,15 @@ def test_structural_problems_are_reported_together(tmp_path: Path) -> None:
 
 
 def test_validation_names_every_bad_file(tmp_path: Path) -> None:
-    good = save(tmp_path / "benign/good.png", size=(8, 6))
-    save(tmp_path / "benign/good_mask.png", size=(8, 6))
+    good = save(tmp_path / "benign/good.png", size=(40, 32))
+    save(tmp_path / "benign/good_mask.png", size=(40, 32))
     (tmp_path / "benign/zero.png").write_bytes(b"")
     (tmp_path / "benign/text.png").write_text("this is not an image")
     png = save(tmp_path / "x.png", "RGB", size=(64, 64), value=(1, 2, 3)).read_bytes()
     (tmp_path / "malignant").mkdir()
     (tmp_path / "malignant/truncated.png").write_bytes(png[: len(png) // 2])
-    save(tmp_path / "malignant/sized.png", size=(8, 6))
-    save(tmp_path / "malignant/sized_mask.png", size=(9, 6))
+    save(tmp_path / "malignant/sized.png", size=(40, 32))
+    save(tmp_path / "malignant/sized_mask.png", size=(41, 32))
     records = FolderSource(tmp_path, classes=["benign", "malignant"]).load()
     assert len(records) == 5  # structure is fine: nothing is decoded by load()
     problems = {Path(p.path).name: p.reason for p in validate_records(records, channels=3)}
@@ -206,7 +206,7 @@ def test_validation_names_every_bad_file(tmp_path: Path) -> None:
     assert "zero-byte" in problems["zero.png"]
     assert "not an image" in problems["text.png"]
     assert "corrupt" in problems["truncated.png"]
-    assert "9x6" in problems["sized_mask.png"] and "8x6" in problems["sized_mask.png"]
+    assert "41x32" in problems["sized_mask.png"] and "40x32" in problems["sized_mask.png"]
     assert validate_records([Record(good, 0)], channels=1) == []
 
 
@@ -350,4 +350,99 @@ def test_synthetic_passes_its_parameters(tmp_path: Path, monkeypatch) -> None:
     assert [r.image for r in records] == [
         tmp_path / "synthetic/benign/benign (1).png",
         tmp_path / "synthetic/malignant/malignant (1).png",
+    ]
+
+
+# --------------------------------------------------------------------------- manifest edge cases
+
+
+def _two_image_root(root: Path) -> None:
+    save(root / "img/a.png", size=(40, 32))
+    save(root / "img/b.png", size=(40, 32))
+
+
+def _manifest(csv: Path, **options) -> ManifestSource:
+    return ManifestSource(csv, ["benign", "malignant"], "label", image_column="path", **options)
+
+
+def test_manifest_class_without_rows_is_named(tmp_path: Path) -> None:
+    _two_image_root(tmp_path)
+    csv = tmp_path / "list.csv"
+    csv.write_text("path,label\nimg/a.png,B\nimg/b.png,N\n")
+    with pytest.raises(DataError) as info:
+        _manifest(csv, label_map={"B": "benign", "M": "malignant", "N": None}).load()
+    assert [p.path for p in info.value.problems] == ["class 'malignant' (label 1)"]
+    message = str(info.value)
+    assert "no row's 'label' value maps to it through dataset.label_map" in message
+    assert "dataset.classes" in message and "label_map" in message.split("Fix:")[1]
+
+
+def test_manifest_header_without_rows_or_empty_file(tmp_path: Path) -> None:
+    csv = tmp_path / "list.csv"
+    csv.write_text("path,label\n")
+    with pytest.raises(DataError, match="the CSV has a header but no rows") as info:
+        _manifest(csv).load()
+    assert len(info.value.problems) == 1  # not also one per empty class
+    csv.write_text("")
+    with pytest.raises(DataError, match=r"the CSV is empty \(no header, no rows\)"):
+        _manifest(csv).load()
+
+
+@pytest.mark.parametrize(
+    ("separator", "quoted"),
+    [(";", "\"dataset.delimiter=';'\""), ("\t", "\"dataset.delimiter='\\t'\"")],
+)
+def test_manifest_other_delimiter_names_the_key_and_quoting(
+    tmp_path: Path, separator: str, quoted: str
+) -> None:
+    _two_image_root(tmp_path)
+    csv = tmp_path / "list.csv"
+    csv.write_text(
+        f"path{separator}label\nimg/a.png{separator}benign\nimg/b.png{separator}malignant\n"
+    )
+    with pytest.raises(DataError) as info:
+        _manifest(csv).load()
+    message = str(info.value)
+    assert len(info.value.problems) == 1 and "dataset.delimiter=','" in message
+    assert quoted in message, message
+    written = "\\t" if separator == "\t" else separator  # what Hydra hands over for '\t'
+    assert [r.image.name for r in _manifest(csv, delimiter=written).load()] == ["a.png", "b.png"]
+    with pytest.raises(ValueError, match="must be one character"):
+        _manifest(csv, delimiter=";;")
+
+
+def test_manifest_paths_outside_root_need_the_key(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    _two_image_root(root)
+    outside = save(tmp_path / "elsewhere/c.png", size=(40, 32))
+    (root / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    csv = root / "list.csv"
+    csv.write_text(
+        f"path,label,mask\nimg/a.png,benign,\n../elsewhere/c.png,malignant,\n"
+        f"{outside},malignant,\nimg/b.png,malignant,../elsewhere/c.png\nlinked/c.png,benign,\n"
+    )
+    with pytest.raises(DataError) as info:
+        _manifest(csv, mask_column="mask").load()
+    problems = [(p.path, p.reason) for p in info.value.problems]
+    assert problems == [
+        (str(outside), "image listed in " + f"{csv}:row 3 is outside dataset.root"),
+        (str(outside), "image listed in " + f"{csv}:row 4 is outside dataset.root"),
+        (str(outside), "mask listed in " + f"{csv}:row 5 is outside dataset.root"),
+    ]  # linked/c.png (row 6): a symlink inside the root is the root owner's choice
+    assert "dataset.allow_outside_root=true" in str(info.value)
+    allowed = _manifest(csv, mask_column="mask", allow_outside_root=True)
+    with pytest.raises(DataError, match="rows 3 and 6 give this image different label"):
+        allowed.load()  # gets past the root check: ../elsewhere/c.png and linked/c.png agree
+    assert allowed.describe()["options"]["allow_outside_root"] is True
+
+
+def test_any_case_mask_suffix_and_gif_images(tmp_path: Path) -> None:
+    save(tmp_path / "benign/b1.png")
+    save(tmp_path / "benign/b1_MASK.PNG")
+    save(tmp_path / "malignant/m1.gif")
+    save(tmp_path / "malignant/m1_Mask_2.gif")
+    records = FolderSource(tmp_path).load()
+    assert [(r.image.name, [m.name for m in r.masks]) for r in records] == [
+        ("b1.png", ["b1_MASK.PNG"]),
+        ("m1.gif", ["m1_Mask_2.gif"]),
     ]

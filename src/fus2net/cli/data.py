@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from fus2net.cli import ConfigDirNotFound, config_dir
+from fus2net.data.imageio import ImageLimits
 from fus2net.data.records import DataError
 from fus2net.data.summary import format_summary, summarize_dataset, usable_records
 
@@ -43,7 +44,14 @@ def check_dataset(cfg: DictConfig) -> int:
         print(f"Invalid dataset config: {cause}", file=sys.stderr)
         return 1
     distance = cfg.data.get("duplicate_distance", 4)
-    summary = summarize_dataset(source, records, cfg.data.channels, duplicate_distance=distance)
+    try:
+        limits = ImageLimits.from_config(cfg.data)
+    except ValueError as error:
+        print(f"Invalid configuration: {error}", file=sys.stderr)
+        return 1
+    summary = summarize_dataset(
+        source, records, cfg.data.channels, duplicate_distance=distance, limits=limits
+    )
     on_bad_image = str(cfg.data.get("on_bad_image", "error"))
     print(format_summary(summary, on_bad_image))
     trainable = on_bad_image == "skip" and bool(usable_records(summary))

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from fus2net.data.imageio import load_image
+from fus2net.data.imageio import ImageLimits, load_image
 from fus2net.data.records import Record
 from fus2net.data.splits import record_keys, records_fingerprint
 
@@ -35,9 +35,12 @@ _PROCESS_CACHE: OrderedDict[tuple, tuple[np.ndarray, np.ndarray]] = OrderedDict(
 _PROCESS_CACHE_SIZE = 2
 
 
-def load_resized(path: Path, image_size: int, channels: int) -> np.ndarray:
-    """(S, S, C) uint8: decode, then bilinear resize as Keras' load_img (PIL BILINEAR) does."""
-    return resize_image(load_image(path, channels=channels), image_size, channels)
+def load_resized(
+    path: Path, image_size: int, channels: int, limits: ImageLimits | None = None
+) -> np.ndarray:
+    """(S, S, C) uint8: decode (within `limits`, see `load_image`), then bilinear resize as
+    Keras' load_img (PIL BILINEAR) does."""
+    return resize_image(load_image(path, channels, limits), image_size, channels)
 
 
 def resize_image(image: np.ndarray, image_size: int, channels: int) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +23,28 @@ class Problem:
 
     path: str
     reason: str
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something worth knowing about one file that does not make it unusable (only its first
+    frame is used, a warning PIL raised while decoding it)."""
+
+    path: str
+    text: str
+
+
+def empty_class_problems(
+    records: Sequence[Record], class_names: Sequence[str], why: str
+) -> list[Problem]:
+    """One problem per configured class without a record: a model cannot learn (nor AUC
+    measure) a class it never sees. `why` says what left the class empty."""
+    present = {record.label for record in records}
+    return [
+        Problem(f"class '{name}' (label {label})", f"no images {why}")
+        for label, name in enumerate(class_names)
+        if label not in present
+    ]
 
 
 @dataclass

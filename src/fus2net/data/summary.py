@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from fus2net.data.duplicates import connected_groups, near_pairs
-from fus2net.data.records import Problem, Record
+from fus2net.data.imageio import ImageLimits
+from fus2net.data.records import Notice, Problem, Record, empty_class_problems
 from fus2net.data.sources.base import DataSource
 from fus2net.data.validation import ImageInfo, drop_bad_records, inspect_records
 
@@ -34,6 +35,7 @@ class DatasetSummary:
     duplicate_distance: int | None
     records: list[Record] = field(repr=False, default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    notices: list[Notice] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -70,7 +72,11 @@ def summarize(
         duplicate_groups=duplicate_groups,
         duplicate_distance=duplicate_distance,
         records=list(records),
-        problems=[p for info in infos for p in info.problems],
+        problems=[
+            *empty_class_problems(records, source.class_names, "found by the source"),
+            *(p for info in infos for p in info.problems),
+        ],
+        notices=[n for info in infos for n in info.notices],
     )
 
 
@@ -79,11 +85,13 @@ def summarize_dataset(
     records: Sequence[Record],
     channels: int = 3,
     duplicate_distance: int | None = 4,
+    limits: ImageLimits | None = None,
 ) -> DatasetSummary:
-    """Read and decode every file once, then look for near-duplicates among the readable images
-    by the perceptual hashes that read computed (`duplicate_distance=None`: no search)."""
+    """Read and decode every file once (within `limits`: the `data.*` defaults unless given),
+    then look for near-duplicates among the readable images by the perceptual hashes that read
+    computed (`duplicate_distance=None`: no search)."""
     search = duplicate_distance is not None
-    infos = inspect_records(records, channels=channels, phash=search)
+    infos = inspect_records(records, channels=channels, phash=search, limits=limits)
     duplicate_groups = None
     if search:
         readable = [i for i, info in enumerate(infos) if info.phash is not None]
@@ -146,22 +154,49 @@ def _duplicate_lines(summary: DatasetSummary) -> list[str]:
     return lines
 
 
-def usable_records(summary: DatasetSummary) -> list[Record]:
-    """What `data.on_bad_image=skip` trains on: the records none of whose files has a problem."""
+def _kept(summary: DatasetSummary) -> list[Record]:
     return drop_bad_records(summary.records, summary.problems)
 
 
+def usable_records(summary: DatasetSummary) -> list[Record]:
+    """What `data.on_bad_image=skip` trains on: the records none of whose files has a problem;
+    none when that leaves a configured class without images (training then stops)."""
+    kept = _kept(summary)
+    return [] if empty_class_problems(kept, summary.class_names, "") else kept
+
+
 def _skip_line(summary: DatasetSummary, on_bad_image: str) -> str:
-    kept = usable_records(summary)
+    kept = _kept(summary)
     per_class = Counter(record.label for record in kept)
     counts = ", ".join(f"{per_class[i]} {name}" for i, name in enumerate(summary.class_names))
     left_out = f"leaves out {len(summary.records) - len(kept)} images and trains on {len(kept)}"
+    empty = [name for i, name in enumerate(summary.class_names) if not per_class[i]]
+    if empty:
+        classes = ", ".join(f"'{name}'" for name in empty)
+        stops = f"training would stop: no images left in class {classes} ({counts})"
+        if on_bad_image == "skip":
+            return f"data.on_bad_image=skip: {stops}. Fix: replace the files listed above."
+        return (
+            "Fix: replace or delete each file listed above (re-export it as PNG/JPEG); "
+            f"with data.on_bad_image=skip {stops}."
+        )
     if on_bad_image == "skip":
         return f"data.on_bad_image=skip: training {left_out} ({counts})."
     return (
         "Fix: replace or delete each file listed above (re-export it as PNG/JPEG), or set "
         f"data.on_bad_image=skip: training then {left_out} ({counts})."
     )
+
+
+def _notice_lines(notices: list[Notice], limit: int = 20) -> list[str]:
+    """Each notice by file (the first `limit`): what the decoder did that a user should know."""
+    if not notices:
+        return []
+    lines = [f"Notices: {len(notices)} (the files are used)"]
+    lines += [f"  - {n.path}: {n.text}" for n in notices[:limit]]
+    if len(notices) > limit:
+        lines.append(f"  ... and {len(notices) - limit} more")
+    return lines
 
 
 def format_summary(summary: DatasetSummary, on_bad_image: str = "error") -> str:
@@ -187,6 +222,7 @@ def format_summary(summary: DatasetSummary, on_bad_image: str = "error") -> str:
     else:
         lines.append(f"Groups (patients): {summary.n_groups} for {len(summary.records)} images")
     lines += _duplicate_lines(summary)
+    lines += _notice_lines(summary.notices)
     if summary.ok:
         lines.append("Problems: none")
     else:

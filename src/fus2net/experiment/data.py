@@ -1,8 +1,8 @@
 """The data every fold of a job shares: loaded, checked, split and decoded once, before training.
 
 A bad file stops the job here, before any run exists, with every bad file listed
-(`data.on_bad_image=error`), or is left out and counted (`skip`); so does an `eval_datasets`
-entry that could not be scored after training.
+(`data.on_bad_image=error`), or is left out and counted (`skip`); so does a configured class
+left without images, and an `eval_datasets` entry that could not be scored after training.
 """
 
 from __future__ import annotations
@@ -13,14 +13,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from fus2net.data.cache import ImageCache
-from fus2net.data.records import DataError, Problem, Record, raise_if_problems
+from fus2net.data.imageio import ImageLimits
+from fus2net.data.records import (
+    DataError,
+    Notice,
+    Problem,
+    Record,
+    empty_class_problems,
+    raise_if_problems,
+)
 from fus2net.data.splits import Split, make_split, records_fingerprint
 from fus2net.data.validation import ImageInfo, drop_bad_records, inspect_records
-from fus2net.experiment.preflight import check_free_space
+from fus2net.experiment.preflight import ConfigError, check_free_space
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +47,22 @@ class JobData:
     skipped: list[Problem] = field(default_factory=list)  # bad files left out (on_bad_image=skip)
 
 
+def image_limits(cfg: DictConfig) -> ImageLimits:
+    """`data.max_image_pixels` and `data.min_image_size`, checked before any image is read."""
+    try:
+        return ImageLimits.from_config(cfg.data)
+    except ValueError as err:
+        raise ConfigError(f"invalid configuration:\n  - {err}") from None
+
+
+def _log_notices(notices: list[Notice], limit: int = 20) -> None:
+    """The decoder's notices by file (first frame of several used, PIL's warnings), once."""
+    for notice in notices[:limit]:
+        log.warning("%s: %s", notice.path, notice.text)
+    if len(notices) > limit:
+        log.warning("... and %d more notices", len(notices) - limit)
+
+
 def _read_images(
     cfg: DictConfig, source: Any, records: list[Record]
 ) -> tuple[list[Record], list[ImageInfo], list[Problem]]:
@@ -45,8 +70,14 @@ def _read_images(
     bad files stop the job, or are left out with `data.on_bad_image=skip`."""
     size, channels = int(cfg.data.image_size), int(cfg.data.channels)
     infos = inspect_records(
-        records, channels, image_size=size, phash=bool(cfg.data.dedupe), progress=True
+        records,
+        channels,
+        image_size=size,
+        phash=bool(cfg.data.dedupe),
+        progress=True,
+        limits=image_limits(cfg),
     )
+    _log_notices([n for info in infos for n in info.notices])
     problems = [problem for info in infos for problem in info.problems]
     if problems and cfg.data.get("on_bad_image", "error") == "skip":
         kept = drop_bad_records(records, problems)
@@ -73,9 +104,20 @@ def prepare_data(cfg: DictConfig) -> JobData:
     Unreadable images stop the job with every bad file listed (`data.on_bad_image=error`), or
     are left out and listed (`skip`): in `JobData.skipped` and the description's counts.
     """
-    source = instantiate(cfg.dataset)
+    image_limits(cfg)  # a bad limit stops the job before the dataset is even listed
+    try:
+        source = instantiate(cfg.dataset)
+    except InstantiationException as err:  # the source's own ValueError, not Hydra's wrapper
+        raise ConfigError(f"invalid dataset config: {err.__cause__ or err}") from None
     size, channels = int(cfg.data.image_size), int(cfg.data.channels)
     records, infos, skipped = _read_images(cfg, source, source.load())
+    why = "left after data.on_bad_image=skip" if skipped else "found by the source"
+    raise_if_problems(
+        empty_class_problems(records, source.class_names, why),
+        fix="every configured class needs images to train and score on: add or repair its "
+        "images, or drop the class from dataset.classes (fus2net-data shows the counts)",
+        source=source.name,
+    )
     raise_if_problems(
         check_external_datasets(cfg.get("eval_datasets"), list(source.class_names)),
         fix="fix the eval_datasets entries listed, or drop them (e.g. ~eval_datasets.NAME)",

@@ -18,7 +18,7 @@ import pandas as pd
 from PIL import Image
 
 from fus2net.data.cache import resize_image
-from fus2net.data.imageio import IMAGE_SUFFIXES, load_image
+from fus2net.data.imageio import IMAGE_SUFFIXES, ImageLimits, load_image
 from fus2net.data.sources.base import is_image_file
 from fus2net.inference.gradcam import CamTarget, overlay
 from fus2net.inference.loading import LoadedModel
@@ -38,6 +38,10 @@ COLUMNS = [
 # Folders are searched recursively; BUSI-style lesion masks beside the images are not inputs.
 MASK_MARKER = "_mask"
 READ_ERRORS = (ValueError, OSError, Image.DecompressionBombError)
+# The model package does not record its training's data.min_image_size, so prediction refuses
+# by default only images with a 1-px side (a line or a dot: resized and standardised they are
+# flat, and the model's answer is its bias) and those over the default pixel limit.
+PREDICT_MIN_IMAGE_SIZE = 2
 
 
 def collect_images(inputs: Iterable[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -51,7 +55,7 @@ def collect_images(inputs: Iterable[str | Path]) -> tuple[list[Path], list[tuple
             files.append(path)
         elif path.is_dir():
             found = sorted(
-                p for p in path.rglob("*") if is_image_file(p) and MASK_MARKER not in p.stem
+                p for p in path.rglob("*") if is_image_file(p) and MASK_MARKER not in p.stem.lower()
             )
             files += found
             if not found:
@@ -78,9 +82,13 @@ def predict_files(
     gradcam: bool = True,
     cam_target: CamTarget = "predicted",
     batch_size: int = 16,
+    limits: ImageLimits | None = None,
 ) -> pd.DataFrame:
-    """Predict every image of `inputs`; write predictions.csv, predictions.json and
-    overlays/<name>_gradcam.png (on the original image) under `out_dir`."""
+    """Predict every image of `inputs` (decoded within `limits`; default: the pixel limit and
+    PREDICT_MIN_IMAGE_SIZE); write predictions.csv, predictions.json and
+    overlays/<name>_gradcam.png (on the original image, upright by its EXIF orientation)
+    under `out_dir`."""
+    limits = limits or ImageLimits(min_size=PREDICT_MIN_IMAGE_SIZE)
     spec = model.spec
     point, threshold = spec.threshold(operating_point)
     files, problems = collect_images(inputs)
@@ -93,7 +101,7 @@ def predict_files(
         batch, resized, originals = [], [], []
         for path in files[start : start + batch_size]:
             try:
-                original = load_image(path, channels=3 if gradcam else spec.in_chans)
+                original = load_image(path, 3 if gradcam else spec.in_chans, limits)
                 resized.append(resize_image(original, spec.image_size, spec.in_chans))
                 originals.append(original if gradcam else None)  # overlays are drawn on it
                 batch.append(path)

@@ -31,7 +31,8 @@ class FolderSource(DataSource):
     """Any class-per-folder tree; the folder name is the class, sub-folders may nest.
 
     A file `<name><mask_suffix>[_<n>].<ext>` next to `<name>.<ext>` is a lesion mask of that
-    image rather than an image (BUSI's convention); `mask_suffix=None` turns this off.
+    image rather than an image (BUSI's convention; the suffix in any case, `_MASK` too);
+    `mask_suffix=None` turns this off.
     `group_regex` extracts a patient id from the path relative to the class folder (named group
     `group`, else the first group, else the whole match), e.g. `^([^/]+)/` for patient folders.
     """
@@ -53,8 +54,10 @@ class FolderSource(DataSource):
         self.recursive = recursive
         self.mask_suffix = mask_suffix
         self.group_regex = re.compile(group_regex) if group_regex else None
+        # `b1_MASK.PNG` is a mask of `b1.png` as much as `b1_mask.png` is: the suffix (like the
+        # file suffix) is matched without regard to case, the stem exactly.
         self._mask_pattern = (
-            re.compile(rf"(?P<stem>.+?){re.escape(mask_suffix)}(?:_(?P<index>\d+))?")
+            re.compile(rf"(?P<stem>.+?)(?i:{re.escape(mask_suffix)})(?:_(?P<index>\d+))?")
             if mask_suffix
             else None
         )

@@ -6,6 +6,7 @@ the label and how its values map to classes, the patient, the masks.
 
 from __future__ import annotations
 
+import os
 import re
 import string
 from collections.abc import Mapping, Sequence
@@ -14,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from fus2net.data.records import Record
+from fus2net.data.records import Record, empty_class_problems
 from fus2net.data.sources.base import DataSource, ProblemLog, resolve_path, sort_records
 
 _FIX_CSV = "Set dataset.csv=PATH to the manifest CSV (presets derive it from dataset.root)."
@@ -23,6 +24,19 @@ _FIX_FILE = "Fix the path in the CSV (or dataset.root / the path template), or r
 _FIX_EMPTY = "Fill in the empty cells, or drop those rows from the CSV."
 _FIX_ID = "Fix dataset.id_regex so it matches every id."
 _FIX_CONFLICT = "Rows naming the same image must agree on label and group; fix the CSV."
+_FIX_NO_ROWS = "Add one row per image below the header, or point dataset.csv at the right file."
+_FIX_OUTSIDE = (
+    "Fix the path in the CSV, point dataset.root at a folder that holds every image and mask, "
+    "or set dataset.allow_outside_root=true to accept paths outside it."
+)
+_FIX_NO_CLASS = (
+    "Check dataset.label_column and dataset.label_map (a value mapped to null drops its rows), "
+    "or drop the class from dataset.classes."
+)
+# Delimiters a one-column header may hide, and how Hydra's command line takes each: quoted, in
+# the shell's double quotes (a tab as the two characters \t, which dataset.delimiter accepts).
+_DELIMITERS = {",": ",", ";": ";", "\t": "\\t", "|": "|"}
+_DELIMITER_ALIASES = {"\\t": "\t", "tab": "\t"}
 
 
 def _template_fields(template: str) -> set[str]:
@@ -56,6 +70,7 @@ class ManifestSource(DataSource):
         root: str | Path | None = None,
         delimiter: str = ",",
         name: str = "manifest",
+        allow_outside_root: bool = False,
     ) -> None:
         if (image_column is None) == (path_template is None):
             raise ValueError("manifest: set exactly one of dataset.image_column, path_template")
@@ -77,7 +92,16 @@ class ManifestSource(DataSource):
         self.mask_column = mask_column
         self.mask_template = mask_template
         self.mask_separator = mask_separator
-        self.delimiter = delimiter
+        self.delimiter = _DELIMITER_ALIASES.get(str(delimiter), str(delimiter))
+        if len(self.delimiter) != 1:
+            raise ValueError(
+                f"manifest: dataset.delimiter={delimiter!r} must be one character, e.g. "
+                "\"dataset.delimiter=';'\" (or \\t for a tab)"
+            )
+        self.allow_outside_root = bool(allow_outside_root)
+        # Both the root as given and as resolved: a CSV may name paths through a symlinked root.
+        given = Path(root).expanduser() if root is not None else Path(csv).expanduser().parent
+        self._roots = {self.root, Path(os.path.abspath(given))}
 
     def _check_label_map(self, label_map: Mapping[Any, Any] | None) -> dict[str, int | None] | None:
         """Resolve every label_map target to a class index now, so bad config fails early."""
@@ -110,12 +134,16 @@ class ManifestSource(DataSource):
             "group_column": self.group_column,
             "mask_column": self.mask_column,
             "mask_template": self.mask_template,
+            "allow_outside_root": self.allow_outside_root,
         }
 
     def load(self) -> list[Record]:
         log = ProblemLog(self.name)
         table = self._read_table(log)
         log.raise_if_any()
+        if table.empty:
+            log.add(self.csv, "the CSV has a header but no rows", _FIX_NO_ROWS)
+            log.raise_if_any()
         by_image: dict[Path, tuple[Record, int]] = {}
         for row_number, row in enumerate(table.to_dict("records"), start=2):  # 1 = header
             record = self._row_record(row, row_number, log)
@@ -132,6 +160,12 @@ class ManifestSource(DataSource):
             masks = tuple(dict.fromkeys(first.masks + record.masks))
             merged = Record(first.image, first.label, masks, first.group)
             by_image[record.image] = (merged, first_row)
+        if not log.problems:  # else the rows' own problems say why a class is empty
+            records = [record for record, _ in by_image.values()]
+            mapped = " through dataset.label_map" if self.label_map is not None else ""
+            why = f"in {self.csv.name}: no row's {self.label_column!r} value maps to it{mapped}"
+            for problem in empty_class_problems(records, self.class_names, why):
+                log.add(problem.path, problem.reason, _FIX_NO_CLASS)
         log.raise_if_any()
         return sort_records(record for record, _ in by_image.values())
 
@@ -142,10 +176,15 @@ class ManifestSource(DataSource):
             return pd.DataFrame()
         try:
             table = pd.read_csv(self.csv, sep=self.delimiter, dtype=str, keep_default_na=False)
+        except pd.errors.EmptyDataError:
+            log.add(self.csv, "the CSV is empty (no header, no rows)", _FIX_NO_ROWS)
+            return pd.DataFrame()
         except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
             log.add(self.csv, f"cannot parse the CSV ({exc})", "Fix the CSV or dataset.delimiter.")
             return pd.DataFrame()
         table.columns = [str(c).strip() for c in table.columns]
+        if len(table.columns) == 1 and self._log_hidden_delimiter(table.columns[0], log):
+            return pd.DataFrame()
         columns = set(table.columns)
         wanted = {
             "label_column": self.label_column,
@@ -168,6 +207,24 @@ class ManifestSource(DataSource):
                 log.add(self.csv, reason + f" (known: {sorted(known_fields)})", _FIX_COLUMNS)
         return table
 
+    def _log_hidden_delimiter(self, header: str, log: ProblemLog) -> bool:
+        """Log a one-column header that holds another delimiter (a ';' or tab-separated file
+        read with the default ','); True when it does."""
+        found = [d for d in _DELIMITERS if d != self.delimiter and d in header]
+        if not found:
+            return False
+        shown = _DELIMITERS[found[0]]
+        reason = (
+            f"the header is one column {header!r}, which holds {found[0]!r}: the file is not "
+            f"separated by dataset.delimiter={self.delimiter!r}"
+        )
+        fix = (
+            f"Set dataset.delimiter to the CSV's separator; on the command line quote it for "
+            f"Hydra and the shell: \"dataset.delimiter='{shown}'\"."
+        )
+        log.add(self.csv, reason, fix)
+        return True
+
     def _row_record(self, row: dict[str, str], row_number: int, log: ProblemLog) -> Record | None:
         """One CSV row -> a record, or None (dropped by label_map, or problems logged)."""
         where = f"{self.csv}:row {row_number}"
@@ -185,16 +242,22 @@ class ManifestSource(DataSource):
             if not cell:
                 log.add(where, f"empty image path in column {self.image_column!r}", _FIX_EMPTY)
                 return None
-            image = self._absolute(cell)
+            listed = cell
         else:
-            image = self._absolute(self.path_template.format_map(fields))
-        if not image.is_file():
+            listed = self.path_template.format_map(fields)
+        image = self._absolute(listed)
+        if not self._inside_root(listed):
+            log.add(image, f"image listed in {where} is outside dataset.root", _FIX_OUTSIDE)
+        elif not image.is_file():
             log.add(image, f"image listed in {where} does not exist", _FIX_FILE)
 
-        masks = self._masks_of(row, fields)
-        for mask in masks:
-            if not mask.is_file():
+        listed_masks = self._masks_of(row, fields)
+        for text, mask in listed_masks:
+            if not self._inside_root(text):
+                log.add(mask, f"mask listed in {where} is outside dataset.root", _FIX_OUTSIDE)
+            elif not mask.is_file():
                 log.add(mask, f"mask listed in {where} does not exist", _FIX_FILE)
+        masks = tuple(mask for _, mask in listed_masks)
 
         group = None
         if self.group_column is not None:
@@ -236,14 +299,27 @@ class ManifestSource(DataSource):
             fields.update(match.groupdict())
         return fields
 
-    def _masks_of(self, row: dict[str, str], fields: dict[str, str]) -> tuple[Path, ...]:
+    def _masks_of(self, row: dict[str, str], fields: dict[str, str]) -> list[tuple[str, Path]]:
+        """(as listed, absolute) of each mask path of a row."""
         if self.mask_template is not None:
-            return (self._absolute(self.mask_template.format_map(fields)),)
-        if self.mask_column is None:
-            return ()
-        cells = row[self.mask_column].split(self.mask_separator)
-        return tuple(self._absolute(cell.strip()) for cell in cells if cell.strip())
+            listed = [self.mask_template.format_map(fields)]
+        elif self.mask_column is None:
+            listed = []
+        else:
+            cells = row[self.mask_column].split(self.mask_separator)
+            listed = [cell.strip() for cell in cells if cell.strip()]
+        return [(text, self._absolute(text)) for text in listed]
 
     def _absolute(self, path: str) -> Path:
         """CSV paths are relative to `root` (default: the CSV's folder) unless absolute."""
         return (self.root / Path(path).expanduser()).resolve()
+
+    def _inside_root(self, path: str) -> bool:
+        """Whether a listed path stays under `root` (as written, `..` collapsed, or once its
+        symlinks are resolved); always true with `allow_outside_root`. A CSV cannot reach
+        files elsewhere (`../../secret.png`, `/etc/...`) unless the config allows it."""
+        if self.allow_outside_root:
+            return True
+        lexical = Path(os.path.normpath(self.root / Path(path).expanduser()))
+        candidates = (lexical, lexical.resolve())
+        return any(c.is_relative_to(root) for c in candidates for root in self._roots)

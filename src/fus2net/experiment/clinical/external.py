@@ -19,7 +19,7 @@ import pandas as pd
 from hydra.utils import instantiate
 
 from fus2net.data.cache import load_resized
-from fus2net.data.imageio import ImageReadError
+from fus2net.data.imageio import ImageLimits, ImageReadError
 from fus2net.evaluation.calibration import expected_calibration_error
 from fus2net.evaluation.metrics import binary_metrics
 from fus2net.evaluation.operating_points import OperatingPoint
@@ -53,6 +53,7 @@ def evaluate_external(
     points: list[OperatingPoint],
     out_dir: Path,
     n_bins: int = 15,
+    limits: ImageLimits | None = None,
 ) -> ExternalResult:
     """Load, check and score one external dataset; unreadable images are skipped and counted."""
     source = instantiate(dataset_cfg)
@@ -64,9 +65,10 @@ def evaluate_external(
     records = source.load()
     size, channels = model.spec.image_size, model.spec.in_chans
     kept, images, bad = [], [], []
+    limits = limits or ImageLimits()
     for record in records:  # decoded once; an unreadable image is skipped, not fatal
         try:
-            images.append(load_resized(record.image, size, channels))
+            images.append(load_resized(record.image, size, channels, limits))
             kept.append(record)
         except ImageReadError as err:
             bad.append(str(err))
@@ -131,8 +133,9 @@ def score_external_datasets(
     n_bins = int(ctx.cfg.evaluation.calibration_bins)
     for name, dataset_cfg in (ctx.cfg.get("eval_datasets") or {}).items():
         try:
+            limits = ImageLimits.from_config(ctx.cfg.data)  # the training images' limits
             result = evaluate_external(
-                name, dataset_cfg, model, points, work / "external" / name, n_bins
+                name, dataset_cfg, model, points, work / "external" / name, n_bins, limits
             )
         except Exception as err:
             log.error("eval_datasets.%s could not be scored: %s", name, err)
