@@ -3,6 +3,7 @@ Optuna search runs through Hydra's Optuna sweeper into an RDB study."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,22 @@ from fus2net.experiment.preflight import ConfigError, check_config
 from jobs import compose_train, run_train, sqlite_client, tiny, train_env
 
 TINY = tiny("dataset.n_images=48", "data.image_size=64", "evaluation.enabled=false")
+
+
+def needs_optuna_sweeper() -> None:
+    """Hydra's Optuna sweeper comes with the README's install (requirements.lock); only a plain
+    `pip install -e ".[test]"` lacks it (pyproject.toml, extra `sweeper`): skip there; in CI
+    (CI set) a missing sweeper is a failure."""
+    try:
+        import hydra_plugins.hydra_optuna_sweeper  # noqa: F401
+    except ImportError:
+        reason = (
+            "needs Hydra's Optuna sweeper: install with "
+            "`pip install --no-deps -r requirements.lock` (README, Quickstart)"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
 
 
 def test_parallel_preset_is_hydras_joblib_launcher() -> None:
@@ -31,7 +48,7 @@ def test_slurm_preset_composes_the_submitit_launcher() -> None:
 
 
 def test_optuna_search_composes_with_an_rdb_study(tmp_path: Path) -> None:
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    needs_optuna_sweeper()
     cfg = compose_train("hparams_search=optuna", f"paths.root={tmp_path}", hydra_config=True)
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_.endswith("optuna_sweeper.OptunaSweeper")
@@ -70,8 +87,9 @@ def test_sqlite_store_refuses_parallel_jobs(overrides: list[str], refused: bool)
 @pytest.mark.filterwarnings("ignore:.*Distribution has been deprecated:FutureWarning")
 @pytest.mark.slow
 def test_optuna_search_runs_trials_into_a_shared_study(tmp_path: Path) -> None:
-    optuna = pytest.importorskip("optuna")
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    needs_optuna_sweeper()
+    import optuna
+
     env = train_env(tmp_path)
     env.pop("FUS2NET_OPTUNA_STORAGE", None)
     args = ["-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", *TINY]

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fus2net.cli.predict import main
+from fus2net.cli.predict import describe_calibration, describe_operating_point, main
 from fus2net.data.cache import load_resized
 from fus2net.inference import (
     Member,
@@ -217,6 +217,7 @@ def test_cli_predicts_and_reports(
         [
             str(package),
             str(images / "a_rgb.png"),
+            str(images / "nested" / "e.jpg"),
             str(images / "f_empty.png"),
             "--out",
             str(tmp_path),
@@ -227,7 +228,86 @@ def test_cli_predicts_and_reports(
     )
     captured = capsys.readouterr()
     assert code == 0
-    assert "a_rgb.png\t" in captured.out and "\tbenign" in captured.out  # threshold 1.0
-    assert "f_empty.png\tERROR: zero-byte file" in captured.err
+    lines = captured.out.splitlines()
+    assert lines[0] == (
+        f"model {package}: ensemble of 2 fold models (mean probability), fus2net, 64 px, "
+        "3 channel(s)"
+    )
+    assert lines[1] == (
+        "operating point youden (threshold 1, chosen on out-of-fold predictions to maximise "
+        "Youden's J = sensitivity + specificity - 1): malignant when prob_malignant >= 1"
+    )
+    assert lines[2].startswith("calibration (T 2, bias +0, fitted on out-of-fold predictions)")
+    header, *rows = lines[lines.index("") + 1 :]
+    assert header.split() == ["image", "prob_malignant", "prob_calibrated", "class"]
+    saved = pd.read_csv(tmp_path / "predictions.csv").set_index("path")
+    assert [row.split()[0] for row in rows] == [
+        str(images / "a_rgb.png"),
+        str(images / "nested" / "e.jpg"),
+    ], "the unreadable file is not in the table"
+    for row in rows:
+        path, raw, calibrated, predicted = row.split()
+        assert float(raw) == pytest.approx(saved.loc[path, "prob_malignant"], abs=5e-4)
+        assert float(calibrated) == pytest.approx(saved.loc[path, "prob_calibrated"], abs=5e-4)
+        assert predicted == saved.loc[path, "predicted_class"] == "benign"  # threshold 1.0
+    # aligned: every column starts (or, for the numbers, ends) at the header's place
+    for name in ("prob_malignant", "prob_calibrated"):
+        end = header.index(name) + len(name)
+        assert all(row[end - 1] != " " and row[end] == " " for row in rows)
+    assert all(row.index(row.split()[3]) == header.index("class") for row in rows)
+    assert "f_empty.png" not in captured.out
+    assert f"{images / 'f_empty.png'}\tERROR: zero-byte file" in captured.err
+    assert "2 image(s) predicted at operating point youden, 1 failed" in captured.err
     assert not (tmp_path / "overlays").exists()
     assert main([str(tmp_path / "nope"), str(images)]) == 2
+    assert main([str(package), str(images / "g_text.png"), "--out", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert "prob_malignant  prob_calibrated" not in captured.out, "no table without a prediction"
+    assert "g_text.png\tERROR: " in captured.err
+
+
+def test_cli_names_the_models_own_operating_point(
+    package: Path, images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [str(package), str(images / "a_rgb.png"), "--out", str(tmp_path), "--no-gradcam"]
+    assert main(args) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1] == (
+        "operating point sens95 (threshold 0, chosen on out-of-fold predictions for 95 % "
+        "sensitivity; the model's default): malignant when prob_malignant >= 0"
+    )
+    assert out[-1].split()[-1] == "malignant"
+    assert main([*args, "--operating-point", "0.3"]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == (
+        "operating point 0.3 (threshold 0.3, given by --operating-point): "
+        "malignant when prob_malignant >= 0.3"
+    )
+
+
+def test_operating_point_and_calibration_descriptions() -> None:
+    assert describe_operating_point("sens95", 0.0190123) == (
+        "operating point sens95 (threshold 0.01901, chosen on out-of-fold predictions for 95 % "
+        "sensitivity; the model's default): malignant when prob_malignant >= 0.01901"
+    )
+    assert describe_operating_point("sens80", 0.2, given=True).startswith(
+        "operating point sens80 (threshold 0.2, chosen on out-of-fold predictions for 80 % "
+        "sensitivity)"
+    )
+    assert describe_operating_point("default", 0.5, given=True) == (
+        "operating point default (threshold 0.5, the paper's decision rule): "
+        "malignant when prob_malignant >= 0.5"
+    )
+    spec = ModelSpec(
+        model={"name": "fus2net"},
+        in_chans=1,
+        image_size=SIZE,
+        class_names=["benign", "malignant"],
+        members=[Member("refit/model.pt", None)],
+    )
+    assert describe_calibration(spec) == "calibration none: prob_calibrated = prob_malignant"
+    spec.calibration_method, spec.temperature, spec.calibration_bias = "platt", 1.4213, -0.6127
+    assert describe_calibration(spec) == (
+        "calibration platt (T 1.421, bias -0.6127, fitted on out-of-fold predictions): "
+        "prob_calibrated = the members' mean of sigmoid(logit(p) / T + bias); "
+        "the class uses prob_malignant"
+    )

@@ -5,6 +5,11 @@ run id (`runs:/<id>` or the bare id: a cell run's fold ensemble, or one fold run
 registered model `models:/<name>/<version>` (`models:/<name>` = latest version). INPUT is image
 files or folders (searched recursively; `*_mask*` files skipped).
 
+Prints the model, the operating point (its threshold and where it was chosen), the calibration,
+then a table: per image its raw malignant probability (prob_malignant, which the threshold
+decides on), the calibrated one (prob_calibrated) and the class. Unreadable files go to stderr;
+predictions.csv and predictions.json in --out hold the same and more.
+
     fus2net-predict runs:/6408d6945c9746328776a934e81d2002 scans/ --out predictions/
 """
 
@@ -13,10 +18,18 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from fus2net.inference import LoadedModel, ModelSpec
 
 log = logging.getLogger("fus2net.predict")
+CHOSEN_ON = "out-of-fold predictions"  # where training chooses thresholds and calibration
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,11 +86,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     failed = frame[frame["error"] != ""]
     done = frame[frame["error"] == ""]
-    for row in done.itertuples():
-        print(f"{row.path}\t{row.prob_malignant:.3f}\t{row.predicted_class}")
+    point, threshold = model.spec.threshold(args.operating_point)
+    print(describe_model(model))
+    print(describe_operating_point(point, threshold, given=args.operating_point is not None))
+    print(describe_calibration(model.spec))
+    if len(done):
+        print()
+        print(table(done))
     for row in failed.itertuples():
         print(f"{row.path}\tERROR: {row.error}", file=sys.stderr)
-    point = done["operating_point"].iloc[0] if len(done) else "-"
     print(
         f"{len(done)} image(s) predicted at operating point {point}, {len(failed)} failed; "
         f"{args.out / 'predictions.csv'}, {args.out / 'predictions.json'}"
@@ -85,6 +102,78 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
     )
     return 1 if len(failed) and not len(done) else 0
+
+
+def describe_model(model: LoadedModel) -> str:
+    """`model <origin>: <members>, <architecture>, <size> px, <channels> channel(s)`."""
+    spec = model.spec
+    folds = [m.fold for m in spec.members]
+    if len(folds) > 1:
+        members = f"ensemble of {len(folds)} fold models (mean probability)"
+    elif folds and folds[0] is None:
+        members = "the refit on all training images"
+    else:
+        members = "one fold model"
+    return (
+        f"model {model.origin}: {members}, {spec.model.get('name', '?')}, "
+        f"{spec.image_size} px, {spec.in_chans} channel(s)"
+    )
+
+
+def describe_operating_point(point: str, threshold: float, given: bool = False) -> str:
+    """The operating point, its threshold, where the threshold comes from and what it decides."""
+    from fus2net.inference.spec import DEFAULT_POINT
+
+    if point == DEFAULT_POINT:
+        origin = "the paper's decision rule"
+    elif point == "youden":
+        origin = f"chosen on {CHOSEN_ON} to maximise Youden's J = sensitivity + specificity - 1"
+    elif match := re.fullmatch(r"sens(\d+)", point):
+        origin = f"chosen on {CHOSEN_ON} for {match.group(1)} % sensitivity"
+    elif given and _is_number(point):
+        origin = "given by --operating-point"
+    else:
+        origin = f"chosen on {CHOSEN_ON}"
+    if not given:
+        origin += "; the model's default"
+    return (
+        f"operating point {point} (threshold {threshold:.4g}, {origin}): "
+        f"malignant when prob_malignant >= {threshold:.4g}"
+    )
+
+
+def describe_calibration(spec: ModelSpec) -> str:
+    """How prob_calibrated is made from the members' malignant probabilities."""
+    if spec.temperature == 1.0 and spec.calibration_bias == 0.0:
+        return "calibration none: prob_calibrated = prob_malignant"
+    method = "" if spec.calibration_method == "none" else f" {spec.calibration_method}"
+    return (
+        f"calibration{method} (T {spec.temperature:.4g}, bias {spec.calibration_bias:+.4g}, "
+        f"fitted on {CHOSEN_ON}): prob_calibrated = the members' mean of "
+        "sigmoid(logit(p) / T + bias); the class uses prob_malignant"
+    )
+
+
+def table(done: pd.DataFrame) -> str:
+    """The predicted images in aligned columns: path, raw and calibrated probability, class."""
+    paths = [str(p) for p in done["path"]]
+    width = max(len("image"), *(len(p) for p in paths))
+    head = ("prob_malignant", "prob_calibrated", "class")
+    lines = [f"{'image':<{width}}  {head[0]}  {head[1]}  {head[2]}"]
+    for path, row in zip(paths, done.itertuples(), strict=True):
+        lines.append(
+            f"{path:<{width}}  {row.prob_malignant:>{len(head[0])}.3f}  "
+            f"{row.prob_calibrated:>{len(head[1])}.3f}  {row.predicted_class}"
+        )
+    return "\n".join(lines)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 if __name__ == "__main__":
