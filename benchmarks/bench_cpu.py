@@ -104,8 +104,9 @@ def images_per_s(step: Callable[[], None], batch_size: int, steps: int, warmup: 
     return steps * batch_size / (time.perf_counter() - start)
 
 
-def conv_time_share(step: Callable[[], None], steps: int = 3) -> float:
-    """Share of a (warm) step's CPU time spent in convolutions, forward and backward."""
+def step_profile(step: Callable[[], None], steps: int = 3, top: int = 10) -> tuple[float, list]:
+    """Share of a (warm) step's CPU time spent in convolutions (forward and backward), and the
+    `top` operators by self time as [name, share, calls per step]: where the time goes."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -114,7 +115,9 @@ def conv_time_share(step: Callable[[], None], steps: int = 3) -> float:
     events = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in events)
     conv = sum(e.self_cpu_time_total for e in events if e.key in CONV_OPS)
-    return conv / total
+    ranked = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    ops = [[e.key, round(e.self_cpu_time_total / total, 3), e.count // steps] for e in ranked]
+    return conv / total, ops
 
 
 def gemm_peak_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 20) -> float:
@@ -154,7 +157,8 @@ def bench_throughput(args: argparse.Namespace) -> None:
     base = images_per_s(base_step, batch, args.steps, args.warmup)
     fast_step = make_train_step(size, batch, bf16=True, channels_last=True)
     fast = images_per_s(fast_step, batch, args.steps, args.warmup)
-    conv_share = conv_time_share(fast_step)
+    conv_share, fast_ops = step_profile(fast_step)
+    _, base_ops = step_profile(base_step, steps=1)
     gflop = train_gflop_per_image(size)
     peak_fp32, peak_bf16 = gemm_peak_gflops(torch.float32), gemm_peak_gflops(torch.bfloat16)
     ceiling = peak_bf16 / (base * gflop)
@@ -190,7 +194,13 @@ def bench_throughput(args: argparse.Namespace) -> None:
         ceiling_speedup=round(ceiling, 2),
         target_reachable_on_this_cpu=ceiling >= TARGET_SPEEDUP,
         **compiled,
+        top_ops_fp32=base_ops,
+        top_ops_bf16_channels_last=fast_ops,
     )
+    for name, ops in (("fp32", base_ops), ("bf16 + channels_last", fast_ops)):
+        print(f"top operators by self time, {name} step:", flush=True)
+        for op, share, calls in ops:
+            print(f"  {share:6.1%}  {op}  ({calls} calls/step)", flush=True)
 
 
 def hand_loop(

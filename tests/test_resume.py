@@ -192,7 +192,8 @@ def test_a_failed_fold_fails_the_cell_with_its_reason(
     complete_cell(tracker, summary, monkeypatch)
     run = tracker.get_run(cell)
     assert run.info.status == "FAILED" == summary.status
-    assert "fold 0 FAILED: FloatingPointError: train loss is nan" in run.data.tags["fus2net.error"]
+    reason = run.data.tags["fus2net.error"]
+    assert "fold 1/2 FAILED: FloatingPointError: train loss is nan" in reason
 
 
 class _Payload:

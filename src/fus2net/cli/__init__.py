@@ -34,4 +34,3 @@ def config_dir() -> str:
         + " and in ".join(tried)
         + ". Reinstall fus2net (pip install fus2net, or pip install -e . in a checkout)."
     )
-

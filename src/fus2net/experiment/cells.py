@@ -38,19 +38,23 @@ class OpenCell:
     run_id: str
     folds: dict[int, schema.FoldRun]
     finished: bool  # FINISHED with every fold: nothing left to do
+    name: str  # the cell run's name, which its fold runs' names start with
     run: Run | None = None
 
 
-def cell_name(tags: Mapping[str, str]) -> str:
-    """The overrides that change results, e.g. `optimizer=sgd data.channels=1`."""
+def cell_name(tags: Mapping[str, str], key: str) -> str:
+    """What this cell chose among those its sweep varies (outside a sweep: every override
+    that changes results), then the cell key's start: `optimizer=sgd data.channels=1 · 3fa2c1`,
+    short in the runs table and distinct in chart legends."""
+    swept = set(tags.get(schema.SWEPT, "").split())
     changed = []
     for tag, value in tags.items():
-        key = tag.removeprefix(schema.OVERRIDE_PREFIX)
-        if key != tag and not any(key == p or key.startswith(p + ".") for p in NON_RESULT_KEYS):
-            changed.append(f"{key}={value}")
-    name = " ".join(changed) or "default"
-    limit = schema.MAX_RUN_NAME
-    return name if len(name) <= limit else name[: limit - 1] + "…"
+        name = tag.removeprefix(schema.OVERRIDE_PREFIX)
+        if name == tag or any(name == p or name.startswith(p + ".") for p in NON_RESULT_KEYS):
+            continue
+        if not swept or name in swept:
+            changed.append(f"{name}={value}")
+    return schema.cell_run_name(" ".join(changed) or "default", key)
 
 
 def _sweep_tags(run: Run, tags: Mapping[str, str]) -> dict[str, str]:
@@ -79,16 +83,19 @@ def open_cell(ctx: JobContext) -> OpenCell:
     found = resume.find_cells(tracker, key)
     if not found:
         owned = {**tags, **resume.owner_tags()}
-        run_id = resume.claim_cell(tracker, key, cell_name(ctx.tags), owned, params)
-        return OpenCell(run_id, resume.current_fold_runs(tracker, run_id, ctx.stale_after_s), False)
+        name = cell_name(ctx.tags, key)
+        run_id = resume.claim_cell(tracker, key, name, owned, params)
+        tracker.log_datasets(run_id, ctx.cell_image_sets())
+        folds = resume.current_fold_runs(tracker, run_id, ctx.stale_after_s)
+        return OpenCell(run_id, folds, False, name)
     cell = found[0]
-    run_id = cell.info.run_id
+    run_id, name = cell.info.run_id, cell.info.run_name or cell_name(ctx.tags, key)
     folds = resume.current_fold_runs(tracker, run_id, ctx.stale_after_s)
     done = schema.finished_folds(folds)
     if cell.info.status == "FINISHED" and len(done) == ctx.n_folds:
         tracker.set_tags(run_id, _sweep_tags(cell, tags))
         log.info("cell %s is finished in run %s: nothing to train", key, run_id)
-        return OpenCell(run_id, folds, True, cell)
+        return OpenCell(run_id, folds, True, name, cell)
     log.info(
         "resuming cell %s (run %s, was %s): %d of %d folds finished",
         key,
@@ -100,7 +107,8 @@ def open_cell(ctx: JobContext) -> OpenCell:
     reopen(tracker, cell, {**_sweep_tags(cell, tags), schema.RESUMED_FROM: cell.info.status})
     logged = cell.data.params
     tracker.log_params(run_id, {k: v for k, v in params.items() if k not in logged})
-    return OpenCell(run_id, folds, False, cell)
+    tracker.log_datasets(run_id, ctx.cell_image_sets())  # those the job that died had not
+    return OpenCell(run_id, folds, False, name, cell)
 
 
 def reopen(tracker: MlflowTracker, run: Run, tags: Mapping[str, Any]) -> None:
@@ -161,13 +169,15 @@ def close_unfinished(
         failed = any(r.status == "FAILED" for r in broken.values())
         summary.status = "FAILED" if failed else "KILLED"
         summary.error = "; ".join(
-            f"fold {f} {r.status}: {r.error or 'no reason logged'}" for f, r in broken.items()
+            f"{schema.fold_label(f, n_folds)} {r.status}: {r.error or 'no reason logged'}"
+            for f, r in broken.items()
         )
         tracker.set_tags(run_id, {schema.ERROR: summary.error})
         tracker.end_run(run_id, summary.status)
     else:
         missing = [f for f in range(n_folds) if f not in schema.finished_folds(folds)]
         summary.status = "SCHEDULED"
-        summary.error = f"fold(s) {missing} not finished yet (other cv.fold jobs)"
+        labels = ", ".join(f"{schema.fold_label(f, n_folds)} (cv.fold={f})" for f in missing)
+        summary.error = f"{labels} not finished yet (other cv.fold jobs)"
         tracker.set_status(run_id, "SCHEDULED")
     log.info("cell %s: %s (%s)", summary.cell_key, summary.status, summary.error)

@@ -7,6 +7,8 @@ takes a bundle of nine parameters and none rebuilds any of it.
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -15,8 +17,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from fus2net.data.records import Record
+from fus2net.data.splits import record_keys, records_fingerprint
 from fus2net.experiment.data import JobData, prepare_data
 from fus2net.tracking import resume, schema
 from fus2net.tracking.mlflow_tracker import MlflowTracker
@@ -28,6 +33,8 @@ from fus2net.tracking.provenance import (
     hydra_tags,
     resolved_container,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -63,6 +70,65 @@ class JobContext:
         cells = Path(self.cfg.paths.root) / "outputs" / "cells"
         return cells / experiment / self.key / f"fold_{fold}" / "checkpoints"
 
+    def fold_name(self, fold: int) -> str:
+        """`fold k/n`: how logs, run names and plots number the folds (tags and cv.fold: k-1)."""
+        return schema.fold_label(fold, self.n_folds)
+
+    @functools.cached_property
+    def _record_keys(self) -> list[str]:
+        return record_keys(self.data.records)
+
+    def image_set(self, context: schema.Context, idx: np.ndarray) -> schema.ImageSet:
+        """The records `idx` of the job's dataset as one dataset input of `context`."""
+        data = self.data
+        return schema.image_set(
+            str(data.description.get("name") or "dataset"),
+            data.fingerprint,
+            context,
+            [self._record_keys[i] for i in idx],
+            data.cache.labels[idx].tolist(),
+            data.class_names,
+            _source(data.description, data.records),
+        )
+
+    def fold_image_sets(self, fold: int) -> dict[schema.Context, schema.ImageSet]:
+        """What fold `fold` trains, validates and is tested on."""
+        train_idx, val_idx = self.data.split.fold(fold)
+        return {
+            schema.Context.TRAIN: self.image_set(schema.Context.TRAIN, train_idx),
+            schema.Context.VALIDATION: self.image_set(schema.Context.VALIDATION, val_idx),
+            schema.Context.TEST: self.image_set(schema.Context.TEST, self.data.split.test),
+        }
+
+    def cell_image_sets(self) -> list[schema.ImageSet]:
+        """What the cell uses: the cross-validated training pool, the test set, and every
+        `eval_datasets` entry (listed once more here; one that cannot be listed is left out,
+        its scoring reports why)."""
+        split = self.data.split
+        sets = [
+            self.image_set(schema.Context.TRAIN, split.train_pool()),
+            self.image_set(schema.Context.TEST, split.test),
+        ]
+        for name, dataset_cfg in (self.cfg.get("eval_datasets") or {}).items():
+            try:
+                source = instantiate(dataset_cfg)
+                records = source.load()
+                sets.append(
+                    schema.image_set(
+                        name,
+                        records_fingerprint(records),
+                        schema.Context.EXTERNAL,
+                        record_keys(records),
+                        [r.label for r in records],
+                        list(source.class_names),
+                        _source(source.describe(), records),
+                        name=schema.external_set_name(name),
+                    )
+                )
+            except Exception as err:
+                log.warning("eval_datasets.%s: not listed as a dataset input: %s", name, err)
+        return sets
+
     def predictions(
         self, idx: np.ndarray, probs: np.ndarray, fold: int | str, split: str
     ) -> pd.DataFrame:
@@ -76,6 +142,14 @@ class JobContext:
             split,
             groups=[r.group for r in records],
         )
+
+
+def _source(description: dict[str, Any], records: list[Record]) -> str:
+    """Where a dataset lives: its root (or manifest), else the folder its images share."""
+    found = description.get("root") or description.get("options", {}).get("csv")
+    if found:
+        return str(Path(found).resolve())
+    return os.path.commonpath([str(r.image.resolve().parent) for r in records])
 
 
 def output_dir(cfg: DictConfig) -> Path:

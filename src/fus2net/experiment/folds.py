@@ -1,9 +1,16 @@
-"""The folds of a cell: each trained in its own child run, resumed where a previous job stopped."""
+"""The folds of a cell: each trained in its own child run, resumed where a previous job stopped.
+
+A fold run is named `<cell name> · fold k/n` (k from 1, as the logs count; its `fold` tag and
+`cv.fold` count from 0), lists its training, validation and test images as dataset inputs,
+records MLflow's system metrics while it trains, and logs its model as an MLflow logged model
+with the fold's metrics on those datasets.
+"""
 
 from __future__ import annotations
 
 import logging
 import shutil
+from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 import pandas as pd
@@ -30,29 +37,31 @@ def train_folds(
         previous = cell.folds.get(fold)
         status = previous.status if previous is not None else None
         if previous is not None and status == "FINISHED":
-            log.info("fold %d: finished in run %s, not trained again", fold, previous.run_id)
+            log.info(
+                "%s: finished in run %s, not trained again", ctx.fold_name(fold), previous.run_id
+            )
             continue
         if previous is not None and status == "RUNNING":
             owner = previous.run.data.tags
             log.warning(
-                "fold %d: being trained by process %s on %s (run %s); left to it",
-                fold,
+                "%s: being trained by process %s on %s (run %s); left to it",
+                ctx.fold_name(fold),
                 owner.get(schema.PID),
                 owner.get(schema.HOST),
                 previous.run_id,
             )
             continue
         try:
-            results[fold], summary.folds[fold] = run_fold(ctx, cell.run_id, fold, previous)
+            results[fold], summary.folds[fold] = run_fold(ctx, cell, fold, previous)
         except FloatingPointError as exc:  # diverged: this fold fails, the others go on
-            log.error("fold %d failed: %s", fold, exc)
+            log.error("%s failed: %s", ctx.fold_name(fold), exc)
     return results
 
 
 def run_fold(
-    ctx: JobContext, cell_run: str, fold: int, previous: schema.FoldRun | None = None
+    ctx: JobContext, cell: cells.OpenCell, fold: int, previous: schema.FoldRun | None = None
 ) -> tuple[FoldResult, FoldMetrics]:
-    """Train fold `fold` in its own child run; returns its predictions and metrics.
+    """Train fold `fold` in its own child run of `cell`; returns its predictions and metrics.
 
     `previous` is an unfinished attempt of the fold (a KILLED or FAILED run): that run is
     reopened and training resumes from the fold's last checkpoint, when there is one.
@@ -62,7 +71,8 @@ def run_fold(
     fold_tags = {**ctx.tags, schema.ROLE: schema.Role.FOLD.value, schema.FOLD: str(fold)}
     if previous is None:
         owned = {**fold_tags, **resume.owner_tags()}
-        run_id = tracker.start_run(f"fold-{fold}", owned, parent_id=cell_run)
+        name = schema.fold_run_name(cell.name, fold, ctx.n_folds)
+        run_id = tracker.start_run(name, owned, parent_id=cell.run_id)
         logged: dict[str, str] = {}
     else:
         run_id, logged = previous.run_id, previous.run.data.params
@@ -70,38 +80,84 @@ def run_fold(
     with cells.working_in(tracker, run_id):
         fold_params = {**ctx.params, "fold": fold, "n_train": len(train_idx), "n_val": len(val_idx)}
         tracker.log_params(run_id, {k: v for k, v in fold_params.items() if k not in logged})
+        image_sets = ctx.fold_image_sets(fold)
+        tracker.log_datasets(run_id, image_sets.values())
         fold_dir = ctx.fold_dir(fold)
         fold_dir.mkdir(parents=True, exist_ok=True)
         log.info(
-            "fold %d/%d: %d training, %d validation, %d test images",
-            fold + 1,
-            ctx.n_folds,
+            "%s: %d training, %d validation, %d test images",
+            ctx.fold_name(fold),
             len(train_idx),
             len(val_idx),
             len(data.split.test),
         )
         checkpoints = ctx.checkpoint_dir(fold)
-        result = train_model(
-            ctx.cfg,
-            FoldData(data.cache.images, data.cache.labels, train_idx, val_idx, data.split.test),
-            seed=int(ctx.cfg.seed) + fold,
-            num_classes=len(data.class_names),
-            out_dir=fold_dir,
-            logger=MlflowRunLogger(tracker, run_id),
-            checkpoint_dir=checkpoints,
-            resume=previous is not None,
-            callbacks=[Heartbeat(tracker, [run_id])],  # only fold runs are ever reaped
-        )
+        with _system_metrics(ctx, run_id, resume=previous is not None):
+            result = train_model(
+                ctx.cfg,
+                FoldData(data.cache.images, data.cache.labels, train_idx, val_idx, data.split.test),
+                seed=int(ctx.cfg.seed) + fold,
+                num_classes=len(data.class_names),
+                out_dir=fold_dir,
+                logger=MlflowRunLogger(tracker, run_id),
+                checkpoint_dir=checkpoints,
+                resume=previous is not None,
+                callbacks=[Heartbeat(tracker, [run_id])],  # only fold runs are ever reaped
+            )
         if result.start_epoch:
             tracker.set_tags(run_id, {schema.RESUMED_FROM_EPOCH: result.start_epoch})
         metrics = _log_fold(ctx, run_id, fold, result)
+        _log_fold_model(ctx, run_id, fold, result, metrics, image_sets)
         tracker.end_run(run_id, "FINISHED")
     shutil.rmtree(checkpoints, ignore_errors=True)  # the store has it all now
     return result, metrics
 
 
+def _system_metrics(ctx: JobContext, run_id: str, resume: bool) -> AbstractContextManager[None]:
+    """MLflow's system metrics of the fold run while it trains (`tracking.system_metrics`)."""
+    tracking = ctx.cfg.tracking
+    if not tracking.get("system_metrics", False):
+        return nullcontext()
+    interval = float(tracking.get("system_metrics_interval_s", 10))
+    return ctx.tracker.system_metrics(run_id, interval, resume=resume)
+
+
+def _log_fold_model(
+    ctx: JobContext,
+    run_id: str,
+    fold: int,
+    result: FoldResult,
+    metrics: FoldMetrics,
+    image_sets: dict[schema.Context, schema.ImageSet],
+) -> str:
+    """The fold's model as an MLflow logged model of its run (the Models tab): its weights,
+    and its validation and test metrics, each linked to its dataset input."""
+    tracker = ctx.tracker
+    tags = {
+        schema.ROLE: schema.ModelRole.FOLD.value,
+        schema.CELL_KEY: ctx.key,
+        schema.FOLD: str(fold),
+        schema.DATASET_FINGERPRINT: ctx.data.fingerprint,
+    }
+    params = {"model.name": ctx.cfg.model.name, "fold": fold, "epochs": result.epochs_run}
+    name = schema.model_name(str(ctx.cfg.model.name), ctx.key, fold, ctx.n_folds)
+    model_id = tracker.create_model(name, run_id, tags, params)
+    if ctx.cfg.tracking.get("log_checkpoints", True):
+        tracker.log_model_files(model_id, [result.weights])
+    for split, context in (
+        (schema.Split.VAL, schema.Context.VALIDATION),
+        (schema.Split.TEST, schema.Context.TEST),
+    ):
+        linked = {schema.fold_metric(split, k): v for k, v in metrics.get(split, {}).items()}
+        finite = {k: v for k, v in linked.items() if np.isfinite(v)}
+        tracker.log_metrics(run_id, finite, model_id=model_id, dataset=image_sets[context])
+    tracker.finalize_model(model_id)
+    return model_id
+
+
 def _log_fold(ctx: JobContext, run_id: str, fold: int, result: FoldResult) -> FoldMetrics:
-    """The fold's predictions, metrics, figures, provenance and weights, into its run."""
+    """The fold's predictions, figures, provenance and weights, into its run (its metrics are
+    logged with its model, `_log_fold_model`)."""
     tracker, data, fold_dir = ctx.tracker, ctx.data, ctx.fold_dir(fold)
     preds = pd.concat(
         [
@@ -111,10 +167,8 @@ def _log_fold(ctx: JobContext, run_id: str, fold: int, result: FoldResult) -> Fo
         ignore_index=True,
     )
     metrics = split_metrics(preds)
-    flat = {schema.fold_metric(sp, name): v for sp, m in metrics.items() for name, v in m.items()}
-    tracker.log_metrics(run_id, {k: v for k, v in flat.items() if np.isfinite(v)})
     report = fold_dir / "report"
-    files = write_prediction_artifacts(preds, report, data.class_names, f"fold {fold}")
+    files = write_prediction_artifacts(preds, report, data.class_names, ctx.fold_name(fold))
     files.append(write_json(metrics, report / "metrics.json"))
     tracker.log_artifacts(run_id, files)
     provenance = provenance_files(ctx.cfg, data.description, data.split.path, fold_dir)

@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig
 
 from fus2net.experiment import cells
+from fus2net.experiment.clinical.package import register_stored
 from fus2net.experiment.clinical.step import evaluate_clinically
 from fus2net.experiment.context import JobContext, build_context, threads
 from fus2net.experiment.folds import train_folds
@@ -35,7 +36,8 @@ def run_job(cfg: DictConfig) -> CellSummary:
     the test set once every fold is done, and log it all.
 
     A re-run finds the cell by its key: finished folds are skipped, an interrupted fold resumes
-    from its last checkpoint, a finished cell is not trained again (fus2net.experiment.cells). A
+    from its last checkpoint, a finished cell is not trained again (fus2net.experiment.cells),
+    though its ensemble is registered when `evaluation.register_model` asks for it now. A
     diverged fold (non-finite loss) fails alone; the other folds and jobs go on.
     """
     check_config(cfg)
@@ -45,9 +47,17 @@ def run_job(cfg: DictConfig) -> CellSummary:
     with stop_on_signals():
         ctx = build_context(cfg)
         cell = cells.open_cell(ctx)
-        summary = CellSummary(cell.run_id, ctx.key, ui_command=ctx.tracker.ui_command())
+        summary = CellSummary(
+            cell.run_id,
+            ctx.key,
+            ui_command=ctx.tracker.ui_command(),
+            ui_link=ctx.tracker.runs_table_link(),
+            n_folds=ctx.n_folds,
+        )
         if cell.finished:
             assert cell.run is not None
+            if cfg.evaluation.get("register_model"):  # asked for now, after its training
+                register_stored(ctx, cell.run_id)
             return stored_summary(summary, cell.run.data.metrics, cell.folds)
         with cells.working_in(ctx.tracker, cell.run_id):
             _log_skipped_images(ctx, cell.run_id)

@@ -2,7 +2,9 @@
 
 The test set is scored once per cell, by the ensemble of the fold models (mean probability) or,
 with `cv.test_scoring=refit`, by one model refit on every training image. Each metric is
-computed here once and handed on (to the summary, the clinical step and the model card).
+computed here once and handed on (to the summary, the clinical step and the model card). What
+scored the test set is the cell's ensemble logged model (`ensemble_model`), its test metrics
+linked to it and to the test set's dataset input.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class CellScores:
     test_members: np.ndarray  # (members, N) test probabilities before their mean
     oof: dict[str, float]  # metrics of the pooled out-of-fold predictions
     refit_weights: Path | None = None  # the refit model, when it scored the test set
+    model_id: str = ""  # the cell's ensemble logged model
 
     @property
     def oof_rows(self) -> pd.DataFrame:
@@ -86,12 +89,19 @@ def score_cell(ctx: JobContext, summary: CellSummary, results: dict[int, FoldRes
 
     metrics = {
         **schema.prefixed(schema.CV, summary.cv),
-        **schema.prefixed(schema.TEST, summary.test),
         **schema.prefixed(schema.OOF, scores.oof),
         schema.FOLDS_COMPLETED: len(results),
     }
     cell_run = summary.cell_run_id
-    ctx.tracker.log_metrics(cell_run, {k: v for k, v in metrics.items() if np.isfinite(v)})
+    ctx.tracker.log_metrics(cell_run, _finite(metrics))
+    scores.model_id = ensemble_model(ctx, cell_run)
+    ctx.tracker.log_metrics(
+        cell_run,
+        _finite(schema.prefixed(schema.TEST, summary.test)),
+        model_id=scores.model_id,
+        dataset=ctx.image_set(schema.Context.TEST, test_idx),
+    )
+    ctx.tracker.finalize_model(scores.model_id)
     report = ctx.out / "report"
     files = write_prediction_artifacts(scores.preds, report, data.class_names, "cell")
     results_json = {
@@ -105,3 +115,34 @@ def score_cell(ctx: JobContext, summary: CellSummary, results: dict[int, FoldRes
     provenance = provenance_files(ctx.cell_cfg, data.description, data.split.path, ctx.out)
     ctx.tracker.log_artifacts(cell_run, provenance, schema.PROVENANCE_DIR)
     return scores
+
+
+def _finite(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if np.isfinite(v)}
+
+
+def ensemble_model(ctx: JobContext, cell_run: str) -> str:
+    """The cell's ensemble as an MLflow logged model of the cell run: the one it has, else a
+    new one listing its members, the newest finished model of each of its fold runs."""
+    tracker = ctx.tracker
+    found = tracker.find_models(schema.model_filter(schema.ModelRole.ENSEMBLE, cell_run))
+    if found:
+        return found[0].model_id
+    scoring = str(ctx.cfg.cv.test_scoring)
+    members: dict[int, str] = {}
+    if scoring == "ensemble":
+        fold_runs = {r.info.run_id for r in tracker.child_runs(cell_run)}
+        by_key = schema.model_filter(schema.ModelRole.FOLD, **{schema.CELL_KEY: ctx.key})
+        for model in tracker.find_models(by_key):  # newest first
+            fold = int(model.tags.get(schema.FOLD, -1))
+            if model.source_run_id in fold_runs and model.status == "READY":
+                members.setdefault(fold, model.model_id)
+    tags = {
+        schema.ROLE: schema.ModelRole.ENSEMBLE.value,
+        schema.CELL_KEY: ctx.key,
+        schema.DATASET_FINGERPRINT: ctx.data.fingerprint,
+        schema.MEMBERS: " ".join(members[f] for f in sorted(members)),
+    }
+    params = {"model.name": ctx.cfg.model.name, "cv.folds": ctx.n_folds, "test_scoring": scoring}
+    name = schema.model_name(str(ctx.cfg.model.name), ctx.key)
+    return tracker.create_model(name, cell_run, tags, params)

@@ -22,6 +22,8 @@ class CellSummary:
     cv: dict[str, float] = field(default_factory=dict)
     test: dict[str, float] = field(default_factory=dict)
     ui_command: str = ""
+    ui_link: str = ""  # the experiment's runs table, in model-training mode
+    n_folds: int = 0
     status: str = "FINISHED"  # or SCHEDULED (folds left to other jobs), FAILED, KILLED
     error: str = ""
 
@@ -42,11 +44,11 @@ def format_summary(summary: CellSummary) -> str:
     """The table printed at the end of a job."""
     header = f"{'':>10}" + "".join(f"{m:>13}" for m in METRICS)
     lines = ["", "Validation metrics per fold (malignant = positive)", header]
+    n_folds = summary.n_folds or len(summary.folds)
     for fold, metrics in summary.folds.items():
         val = metrics.get("val", {})
-        lines.append(
-            f"{'fold ' + str(fold):>10}" + "".join(f"{val.get(m, np.nan):>13.4f}" for m in METRICS)
-        )
+        label = schema.fold_label(fold, n_folds)
+        lines.append(f"{label:>10}" + "".join(f"{val.get(m, np.nan):>13.4f}" for m in METRICS))
     if summary.cv:
         lines.append(
             f"{'mean+-sd':>10}"
@@ -63,4 +65,6 @@ def format_summary(summary: CellSummary) -> str:
         f"MLflow cell run: {summary.cell_run_id} (cell key {summary.cell_key})",
         f"Browse the results: {summary.ui_command}",
     ]
+    if summary.ui_link:
+        lines.append(f"then open the runs table: {summary.ui_link}")
     return "\n".join(lines)

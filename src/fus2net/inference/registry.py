@@ -1,42 +1,77 @@
 """The MLflow model registry: a model package logged as a pyfunc model and registered, and a
 registered version fetched back.
 
-Both go through MLflow's own helpers: `mlflow.pyfunc.log_model(registered_model_name=...)`, and
-the client's download URI of a version fetched by `mlflow.artifacts.download_artifacts`. The
-fluent API of the first reads the process's tracking URI and active run, so registering sets
-both for its own duration only (MLflow's own `_use_tracking_uri`, which restores an unset URI
+Both go through MLflow's own helpers: `mlflow.pyfunc.log_model(model_id=...)` writes the package
+into the cell's ensemble logged model (no run is made active: the model already names its run),
+the client registers a version of that model with its description and tags, and a version is
+fetched back by the client's download URI and `mlflow.artifacts.download_artifacts`. The pyfunc
+helper and the registry's reading of a `models:/<id>` source use the process's tracking URI, so
+it is set for their duration only (MLflow's own `_use_tracking_uri`, which restores an unset URI
 as unset, so MLFLOW_TRACKING_URI keeps working afterwards).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fus2net.tracking import schema
 from fus2net.tracking.mlflow_tracker import MlflowTracker
 from fus2net.tracking.uris import TrackingError, redact_uri
+
+MLMODEL = "MLmodel"  # what makes a logged model's files a loadable MLflow model
 
 
 def register_package(
     tracker: MlflowTracker,
+    model_id: str,
     run_id: str,
+    name: str,
+    package: Path | None,
+    loader_module: str,
+    examples: tuple[np.ndarray, Any] | None,
+    pip_requirements: list[str],
+    *,
+    description: str,
+    tags: Mapping[str, str],
+) -> str:
+    """Register logged model `model_id` (of run `run_id`) as a new version of `name`, with its
+    `description` and `tags`; returns that version.
+
+    A model not yet packaged first gets `package` (a folder) as a pyfunc model of the
+    `loader_module` flavour, with the signature of the (input, output) `examples`; one already
+    packaged (registered before) is registered again as it is, nothing copied. The input is a
+    uint8 image array whose dimensions but the channels may vary (any batch and image size),
+    so the signature's tensor shape is (-1, -1, -1, C).
+    """
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    if not is_packaged(tracker, model_id):
+        if package is None or examples is None:
+            raise ValueError(f"logged model {model_id} holds no package and none was given")
+        _log_pyfunc(tracker, model_id, name, package, loader_module, examples, pip_requirements)
+    # The registry resolves a `models:/<id>` source with a client of the process's tracking
+    # URI (MLflow's own TODO): without this one, it would read (and create) ./mlflow.db.
+    with _use_tracking_uri(tracker.uri):
+        return tracker.register_version(name, model_id, run_id, description, tags)
+
+
+def is_packaged(tracker: MlflowTracker, model_id: str) -> bool:
+    """Whether logged model `model_id` already holds a pyfunc package (a registration)."""
+    return MLMODEL in tracker.model_files(model_id)
+
+
+def _log_pyfunc(
+    tracker: MlflowTracker,
+    model_id: str,
     name: str,
     package: Path,
     loader_module: str,
     examples: tuple[np.ndarray, Any],
     pip_requirements: list[str],
-) -> str:
-    """Log `package` (a folder) under run `run_id` as a pyfunc model of the `loader_module`
-    flavour, with the signature of the (input, output) `examples`, and register it as a new
-    version of `name`; returns that version.
-
-    The input is a uint8 image array whose dimensions but the channels may vary (any batch and
-    image size), so the signature's tensor shape is (-1, -1, -1, C).
-    """
-    import mlflow
+) -> None:
     import mlflow.pyfunc
     from mlflow.models import infer_signature
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
@@ -48,24 +83,20 @@ def register_package(
         [TensorSpec(example.dtype, (-1,) * (example.ndim - 1) + (example.shape[-1],))]
     )
     try:
-        with _use_tracking_uri(tracker.uri), mlflow.start_run(run_id=run_id):
-            info = mlflow.pyfunc.log_model(
-                name=schema.REGISTERED_MODEL_DIR,
+        with _use_tracking_uri(tracker.uri):
+            mlflow.pyfunc.log_model(
+                model_id=model_id,
                 loader_module=loader_module,
                 data_path=str(package),
                 signature=signature,
                 input_example=example,
                 pip_requirements=pip_requirements,
-                registered_model_name=name,
             )
     except Exception as exc:
         raise TrackingError(
-            f"MLflow tracking at {redact_uri(tracker.uri)} failed while registering model "
+            f"MLflow tracking at {redact_uri(tracker.uri)} failed while packaging model "
             f"{name!r}: {type(exc).__name__}: {exc}"
         ) from exc
-    # The fluent run ended FINISHED on the way out; the job still owns the run.
-    tracker.set_status(run_id, "RUNNING")
-    return str(info.registered_model_version)
 
 
 def download_version(tracking_uri: str, uri: str, dst: Path) -> Path:

@@ -18,13 +18,24 @@ from fus2net.tracking.mlflow_tracker import MlflowTracker
 HEARTBEAT_EVERY_S = 60.0
 
 
+# LearningRateMonitor's names: `lr-<optimizer class>`, with `/<param group>` when it has several.
+_LEARNING_RATE = re.compile(r"^lr-[A-Za-z]\w*")
+
+
 class MlflowRunLogger(Logger):
-    """Lightning logger writing epoch metrics into an existing run, with step = epoch."""
+    """Lightning logger writing epoch metrics into an existing run, with step = epoch.
+
+    Lightning's own epoch metrics carry their `epoch`. LearningRateMonitor's (taken at an
+    epoch's start) carry only the batch count and are named after the optimiser class; they
+    wait for that epoch's metrics and are logged with them, as `schema.LEARNING_RATE`, so
+    that every cell's learning rate is one chart on the epoch axis, resumed folds included.
+    """
 
     def __init__(self, tracker: MlflowTracker, run_id: str) -> None:
         super().__init__()
         self._tracker = tracker
         self._run_id = run_id
+        self._pending: dict[str, float] = {}
 
     @property
     def name(self) -> str:
@@ -42,11 +53,20 @@ class MlflowRunLogger(Logger):
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         metrics = dict(metrics)
         epoch = metrics.pop("epoch", None)
-        clean = {re.sub(r"[^\w\-./ ]", "_", k): v for k, v in metrics.items()}
+        clean = {_metric_name(k): float(v) for k, v in metrics.items()}
+        if epoch is None:
+            self._pending.update(clean)
+            return
+        clean = {**self._pending, **clean}
+        self._pending.clear()
         if clean:
-            self._tracker.log_metrics(
-                self._run_id, clean, step=int(epoch) if epoch is not None else int(step or 0)
-            )
+            self._tracker.log_metrics(self._run_id, clean, step=int(epoch))
+
+
+def _metric_name(key: str) -> str:
+    """A Lightning metric key as the run's metric name (MLflow's characters only)."""
+    key = _LEARNING_RATE.sub(schema.LEARNING_RATE, key)
+    return re.sub(r"[^\w\-./ ]", "_", key)
 
 
 class Heartbeat(Callback):

@@ -1,15 +1,19 @@
-"""The one place that talks to MLflow's tracking store: runs, params, metrics, artifacts.
+"""The one place that talks to MLflow's tracking store: runs, params, metrics, artifacts, dataset
+inputs, logged models, system metrics and registered versions.
 
-Every call goes through `MlflowClient` with explicit run ids (no fluent global state), so that
-folds, cells and sweeps never log into each other's runs. Any tracking failure raises
-`TrackingError` naming the store and what was being logged: a run is never lost silently.
+Every call goes through `MlflowClient` with explicit run and model ids (no fluent global
+state), so that folds, cells and sweeps never log into each other's runs. Any tracking failure
+raises `TrackingError` naming the store and what was being logged: a run is never lost silently.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
@@ -21,11 +25,14 @@ from fus2net.tracking.uris import (
     normalize_tracking_uri,
     redact_uri,
     require_existing_store,
+    runs_table_link,
     ui_command,
 )
 
 if TYPE_CHECKING:
-    from mlflow.entities import FileInfo, Run
+    from mlflow.entities import FileInfo, LoggedModel, Run
+
+log = logging.getLogger(__name__)
 
 MAX_PARAM_VALUE = 6000
 T = TypeVar("T")
@@ -85,21 +92,25 @@ class MlflowTracker:
                 folder = Path(artifact_location).resolve()
                 folder.mkdir(parents=True, exist_ok=True)
                 location = folder.as_uri()
+            kind = {schema.EXPERIMENT_KIND: schema.EXPERIMENT_KIND_TRAINING}
             try:
                 self.experiment_id = self.client.create_experiment(
-                    self.experiment_name, artifact_location=location
+                    self.experiment_name, artifact_location=location, tags=kind
                 )
+                return
             except Exception:
                 # Parallel jobs of one sweep may create the experiment at the same moment:
                 # the one that lost the race uses the winner's experiment.
                 found = self.client.get_experiment_by_name(self.experiment_name)
                 if found is None:
                     raise
-                self.experiment_id = found.experiment_id
-        else:
-            if found.lifecycle_stage == "deleted":
-                self.client.restore_experiment(found.experiment_id)
-            self.experiment_id = found.experiment_id
+        if found.lifecycle_stage == "deleted":
+            self.client.restore_experiment(found.experiment_id)
+        self.experiment_id = found.experiment_id
+        if schema.EXPERIMENT_KIND not in found.tags:  # a kind chosen in the UI is kept
+            self.client.set_experiment_tag(
+                self.experiment_id, schema.EXPERIMENT_KIND, schema.EXPERIMENT_KIND_TRAINING
+            )
 
     @_guarded("creating a run")
     def start_run(self, name: str, tags: Mapping[str, str], parent_id: str | None = None) -> str:
@@ -117,12 +128,72 @@ class MlflowTracker:
         self.client.log_batch(run_id, params=items)  # the client splits it into batches
 
     @_guarded("logging metrics")
-    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+    def log_metrics(
+        self,
+        run_id: str,
+        metrics: Mapping[str, float],
+        step: int = 0,
+        *,
+        model_id: str | None = None,
+        dataset: schema.ImageSet | None = None,
+    ) -> None:
+        """Log `metrics` at `step`; with `model_id` and `dataset`, also as that logged model's
+        metrics on that dataset input (what the Models tab shows)."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        name, digest = (dataset.name, dataset.digest) if dataset else (None, None)
+        items = [
+            Metric(
+                k,
+                float(v),
+                now,
+                step,
+                model_id=model_id,
+                dataset_name=name,
+                dataset_digest=digest,
+            )
+            for k, v in metrics.items()
+        ]
         self.client.log_batch(run_id, metrics=items)
+
+    @_guarded("logging dataset inputs")
+    def log_datasets(self, run_id: str, sets: Iterable[schema.ImageSet]) -> None:
+        """The image sets `run_id` used, as MLflow dataset inputs (the run's Datasets panel):
+        source = the dataset folder, schema = the records' columns, profile = counts per
+        class, context tag = train / validation / test / external. Logging one again is a no-op.
+        """
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.types import ColSpec, Schema
+
+        columns = Schema(
+            [
+                ColSpec("string", "path"),
+                ColSpec("long", "label"),
+                ColSpec("string", schema.GROUP_COLUMN, required=False),
+            ]
+        )
+        inputs = []
+        for item in sets:
+            with warnings.catch_warnings():  # two equal local sources are registered in MLflow
+                warnings.filterwarnings("ignore", message=".*can be interpreted in multiple ways")
+                source = resolve_dataset_source(item.source)
+            meta = MetaDataset(source, name=item.name, digest=item.digest, schema=columns)
+            entity = meta.to_dict()
+            dataset = Dataset(
+                name=entity["name"],
+                digest=entity["digest"],
+                source_type=entity["source_type"],
+                source=entity["source"],
+                schema=entity.get("schema"),
+                profile=item.profile,
+            )
+            tags = [InputTag(schema.DATASET_CONTEXT, item.context.value)]
+            inputs.append(DatasetInput(dataset, tags))
+        if inputs:
+            self.client.log_inputs(run_id, datasets=inputs)
 
     @_guarded("setting tags")
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
@@ -152,6 +223,114 @@ class MlflowTracker:
 
     def ui_command(self) -> str:
         return ui_command(self.uri)
+
+    def runs_table_link(self) -> str:
+        return runs_table_link(self.uri, self.experiment_id)
+
+    @contextlib.contextmanager
+    def system_metrics(
+        self, run_id: str, interval_s: float, *, resume: bool = False
+    ) -> Iterator[None]:
+        """MLflow's system metrics (`system/*`: CPU, memory, disk, network, GPU) of `run_id`
+        while the block runs, sampled every `interval_s` by MLflow's own monitor thread;
+        `resume` continues the steps of an earlier attempt. Without psutil, nothing is logged."""
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            monitor = SystemMetricsMonitor(
+                run_id,
+                sampling_interval=interval_s,
+                resume_logging=resume,
+                tracking_uri=self.uri,
+            )
+        except ImportError as exc:  # psutil is missing
+            log.warning("no system metrics for run %s: %s", run_id, exc)
+            yield
+            return
+        monitor.start()
+        try:
+            yield
+        finally:
+            monitor.finish()
+
+    # --- Logged models (the Models tab) and registered versions ---
+
+    @_guarded("creating a logged model")
+    def create_model(
+        self, name: str, run_id: str, tags: Mapping[str, str], params: Mapping[str, Any]
+    ) -> str:
+        """A logged model (PENDING) of run `run_id`, listed among the run's outputs."""
+        from mlflow.entities import LoggedModelOutput
+
+        model = self.client.create_logged_model(
+            self.experiment_id,
+            name=name,
+            source_run_id=run_id,
+            tags={k: schema.tag_value(v) for k, v in tags.items()},
+            params={k: str(v)[:MAX_PARAM_VALUE] for k, v in params.items()},
+            model_type=schema.MODEL_TYPE,
+        )
+        self.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
+        return model.model_id
+
+    @_guarded("uploading a logged model's files")
+    def log_model_files(self, model_id: str, paths: Iterable[Path]) -> None:
+        for path in paths:
+            self.client.log_model_artifact(model_id, str(path))
+
+    @_guarded("finalizing a logged model")
+    def finalize_model(self, model_id: str, ok: bool = True) -> None:
+        self.client.finalize_logged_model(model_id, "READY" if ok else "FAILED")
+
+    @_guarded("searching logged models")
+    def find_models(self, filter_string: str) -> list[LoggedModel]:
+        """The experiment's logged models matching `filter_string`, newest first."""
+        order = [{"field_name": "creation_timestamp", "ascending": False}]
+        return list(
+            self.client.search_logged_models(
+                [self.experiment_id], filter_string=filter_string, order_by=order
+            )
+        )
+
+    @_guarded("listing a logged model's files")
+    def model_files(self, model_id: str) -> set[str]:
+        return {f.path for f in self.client.list_logged_model_artifacts(model_id)}
+
+    @_guarded("registering a model version")
+    def register_version(
+        self,
+        name: str,
+        model_id: str,
+        run_id: str,
+        description: str,
+        tags: Mapping[str, str],
+    ) -> str:
+        """A new version of registered model `name` (created if need be) from logged model
+        `model_id` of run `run_id`, with its description and tags; returns the version."""
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import (
+            ALREADY_EXISTS,
+            RESOURCE_ALREADY_EXISTS,
+            ErrorCode,
+        )
+
+        try:
+            self.client.create_registered_model(name)
+        except MlflowException as exc:  # a later version of a registered model
+            if exc.error_code not in (
+                ErrorCode.Name(RESOURCE_ALREADY_EXISTS),
+                ErrorCode.Name(ALREADY_EXISTS),
+            ):
+                raise
+        version = self.client.create_model_version(
+            name,
+            source=f"models:/{model_id}",
+            run_id=run_id,
+            tags={k: schema.tag_value(v) for k, v in tags.items()},
+            description=description,
+            model_id=model_id,
+        )
+        return str(version.version)
 
     # --- Reading runs back and the model registry (prediction, fus2net.inference) ---
 

@@ -146,10 +146,40 @@ def hydra_tags(cfg_sweep: str | None) -> dict[str, str]:
     overrides = list(hc.overrides.task)
     tags[schema.OVERRIDES] = " ".join(redact_uri(o) for o in overrides) or "(none)"
     for item in overrides:
-        key, _, value = item.lstrip("+~").partition("=")
-        tags[f"{schema.OVERRIDE_PREFIX}{key}"] = redact_uri(value)
+        value = item.lstrip("+~").partition("=")[2]
+        tags[f"{schema.OVERRIDE_PREFIX}{_override_key(item)}"] = redact_uri(value)
     for group, choice in hc.runtime.choices.items():
         if not group.startswith("hydra"):
             tags[f"{schema.CHOICE_PREFIX}{group}"] = str(choice)
     tags[schema.HYDRA_OUTPUT_DIR] = str(hc.runtime.output_dir)
+    if multirun:
+        tags[schema.SWEPT] = " ".join(swept_keys(hc))
     return tags
+
+
+def _override_key(item: str) -> str:
+    """The key of a command-line override as the `override.<key>` tags spell it."""
+    return item.lstrip("+~").partition("=")[0]
+
+
+def swept_keys(hc: Any) -> list[str]:
+    """The keys a multirun varies: its sweeper's `params` and the command line's sweep
+    overrides (`optimizer=adam,sgd`), read by Hydra's own parser from the `multirun.yaml` the
+    sweeper saved in the sweep folder; the keys every job shares are left out."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    params = hc.sweeper.get("params") or {}
+    candidates = [f"{key}={value}" for key, value in params.items()]
+    saved = Path(str(hc.sweep.dir)) / "multirun.yaml"
+    if saved.is_file():
+        candidates += list(OmegaConf.load(saved).hydra.overrides.task)
+    keys = []
+    for item in candidates:
+        try:
+            swept = parser.parse_override(item).is_sweep_override()
+        except Exception:  # a sweeper's own syntax Hydra does not parse: varied all the same
+            swept = True
+        if swept:
+            keys.append(_override_key(item))
+    return list(dict.fromkeys(keys))

@@ -2,13 +2,17 @@
 
 A job logs one cell run per configuration (`ROLE=cell`, found by `CELL_KEY`) and one child run
 per fold (`ROLE=fold`, `FOLD`, parented by MLflow's own `PARENT` tag); `fus2net-compare` logs
-`ROLE=comparison` runs. Every other module asks this one for names, and reads runs back through
-`CellRun` / `FoldRun` and `fold_runs_of`, so that the layout can change in one file.
+`ROLE=comparison` runs. Each run lists the image sets it used as MLflow dataset inputs
+(`ImageSet`), and each fold model and cell ensemble is an MLflow logged model (`ModelRole`).
+Every other module asks this one for names, and reads runs back through `CellRun` / `FoldRun`
+and `fold_runs_of`, so that the layout can change in one file.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
@@ -23,6 +27,12 @@ PARENT = "mlflow.parentRunId"
 GIT_COMMIT = "mlflow.source.git.commit"
 GIT_BRANCH = "mlflow.source.git.branch"
 GIT_REPO_URL = "mlflow.source.git.repoURL"
+# The experiment tag the UI's own experiment-type selector writes. MLflow 3.17's UI reads it only
+# with its workflow-type switch off; with the switch (the default) the view comes from the
+# `workflowType` URL parameter (tracking.uris.runs_table_link).
+EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_TRAINING = "custom_model_development"  # the UI's "Machine learning" type
+DATASET_CONTEXT = "mlflow.data.context"  # input tag: what a run used a dataset for
 
 
 class Role(StrEnum):
@@ -36,7 +46,7 @@ class Role(StrEnum):
 # --- fus2net's tags ------------------------------------------------------------------------------
 ROLE = "fus2net.role"
 CELL_KEY = "fus2net.cell_key"
-FOLD = "fus2net.fold"  # 0-based fold index of a fold run
+FOLD = "fus2net.fold"  # 0-based fold index of a fold run (cv.fold); names say "fold k/n"
 FOLDS_RUN = "fus2net.folds_run"  # comma-separated folds a cell was trained with
 ERROR = "fus2net.error"
 ATTEMPTS = "fus2net.attempts"
@@ -59,14 +69,40 @@ HYDRA_OUTPUT_DIR = "hydra.output_dir"
 OVERRIDES = "overrides"
 OVERRIDE_PREFIX = "override."
 CHOICE_PREFIX = "choice."
+SWEPT = "fus2net.swept"  # the keys the sweep varies, space-separated (names its cells)
 NO_SWEEP = "none"
 # Comparison runs (reporting.compare).
 COMPARED_RUNS = "fus2net.compared_runs"
 REFERENCE = "fus2net.reference"
 FILTER = "fus2net.filter"
 
+# Logged models and registered versions.
+MEMBERS = "fus2net.members"  # an ensemble's fold models (logged model ids, space-separated)
+
 MAX_TAG_VALUE = 5000  # PostgreSQL stores at most 8000 characters of a tag value
 MAX_RUN_NAME = 250  # ... and 250 of a run name
+NAME_SEPARATOR = " · "
+KEY_IN_NAME = 6  # characters of the cell key that make a cell name unique
+
+
+def fold_label(fold: int, n_folds: int) -> str:
+    """How users see fold `fold` (0-based, as `cv.fold` and the `FOLD` tag): `fold 1/5`."""
+    return f"fold {fold + 1}/{n_folds}"
+
+
+def cell_run_name(choices: str, key: str) -> str:
+    """`optimizer=sgd data.channels=1 · 3fa2c1`: what varies, then the cell key's start, the
+    choices shortened so that a fold's name (`fold_run_name`) still fits the store."""
+    suffix = f"{NAME_SEPARATOR}{key[:KEY_IN_NAME]}"
+    room = MAX_RUN_NAME - len(suffix) - len(f"{NAME_SEPARATOR}fold 100/100")
+    if len(choices) > room:
+        choices = choices[: room - 1] + "…"
+    return choices + suffix
+
+
+def fold_run_name(cell_name: str, fold: int, n_folds: int) -> str:
+    """`<cell name> · fold k/n`, so that chart legends across cells say which cell and fold."""
+    return f"{cell_name}{NAME_SEPARATOR}{fold_label(fold, n_folds)}"
 
 
 def external_error(name: str) -> str:
@@ -96,7 +132,6 @@ REFIT_WEIGHTS = "checkpoint/refit/model.pt"  # a refit-scored cell's weights
 MODEL_DIR = "model"  # the cell's fus2net_model.json
 CALIBRATION_DIR = "calibration"
 LOCALIZATION_DIR = "localization"
-REGISTERED_MODEL_DIR = "registered_model"
 
 
 def external_dir(name: str) -> str:
@@ -107,6 +142,22 @@ def external_dir(name: str) -> str:
 CV, TEST, OOF = "cv", "test", "oof"  # cell metric prefixes: fold mean/sd, test set, pooled OOF
 FOLDS_COMPLETED = "cv/folds_completed"
 VAL_ECE = "calibration/val_ece"  # a fold run's validation ECE
+# A fold run's per-epoch metrics (step = epoch): `<stage>/<name>` for the paper's metrics, and
+# the loss split in what the overfitting check compares and what the optimiser minimises.
+TRAIN_STAGE, VAL_STAGE = "train", "val"
+TRAIN_LOSS = "train/loss"  # cross-entropy, comparable with VAL_LOSS
+VAL_LOSS = "val/loss"
+L2_PENALTY = "train/l2_penalty"  # regularization.l2 * sum(w^2) of the first dense kernel
+TOTAL_LOSS = "train/total_loss"  # TRAIN_LOSS + L2_PENALTY: what the optimiser minimises
+LEARNING_RATE = "train/lr"  # at the start of each epoch
+EPOCH_SECONDS = "perf/train_epoch_seconds"
+IMAGES_PER_S = "perf/train_images_per_s"
+SYSTEM_PREFIX = "system/"  # MLflow's system metrics (fold runs)
+
+
+def epoch_metric(stage: str, name: str) -> str:
+    """A per-epoch metric of a fold run, e.g. `val/auc`."""
+    return f"{stage}/{name}"
 
 
 def fold_metric(split: str, name: str) -> str:
@@ -133,6 +184,108 @@ class Split(StrEnum):
 
 PREDICTION_COLUMNS = ("path", "label", "prob", "fold", "split")
 GROUP_COLUMN = "group"  # patient id, where the source has one
+
+
+# --- Dataset inputs (MLflow's Datasets panel) ----------------------------------------------------
+class Context(StrEnum):
+    """What a run used an image set for (MLflow's `mlflow.data.context` input tag)."""
+
+    TRAIN = "train"
+    VALIDATION = "validation"
+    TEST = "test"
+    EXTERNAL = "external"
+
+
+DIGEST_FINGERPRINT = 16  # characters of the dataset fingerprint that start a digest
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """One set of images a run used: an MLflow dataset input (name, digest, source, counts).
+
+    The digest is the dataset fingerprint's start and a hash of the images in the set, so each
+    fold's training set is its own dataset and the test set is the same one in every run.
+    """
+
+    name: str  # `<dataset>/<context>`, or `external/<name>`
+    digest: str
+    source: str  # the dataset's root folder (or manifest)
+    context: Context
+    per_class: dict[str, int]
+
+    @property
+    def profile(self) -> str:
+        """MLflow's dataset profile: image counts, in total and per class."""
+        return json.dumps({"images": sum(self.per_class.values()), "per_class": self.per_class})
+
+
+def image_set(
+    dataset: str,
+    fingerprint: str,
+    context: Context,
+    keys: Sequence[str],
+    labels: Sequence[int],
+    class_names: Sequence[str],
+    source: str,
+    name: str | None = None,
+) -> ImageSet:
+    """The `ImageSet` of the images `keys` (paths relative to the dataset, with `labels`)."""
+    content = hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:8]
+    counts = {c: 0 for c in class_names}
+    for label in labels:
+        counts[class_names[int(label)]] += 1
+    return ImageSet(
+        name=name or f"{dataset}/{context.value}",
+        digest=f"{fingerprint[:DIGEST_FINGERPRINT]}-{content}",
+        source=source,
+        context=context,
+        per_class=counts,
+    )
+
+
+def external_set_name(name: str) -> str:
+    return f"external/{name}"
+
+
+# --- Logged models (MLflow's Models tab) ---------------------------------------------------------
+class ModelRole(StrEnum):
+    """What a logged model is (its `ROLE` tag)."""
+
+    FOLD = "fold"  # one fold's model, logged by its fold run
+    ENSEMBLE = "ensemble"  # the cell's ensemble of its fold models, logged by the cell run
+
+
+def model_name(model: str, key: str, fold: int | None = None, n_folds: int = 0) -> str:
+    """`fus2net-3fa2c1-fold-1-of-5`, `fus2net-3fa2c1-ensemble` (MLflow refuses `/` and `.`)."""
+    what = "ensemble" if fold is None else f"fold-{fold + 1}-of-{n_folds}"
+    return f"{model}-{key[:KEY_IN_NAME]}-{what}"
+
+
+def model_filter(role: ModelRole, run_id: str | None = None, **tags: str) -> str:
+    """A logged-model search filter: models of `role` logged by run `run_id`, with `tags`."""
+    parts = [f"tags.`{ROLE}` = '{role.value}'"]
+    if run_id:
+        parts.append(f"source_run_id = '{run_id}'")
+    parts += [f"tags.`{key}` = '{value}'" for key, value in tags.items()]
+    return " AND ".join(parts)
+
+
+MODEL_TYPE = "fus2net"  # MLflow's model_type of every logged model of the project
+
+
+def version_tags(
+    test: Mapping[str, float],
+    intervals: Mapping[str, tuple[float, float]],
+    provenance: Mapping[str, str],
+) -> dict[str, str]:
+    """A registered version's tags: test metrics with their 95 % CIs, and provenance."""
+    tags = dict(provenance)
+    for name, value in test.items():
+        tags[f"{TEST}_{name}"] = f"{value:.4f}"
+        if name in intervals:
+            low, high = intervals[name]
+            tags[f"{TEST}_{name}_ci95"] = f"[{low:.4f}, {high:.4f}]"
+    return tags
 
 
 # --- Typed views of runs -------------------------------------------------------------------------

@@ -6,7 +6,6 @@ linked to passes `redact_uri` or `without_credentials` first.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 from pathlib import Path
@@ -71,11 +70,25 @@ def require_existing_store(uri: str) -> None:
         )
 
 
+UI_ADDRESS = "http://127.0.0.1:5000"  # where `ui_command` serves the UI
+# MLflow 3.17's UI opens every experiment in the view its `workflowType` URL parameter names
+# (else the last one chosen in the browser, else GenAI: traces and judges); this one is the
+# runs table with its charts, the Models and Datasets panels.
+UI_TRAINING_VIEW = "workflowType=machine_learning"
+
+
 def ui_command(uri: str) -> str:
-    """The command that opens the store of `uri` in the MLflow UI, on loopback only."""
+    """The command that opens the store of `uri` in the MLflow UI, on loopback only; the
+    store's absolute path, so that it works from any folder."""
     path = sqlite_path(uri)
     if path is not None:
-        with contextlib.suppress(ValueError):
-            path = path.relative_to(Path.cwd())
+        path = path if path.is_absolute() else Path.cwd() / path
         return f"mlflow ui --backend-store-uri {SQLITE}{path} --host 127.0.0.1 --port 5000"
     return f"open {without_credentials(uri)} in a browser"
+
+
+def runs_table_link(uri: str, experiment_id: str) -> str:
+    """The address of the experiment's runs table in model-training mode: on the server of an
+    `http(s)` store, else where `ui_command` serves it."""
+    base = without_credentials(uri) if uri.startswith(("http://", "https://")) else UI_ADDRESS
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?{UI_TRAINING_VIEW}"

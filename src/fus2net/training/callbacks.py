@@ -8,11 +8,13 @@ from typing import Any
 import pytorch_lightning as L
 from pytorch_lightning.callbacks import Callback
 
+from fus2net.tracking import schema
+
 
 class EpochThroughput(Callback):
     """Logs training images/s and seconds per epoch (training batches only, validation aside).
 
-    Logged as `perf/train_images_per_s` and `perf/train_epoch_seconds`, so that every run in
+    Logged as `schema.IMAGES_PER_S` and `schema.EPOCH_SECONDS`, so that every run in
     MLflow shows whether it ran on the fast path (bf16 + channels_last) or not; kept per epoch
     in `history` as (images, seconds) too, for benchmarks (`log=False`: history only).
     """
@@ -43,5 +45,5 @@ class EpochThroughput(Callback):
         seconds = max(self._last - self._start, 1e-9)
         self.history.append((self._images, seconds))
         if self.log:
-            pl_module.log("perf/train_epoch_seconds", seconds)
-            pl_module.log("perf/train_images_per_s", self._images / seconds)
+            pl_module.log(schema.EPOCH_SECONDS, seconds)
+            pl_module.log(schema.IMAGES_PER_S, self._images / seconds)

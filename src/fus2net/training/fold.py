@@ -15,9 +15,10 @@ import pytorch_lightning as L
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 
 from fus2net.data.datamodule import FoldDataModule
+from fus2net.tracking import schema
 from fus2net.training.callbacks import EpochThroughput
 from fus2net.training.module import BUSClassifier
 from fus2net.training.precision import effective_precision
@@ -200,6 +201,8 @@ def train_model(
         start,
         *callbacks,
     ]
+    if logger:  # the learning rate of every epoch, logged as schema.LEARNING_RATE
+        all_callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     best = None
     if cfg.cv.checkpoint == "best" and validate:
         # The weights of the best validation AUC; its state (best path and score) is saved in
@@ -207,7 +210,7 @@ def train_model(
         best = ModelCheckpoint(
             dirpath=checkpoint_dir,
             filename="best",
-            monitor="val/auc",
+            monitor=schema.epoch_metric(schema.VAL_STAGE, "auc"),
             mode="max",
             save_top_k=1,
             save_weights_only=True,

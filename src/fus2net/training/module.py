@@ -18,6 +18,7 @@ from torchmetrics.classification import (
 )
 
 from fus2net.models import create_model
+from fus2net.tracking import schema
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
@@ -33,7 +34,7 @@ def epoch_metrics(prefix: str) -> MetricCollection:
             "precision": BinaryPrecision(),
             "auc": BinaryAUROC(),
         },
-        prefix=f"{prefix}/",
+        prefix=f"{prefix}/",  # schema.epoch_metric(prefix, name)
     )
 
 
@@ -42,7 +43,9 @@ class BUSClassifier(L.LightningModule):
 
     The L2 term is ``l2 * sum(w ** 2)`` over the first dense kernel only, which is what Keras'
     ``kernel_regularizer=l2(0.05)`` adds; PyTorch's ``weight_decay`` would decay every weight
-    and scale differently, so it is not used for this.
+    and scale differently, so it is not used for this. The cross-entropy alone is logged as the
+    training loss, comparable with the validation loss; the penalty and the total the optimiser
+    minimises are logged beside it.
     """
 
     def __init__(
@@ -79,8 +82,8 @@ class BUSClassifier(L.LightningModule):
         self.l2 = float(l2)
         self.channels_last = channels_last
         self.criterion = nn.CrossEntropyLoss(weight=class_weights)
-        self.train_metrics = epoch_metrics("train")
-        self.val_metrics = epoch_metrics("val")
+        self.train_metrics = epoch_metrics(schema.TRAIN_STAGE)
+        self.val_metrics = epoch_metrics(schema.VAL_STAGE)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
@@ -95,35 +98,40 @@ class BUSClassifier(L.LightningModule):
         x, y = batch[0], batch[1]
         logits = self(x)
         loss = self.criterion(logits.float(), y)
-        if stage == "train" and self.l2 > 0:
-            loss = loss + self.l2_penalty()
+        losses = {schema.epoch_metric(stage, "loss"): loss}
+        if stage == schema.TRAIN_STAGE:
+            penalty = self.l2_penalty() if self.l2 > 0 else torch.zeros_like(loss)
+            total = loss + penalty
+            losses.update({schema.L2_PENALTY: penalty, schema.TOTAL_LOSS: total})
+            loss = total
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"{stage} loss is {loss.item()} at epoch {self.current_epoch}: training diverged "
                 "(lower optimizer.lr, or use trainer.precision=32-true to rule out bf16)"
             )
         prob = torch.softmax(logits.float(), dim=1)[:, 1]
-        metrics = self.train_metrics if stage == "train" else self.val_metrics
+        metrics = self.train_metrics if stage == schema.TRAIN_STAGE else self.val_metrics
         metrics.update(prob, y)
-        self.log(
-            f"{stage}/loss",
-            loss,
-            on_step=False,
-            on_epoch=True,
-            batch_size=len(y),
-            prog_bar=stage == "val",
-        )
+        for name, value in losses.items():
+            self.log(
+                name,
+                value,
+                on_step=False,
+                on_epoch=True,
+                batch_size=len(y),
+                prog_bar=name == schema.VAL_LOSS,
+            )
         return loss
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
-        return self._shared_step(batch, "train")
+        return self._shared_step(batch, schema.TRAIN_STAGE)
 
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
-        self._shared_step(batch, "val")
+        self._shared_step(batch, schema.VAL_STAGE)
 
     def _log_epoch(self, metrics: MetricCollection) -> None:
         for name, value in metrics.compute().items():
-            self.log(name, value, prog_bar=name == "val/auc")
+            self.log(name, value, prog_bar=name == schema.epoch_metric(schema.VAL_STAGE, "auc"))
         metrics.reset()
 
     def on_train_epoch_end(self) -> None:

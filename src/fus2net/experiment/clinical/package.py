@@ -6,20 +6,35 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fus2net.evaluation.operating_points import OperatingPoint
+from fus2net.evaluation.stats import bootstrap_intervals
 from fus2net.experiment.clinical.calibration import CalibrationResult
 from fus2net.experiment.context import JobContext
+from fus2net.experiment.scoring import ensemble_model
 from fus2net.inference import pyfunc
-from fus2net.inference.loading import LoadedModel
-from fus2net.inference.registry import register_package
-from fus2net.inference.spec import DEFAULT_POINT, Member, export_package, spec_from_config
+from fus2net.inference.loading import LoadedModel, load_from_run
+from fus2net.inference.registry import is_packaged, register_package
+from fus2net.inference.spec import (
+    DEFAULT_POINT,
+    SPEC_FILE,
+    Member,
+    export_package,
+    spec_from_config,
+)
 from fus2net.tracking import schema
+from fus2net.tracking.predictions import patient_groups, read_cell_predictions
 from fus2net.training.fold import FoldResult
 
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+
 log = logging.getLogger(__name__)
+
+HEADLINE = ("auc", "sensitivity", "specificity", "accuracy")  # a registered version's tags
 
 
 def _relative(path: Path, base: Path) -> str:
@@ -58,7 +73,9 @@ def write_spec(
 
 
 def register(ctx: JobContext, cell_run: str, spec_file: Path, model: LoadedModel) -> str:
-    """Register the packaged ensemble (pyfunc) as a new version of `evaluation.model_name`.
+    """Register the cell's ensemble as a new version of `evaluation.model_name`: packaged
+    (pyfunc: weights, spec, signature) into the cell's ensemble logged model, described by its
+    headline test metrics with bootstrap CIs, the dataset and the commit.
 
     The input example is a mid-grey image, not a patient's: the registry is often shared more
     widely than the data.
@@ -66,19 +83,87 @@ def register(ctx: JobContext, cell_run: str, spec_file: Path, model: LoadedModel
     size, chans = model.spec.image_size, model.spec.in_chans
     example = np.full((1, size, size, chans), 128, dtype=np.uint8)
     output = pyfunc.PyfuncModel(model).predict(example)
-    name = str(ctx.cfg.evaluation.model_name)
     with tempfile.TemporaryDirectory(prefix="fus2net-package-") as tmp:
         package = Path(tmp) / "model_package"
         export_package(spec_file, package)
-        version = register_package(
-            ctx.tracker,
-            cell_run,
-            name,
-            package,
-            pyfunc.LOADER_MODULE,
-            (example, output),
-            pyfunc.pip_requirements(),
-        )
-    ctx.tracker.set_tags(cell_run, {schema.REGISTERED_MODEL: f"models:/{name}/{version}"})
+        return _register(ctx, cell_run, package, (example, output))
+
+
+def register_stored(ctx: JobContext, cell_run: str) -> str | None:
+    """Register a finished cell's ensemble without training (`evaluation.register_model=true`
+    on a re-run): its logged model again when it was registered before, else packaged from the
+    cell's runs first (`load_from_run`). None, with the reason logged, when the cell has no
+    model spec (trained with `evaluation.enabled=false`)."""
+    model_id = ensemble_model(ctx, cell_run)
+    if is_packaged(ctx.tracker, model_id):
+        return _register(ctx, cell_run, None, None)
+    with tempfile.TemporaryDirectory(prefix="fus2net-stored-") as tmp:
+        try:
+            model = load_from_run(ctx.tracker, cell_run, Path(tmp))
+        except ValueError as err:
+            log.warning("cell run %s: nothing registered: %s", cell_run, err)
+            return None
+        return register(ctx, cell_run, Path(tmp) / SPEC_FILE, model)
+
+
+def _register(
+    ctx: JobContext,
+    cell_run: str,
+    package: Path | None,
+    examples: tuple[np.ndarray, Any] | None,
+) -> str:
+    tracker, name = ctx.tracker, str(ctx.cfg.evaluation.model_name)
+    model_id = ensemble_model(ctx, cell_run)
+    description, tags = _headline(ctx, tracker.get_run(cell_run))
+    version = register_package(
+        tracker,
+        model_id,
+        cell_run,
+        name,
+        package,
+        pyfunc.LOADER_MODULE,
+        examples,
+        pyfunc.pip_requirements(),
+        description=description,
+        tags=tags,
+    )
+    tracker.set_tags(cell_run, {schema.REGISTERED_MODEL: f"models:/{name}/{version}"})
     log.info("registered models:/%s/%s", name, version)
     return version
+
+
+def _headline(ctx: JobContext, cell: Run) -> tuple[str, dict[str, str]]:
+    """A version's description and tags: test metrics with 95 % bootstrap CIs (as the model
+    card computes them, from the cell's logged test predictions), the dataset and the commit."""
+    with tempfile.TemporaryDirectory(prefix="fus2net-preds-") as tmp:
+        path = ctx.tracker.artifact_file(cell, schema.PREDICTIONS_FILE, Path(tmp))
+        preds = read_cell_predictions(path, cell.info.run_id)
+    test = preds[preds["split"] == schema.Split.TEST]
+    labels, probs = test["label"].to_numpy(), test["prob"].to_numpy()
+    n_boot = int(ctx.cfg.evaluation.get("bootstrap", 1000))
+    metrics = schema.unprefixed(schema.TEST, cell.data.metrics)
+    headline = {m: metrics[m] for m in HEADLINE if m in metrics}
+    intervals = (
+        bootstrap_intervals(labels, probs, patient_groups(test), n_boot=n_boot) if len(test) else {}
+    )
+    dataset, fingerprint = ctx.data.description.get("name", ""), ctx.data.fingerprint
+    commit = cell.data.tags.get(schema.GIT_COMMIT, "unknown")
+    provenance = {
+        schema.DATASET: str(dataset),
+        schema.DATASET_FINGERPRINT: fingerprint,
+        schema.GIT_COMMIT: commit,
+        schema.CELL_KEY: ctx.key,
+    }
+    shown = "; ".join(
+        f"{m} {v:.3f} [{intervals[m][0]:.3f}, {intervals[m][1]:.3f}]"
+        for m, v in headline.items()
+        if m in intervals
+    )
+    scoring = str(ctx.cfg.cv.test_scoring)
+    description = (
+        f"{ctx.cfg.model.name} ({scoring} of {ctx.n_folds} folds) from cell run "
+        f"{cell.info.run_id} ({cell.info.run_name}). Held-out test set of {len(test)} images, "
+        f"95 % bootstrap CIs ({n_boot} resamples): {shown}. Dataset {dataset} (fingerprint "
+        f"{fingerprint[:16]}), commit {commit[:12]}. Research model, not a medical device."
+    )
+    return description, schema.version_tags(headline, intervals, provenance)
