@@ -43,7 +43,9 @@ def log_fold_calibration(
     # not an earlier, killed attempt of a resumed fold
     fold_runs = schema.finished_folds(resume.fold_runs(tracker, cell_run))
     eces = []
+    n_folds = oof["fold"].nunique()
     for fold, part in oof.groupby("fold", sort=True):
+        label = schema.fold_label(int(fold), n_folds)
         labels, probs = part["label"].to_numpy(), part["prob"].to_numpy()
         ece = expected_calibration_error(labels, probs, n_bins)
         eces.append(ece)
@@ -52,9 +54,9 @@ def log_fold_calibration(
             continue
         (out / f"fold_{fold}").mkdir(parents=True, exist_ok=True)
         figure = save_reliability_diagram(
-            {f"fold {fold} validation": (labels, probs)},
+            {f"{label} validation": (labels, probs)},
             out / f"fold_{fold}" / "reliability_val.png",
-            f"Reliability: fold {fold} validation",
+            f"Reliability: {label} validation",
             n_bins,
         )
         tracker.log_metrics(run.run_id, {schema.VAL_ECE: ece})
