@@ -13,6 +13,7 @@ as unset, so MLFLOW_TRACKING_URI keeps working afterwards).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +25,23 @@ from fus2net.tracking.uris import TrackingError, redact_uri
 MLMODEL = "MLmodel"  # what makes a logged model's files a loadable MLflow model
 
 
+@dataclass(frozen=True)
+class PyfuncPackage:
+    """A model package folder, as the pyfunc model of the `loader_module` flavour, with the
+    (input, output) `examples` its signature is inferred from and its serving requirements."""
+
+    folder: Path
+    loader_module: str
+    examples: tuple[np.ndarray, Any]
+    pip_requirements: list[str]
+
+
 def register_package(
     tracker: MlflowTracker,
     model_id: str,
     run_id: str,
     name: str,
-    package: Path | None,
-    loader_module: str,
-    examples: tuple[np.ndarray, Any] | None,
-    pip_requirements: list[str],
+    package: PyfuncPackage | None,
     *,
     description: str,
     tags: Mapping[str, str],
@@ -40,8 +49,7 @@ def register_package(
     """Register logged model `model_id` (of run `run_id`) as a new version of `name`, with its
     `description` and `tags`; returns that version.
 
-    A model not yet packaged first gets `package` (a folder) as a pyfunc model of the
-    `loader_module` flavour, with the signature of the (input, output) `examples`; one already
+    A model not yet packaged first gets `package`, with the signature of its examples; one already
     packaged (registered before) is registered again as it is, nothing copied. The input is a
     uint8 image array whose dimensions but the channels may vary (any batch and image size),
     so the signature's tensor shape is (-1, -1, -1, C).
@@ -49,9 +57,9 @@ def register_package(
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
     if not is_packaged(tracker, model_id):
-        if package is None or examples is None:
+        if package is None:
             raise ValueError(f"logged model {model_id} holds no package and none was given")
-        _log_pyfunc(tracker, model_id, name, package, loader_module, examples, pip_requirements)
+        _log_pyfunc(tracker, model_id, name, package)
     # The registry resolves a `models:/<id>` source with a client of the process's tracking
     # URI (MLflow's own TODO): without this one, it would read (and create) ./mlflow.db.
     with _use_tracking_uri(tracker.uri):
@@ -63,22 +71,14 @@ def is_packaged(tracker: MlflowTracker, model_id: str) -> bool:
     return MLMODEL in tracker.model_files(model_id)
 
 
-def _log_pyfunc(
-    tracker: MlflowTracker,
-    model_id: str,
-    name: str,
-    package: Path,
-    loader_module: str,
-    examples: tuple[np.ndarray, Any],
-    pip_requirements: list[str],
-) -> None:
+def _log_pyfunc(tracker: MlflowTracker, model_id: str, name: str, package: PyfuncPackage) -> None:
     import mlflow.pyfunc
     from mlflow.models import infer_signature
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
     from mlflow.types import Schema, TensorSpec
 
-    example = examples[0]
-    signature = infer_signature(*examples)
+    example = package.examples[0]
+    signature = infer_signature(*package.examples)
     signature.inputs = Schema(
         [TensorSpec(example.dtype, (-1,) * (example.ndim - 1) + (example.shape[-1],))]
     )
@@ -86,11 +86,11 @@ def _log_pyfunc(
         with _use_tracking_uri(tracker.uri):
             mlflow.pyfunc.log_model(
                 model_id=model_id,
-                loader_module=loader_module,
-                data_path=str(package),
+                loader_module=package.loader_module,
+                data_path=str(package.folder),
                 signature=signature,
                 input_example=example,
-                pip_requirements=pip_requirements,
+                pip_requirements=package.pip_requirements,
             )
     except Exception as exc:
         raise TrackingError(

@@ -17,7 +17,7 @@ from fus2net.experiment.context import JobContext
 from fus2net.experiment.scoring import ensemble_model
 from fus2net.inference import pyfunc
 from fus2net.inference.loading import LoadedModel, load_from_run
-from fus2net.inference.registry import is_packaged, register_package
+from fus2net.inference.registry import PyfuncPackage, is_packaged, register_package
 from fus2net.inference.spec import (
     DEFAULT_POINT,
     SPEC_FILE,
@@ -115,17 +115,13 @@ def _register(
     tracker, name = ctx.tracker, str(ctx.cfg.evaluation.model_name)
     model_id = ensemble_model(ctx, cell_run)
     description, tags = _headline(ctx, tracker.get_run(cell_run))
+    pyfunc_package = None
+    if package is not None and examples is not None:
+        pyfunc_package = PyfuncPackage(
+            package, pyfunc.LOADER_MODULE, examples, pyfunc.pip_requirements()
+        )
     version = register_package(
-        tracker,
-        model_id,
-        cell_run,
-        name,
-        package,
-        pyfunc.LOADER_MODULE,
-        examples,
-        pyfunc.pip_requirements(),
-        description=description,
-        tags=tags,
+        tracker, model_id, cell_run, name, pyfunc_package, description=description, tags=tags
     )
     tracker.set_tags(cell_run, {schema.REGISTERED_MODEL: f"models:/{name}/{version}"})
     log.info("registered models:/%s/%s", name, version)

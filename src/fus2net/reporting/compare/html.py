@@ -159,7 +159,7 @@ def render_html(
         parts.append(
             f"<tr><td>{html.escape(v.label)}</td>"
             f"<td>{_run_link(comparison, v.cell.run_id, v.cell.run.info.experiment_id)}</td>"
-            f"<td><code>{html.escape(tags.get('fus2net.cell_key', ''))}</code></td>"
+            f"<td><code>{html.escape(tags.get(schema.CELL_KEY, ''))}</code></td>"
             f"<td><code>{html.escape(commit)}</code>{dirty}</td></tr>"
         )
     parts += ["</tbody></table>", "</body></html>"]
