@@ -364,6 +364,30 @@ def test_cli_errors_are_one_clear_line(tmp_path: Path, store, capsys) -> None:
         MlflowTracker.open_existing(tracker.uri, "typo")
 
 
+def test_odd_cells_go_to_not_compared_with_their_reason(tmp_path: Path, capsys) -> None:
+    """A cell whose `cv.folds` param is 2.5 (logged before configs were validated) and one whose
+    predictions.csv is gone are listed with the reason; the others are still compared."""
+    tracker = MlflowTracker(
+        f"sqlite:///{tmp_path}/mlruns/mlflow.db", "fus2net", str(tmp_path / "mlruns/artifacts")
+    )
+    log_cell(tracker, tmp_path, "adam")
+    log_cell(tracker, tmp_path, "sgd")
+    odd = log_cell(tracker, tmp_path, "rmsprop", extra_params={"cv.folds": 2.5})
+    lost = log_cell(tracker, tmp_path, "rmsprop", key="k-lost", extra_params={"seed": 7})
+    (stored,) = [
+        p for p in (tmp_path / "mlruns/artifacts").rglob("predictions.csv") if lost in str(p)
+    ]
+    stored.unlink()
+    compare_main(["--tracking-uri", tracker.uri, "--out", str(tmp_path / "report"),
+                  "--bootstrap", "200", "--no-log"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert re.search(r"optimizer=adam +2 ", printed) and re.search(r"optimizer=sgd +2 ", printed)
+    lines = {run: [line for line in printed.splitlines() if run in line] for run in (odd, lost)}
+    assert "UNREADABLE" in lines[odd][0]
+    assert "its cv.folds param is '2.5', not a whole number of folds" in lines[odd][0]
+    assert "UNREADABLE" in lines[lost][0] and "cannot be read back" in lines[lost][0]
+
+
 @pytest.mark.slow
 def test_real_tiny_sweep_compares_from_the_readme_command(tmp_path: Path) -> None:
     train = run_train(["-m", "optimizer=adam,sgd", *TINY], tmp_path, timeout=600)

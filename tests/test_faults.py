@@ -17,8 +17,9 @@ from PIL import Image
 
 from fus2net.data.records import DataError
 from fus2net.experiment import preflight
+from fus2net.experiment.config_schema import validate_config
 from fus2net.experiment.data import prepare_data
-from fus2net.experiment.preflight import ConfigError, PreflightError, check_config
+from fus2net.experiment.preflight import ConfigError, PreflightError
 from jobs import compose_train, run_train, sqlite_client, store_uri, tiny, train_env
 
 TINY = tiny(
@@ -53,7 +54,7 @@ def test_bad_images_are_all_listed_in_one_error(bad_folder: Path, tmp_path: Path
         assert name.split("/")[1] in message and reason in message
     assert "data.on_bad_image=skip" in message
     with pytest.raises(ConfigError, match=r"data\.on_bad_image=maybe"):
-        check_config(compose_train("data.on_bad_image=maybe"))
+        validate_config(compose_train("data.on_bad_image=maybe"))
 
 
 def test_bad_images_can_be_skipped_and_are_counted(bad_folder: Path, tmp_path: Path) -> None:

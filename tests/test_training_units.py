@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 
 from fus2net.cli import config_dir
 from fus2net.evaluation.metrics import binary_metrics, mean_std
+from fus2net.experiment.config_schema import validate_config
 from fus2net.experiment.preflight import ConfigError, check_config
 from fus2net.tracking.mlflow_tracker import MlflowTracker
 from fus2net.tracking.provenance import cell_key, flatten
@@ -61,10 +62,10 @@ def test_check_config_lists_every_problem() -> None:
         "data.channels=2", "cv.folds=1", "data.image_size=40", "evaluation.calibration=isotonic"
     )
     with pytest.raises(ConfigError) as err:
-        check_config(cfg)
+        validate_config(cfg)  # the typed schema, which runs before check_config
     text = str(err.value)
     assert "data.channels=2" in text and "cv.folds=1" in text
-    assert "evaluation.calibration=isotonic: must be platt, temperature, none" in text
+    assert "evaluation.calibration=isotonic: must be one of platt, temperature, none" in text
 
 
 def test_image_size_below_model_minimum_is_rejected() -> None:

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from fus2net.experiment import cells
 from fus2net.experiment.clinical.package import register_stored
 from fus2net.experiment.clinical.step import evaluate_clinically
+from fus2net.experiment.config_schema import validate_config
 from fus2net.experiment.context import JobContext, build_context, threads
 from fus2net.experiment.folds import train_folds
 from fus2net.experiment.interrupts import stop_on_signals
@@ -40,6 +41,7 @@ def run_job(cfg: DictConfig) -> CellSummary:
     though its ensemble is registered when `evaluation.register_model` asks for it now. A
     diverged fold (non-finite loss) fails alone; the other folds and jobs go on.
     """
+    validate_config(cfg)  # the typed schema: every key, before anything is read
     check_config(cfg)
     check_tracking(str(cfg.tracking.uri))  # before anything is prepared or written
     torch.set_num_threads(threads(cfg))

@@ -16,13 +16,17 @@ from fus2net.tracking.uris import redact_uri
 
 # Keys that never change a result: where things are written, how many workers and threads load
 # and compute, which fold of the cell this job runs, where it is tracked, whether the model is
-# also registered. The cell key ignores them.
+# also registered, whether a progress bar is drawn. The cell key ignores them.
 # Dataset locations are left out too: the dataset's content fingerprint stands for them.
+# Every other key is one something reads: the typed schema (fus2net.experiment.config_schema)
+# refuses unknown keys, `+new.key=1` included, and its open namespaces take only what is passed
+# on (a target's own arguments, an `eval_datasets` entry, which is scored).
 NON_RESULT_KEYS: tuple[str, ...] = (
     "cv.fold",
     "paths",
     "dataset.root",
     "dataset.csv",
+    "dataset.progress",  # the synthetic generator's progress bar (a SyntheticSource argument)
     "tracking",
     "data.num_workers",
     "data.cache",

@@ -31,7 +31,13 @@ from fus2net.evaluation.stats import (
     holm,
     mcnemar_test,
 )
-from fus2net.reporting.compare.runs import CellRun, Skipped, SweepRuns, load_predictions
+from fus2net.reporting.compare.runs import (
+    CellRun,
+    Skipped,
+    SweepRuns,
+    load_predictions,
+    unreadable_cell,
+)
 from fus2net.tracking import schema
 from fus2net.tracking.mlflow_tracker import MlflowTracker
 from fus2net.tracking.predictions import patient_groups
@@ -364,20 +370,34 @@ def build_comparison(
     if not runs.cells:
         listed = "; ".join(f"{s.name}: {s.reason}" for s in runs.skipped)
         raise ValueError(f"no complete cell to compare ({runs.query}). Left out: {listed}")
-    keys, settings = variant_settings(runs.cells, by)
     boot = {"n_boot": n_boot, "level": level, "seed": seed}
-    variants = [
-        _variant(cell, _label(s), s, load_predictions(tracker, cell, download_dir), boot)
-        for cell, s in zip(runs.cells, settings, strict=True)
-    ]
+    skipped = list(runs.skipped)
+    variants = []
+    for cell in runs.cells:  # a cell that cannot be read goes to "Not compared", never fails all
+        try:
+            predictions = load_predictions(tracker, cell, download_dir)
+            variants.append(_variant(cell, "", {}, predictions, boot))
+        except Exception as err:  # a missing or malformed predictions.csv, a store error
+            skipped.append(unreadable_cell(cell, err))
+    if not variants:
+        listed = "; ".join(f"{s.name}: {s.reason}" for s in skipped)
+        raise ValueError(f"no complete cell to compare ({runs.query}). Left out: {listed}")
+    keys, settings = variant_settings([v.cell for v in variants], by)
+    for v, s in zip(variants, settings, strict=True):
+        v.label, v.settings = _label(s), s
     labels = [v.label for v in variants]
     if len(set(labels)) < len(labels):  # identical configurations (e.g. another dataset copy)
         for v in variants:
             v.label = f"{v.label} #{v.cell.run_id[:7]}"
     ref = variants[pick_reference([v.label for v in variants], reference)]
-    for v in variants:
+    for v in list(variants):
         if v is not ref:
-            v.contrast = contrast(ref, v)
+            try:
+                v.contrast = contrast(ref, v)
+            except Exception as err:  # e.g. an image labelled otherwise than in the reference
+                variants.remove(v)
+                reason = f"cannot be paired with the reference {ref.label}: {err}"
+                skipped.append(Skipped(v.cell.run_id, v.cell.name, "UNPAIRED", reason))
     adjust_for_multiplicity(variants)
     grouped = all(patient_groups(v.split("test")) is not None for v in variants)
     source = {
@@ -390,7 +410,7 @@ def build_comparison(
         variants,
         ref.label,
         keys,
-        runs.skipped,
+        skipped,
         source,
         n_boot,
         level,

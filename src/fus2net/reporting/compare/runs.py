@@ -5,7 +5,9 @@ tag), plus one for cells an explicitly named sweep shares with a later one, the 
 finished cell a `--filter` left them out of, and one `predictions.csv` per cell, so hundreds of
 runs read in seconds. Cells that
 failed, were killed, are still running, ran only some folds or were re-run are not dropped
-silently: they come back as `Skipped` with the reason, for the report to list.
+silently: they come back as `Skipped` with the reason, for the report to list; so does a cell
+whose runs or files cannot be read back (odd params, missing predictions), never failing the
+comparison of the others.
 """
 
 from __future__ import annotations
@@ -70,11 +72,35 @@ def build_query(sweep: str | None, filter_string: str, tag: str = schema.SWEEP) 
     return " AND ".join(parts)
 
 
+UNREADABLE = "UNREADABLE"  # the status of a cell whose run cannot be read back
+
+
+def _odd_records(cell: CellRun) -> str | None:
+    """What in a cell's params or tags cannot be read as fus2net-train writes it: a cell
+    logged before its config was validated (`cv.folds=2.5`), or edited by hand."""
+    folds = cell.params.get("cv.folds")
+    if folds is not None and not str(folds).isdigit():
+        return f"its cv.folds param is {folds!r}, not a whole number of folds"
+    folds_run = cell.tags.get(schema.FOLDS_RUN, "")
+    if any(not part.isdigit() for part in folds_run.split(",") if part):
+        return f"its {schema.FOLDS_RUN} tag is {folds_run!r}, not a list of fold numbers"
+    return None
+
+
+def unreadable_cell(cell: CellRun, err: BaseException) -> Skipped:
+    """A cell whose runs or files could not be read, and the error that says why."""
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return Skipped(cell.run_id, cell.name, UNREADABLE, f"cannot be read back: {reason}")
+
+
 def _why_unusable(cell: CellRun) -> tuple[str, str] | None:
     """(status, reason) when a cell cannot be compared, None when it can."""
     error = cell.error
     if cell.status in ("FAILED", "KILLED"):
         return cell.status, f"{cell.status.lower()}: {error or 'no error recorded'}"
+    odd = _odd_records(cell)
+    if odd:
+        return UNREADABLE, odd
     if cell.status == "SCHEDULED":
         missing = [f for f in range(cell.n_folds) if f not in cell.folds]
         return cell.status, f"waiting for fold(s) {missing} (other cv.fold jobs)"
@@ -137,16 +163,23 @@ def read_sweep(
     for run in fold_runs:
         by_cell[run.data.tags.get(schema.PARENT, "")].append(run)
     cells = []
-    for run in schema.oldest_first(cell_runs):
-        folds = schema.finished_folds(
-            schema.fold_runs_of(run.info.run_id, by_cell[run.info.run_id])
-        )
-        cells.append(CellRun(run, {f: r.metrics(schema.Split.VAL) for f, r in folds.items()}))
+    skipped: list[Skipped] = []
+    for run in schema.oldest_first(cell_runs):  # one odd run never stops the others
+        try:
+            folds = schema.finished_folds(
+                schema.fold_runs_of(run.info.run_id, by_cell[run.info.run_id])
+            )
+            cells.append(CellRun(run, {f: r.metrics(schema.Split.VAL) for f, r in folds.items()}))
+        except Exception as err:  # e.g. a fold tag that is not a number
+            skipped.append(unreadable_cell(CellRun(run), err))
 
     usable: dict[str, CellRun] = {}  # cell key -> newest complete run
-    skipped: list[Skipped] = []
     for cell in cells:
-        problem = _why_unusable(cell)
+        try:
+            problem = _why_unusable(cell)
+        except Exception as err:
+            skipped.append(unreadable_cell(cell, err))
+            continue
         if problem:
             skipped.append(Skipped(cell.run_id, cell.name, *problem))
             continue
