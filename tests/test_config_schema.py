@@ -11,7 +11,7 @@ from typing import get_args
 import pytest
 
 from fus2net.cli import config_dir
-from fus2net.experiment import config_schema
+from fus2net.experiment import config_groups
 from fus2net.experiment.config_schema import config_problems, validate_config
 from fus2net.experiment.preflight import ConfigError
 from fus2net.tracking.provenance import cell_key
@@ -154,15 +154,15 @@ def test_dataclasses_follow_the_signatures_they_type() -> None:
     from fus2net.evaluation.calibration import CALIBRATION_METHODS
     from fus2net.models.fus2net import Fus2Net, PoolMode
 
-    for source, schema in config_schema.dataset_schemas().items():
+    for source, schema in config_groups.dataset_schemas().items():
         fields = {f.name for f in dataclasses.fields(schema)} - {"_target_"}
         assert fields == set(inspect.signature(source).parameters), source
     model_args = set(inspect.signature(Fus2Net).parameters)
-    model_args -= set(config_schema.MODEL_ARGUMENTS_SET_BY_FUS2NET)
-    model_fields = {f.name for f in dataclasses.fields(config_schema.Fus2NetModelSchema)}
+    model_args -= set(config_groups.MODEL_ARGUMENTS_SET_BY_FUS2NET)
+    model_fields = {f.name for f in dataclasses.fields(config_groups.Fus2NetModelSchema)}
     assert model_fields == model_args | {"name", "pretrained_path"}
-    assert [m.value for m in config_schema.Calibration] == list(CALIBRATION_METHODS)
-    assert [m.value for m in config_schema.Pool] == list(get_args(PoolMode))
+    assert [m.value for m in config_groups.Calibration] == list(CALIBRATION_METHODS)
+    assert [m.value for m in config_groups.Pool] == list(get_args(PoolMode))
 
 
 def test_what_no_single_key_tells_is_left_to_check_config(tmp_path: Path) -> None:
