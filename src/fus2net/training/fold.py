@@ -164,6 +164,31 @@ def fold_datamodule(cfg: DictConfig, data: FoldData, seed: int) -> FoldDataModul
     return datamodule
 
 
+def _best_checkpoint(checkpoint_dir: Path) -> ModelCheckpoint:
+    """The weights of the best validation AUC (`cv.checkpoint=best`); its state (best path and
+    score) is saved in last.ckpt too, so a resumed fold still knows its best epoch so far."""
+    return ModelCheckpoint(
+        dirpath=checkpoint_dir,
+        filename="best",
+        monitor=schema.epoch_metric(schema.VAL_STAGE, "auc"),
+        mode="max",
+        save_top_k=1,
+        save_weights_only=True,
+        enable_version_counter=False,
+    )
+
+
+def _test_probabilities(
+    predictor: L.Trainer, module: BUSClassifier, datamodule: FoldDataModule, test_idx: np.ndarray
+) -> np.ndarray:
+    """The test set's probabilities, in the order of `test_idx`."""
+    test_index, test_prob = _predict(predictor, module, datamodule.test_dataloader())
+    if not len(test_index):
+        return test_prob
+    order = {int(i): n for n, i in enumerate(test_index)}
+    return test_prob[[order[int(i)] for i in test_idx]]
+
+
 def train_model(
     cfg: DictConfig,
     data: FoldData,
@@ -192,6 +217,7 @@ def train_model(
     if ckpt_path is None and checkpoint_dir.is_dir():
         shutil.rmtree(checkpoint_dir)  # a fresh start must not pick up a stale last.ckpt
     start = StartEpoch()
+    best = _best_checkpoint(checkpoint_dir) if cfg.cv.checkpoint == "best" and validate else None
     all_callbacks: list[Callback] = [
         # One file, rewritten after every epoch (save_last alone would only write at the end).
         ModelCheckpoint(
@@ -200,23 +226,10 @@ def train_model(
         EpochThroughput(),
         start,
         *callbacks,
+        *([best] if best is not None else []),
     ]
     if logger:  # the learning rate of every epoch, logged as schema.LEARNING_RATE
         all_callbacks.append(LearningRateMonitor(logging_interval="epoch"))
-    best = None
-    if cfg.cv.checkpoint == "best" and validate:
-        # The weights of the best validation AUC; its state (best path and score) is saved in
-        # last.ckpt too, so a resumed fold still knows its best epoch so far.
-        best = ModelCheckpoint(
-            dirpath=checkpoint_dir,
-            filename="best",
-            monitor=schema.epoch_metric(schema.VAL_STAGE, "auc"),
-            mode="max",
-            save_top_k=1,
-            save_weights_only=True,
-            enable_version_counter=False,
-        )
-        all_callbacks.append(best)
     trainer = build_trainer(cfg, logger, all_callbacks, out_dir, validate=validate)
     if ckpt_path is not None:
         log.info("resuming from %s", ckpt_path)
@@ -232,10 +245,7 @@ def train_model(
     val_index, val_prob = _predict(
         predictor, module, datamodule.val_dataloader() if validate else None
     )
-    test_index, test_prob = _predict(predictor, module, datamodule.test_dataloader())
-    if len(test_index):
-        order = {int(i): n for n, i in enumerate(test_index)}
-        test_prob = test_prob[[order[int(i)] for i in data.test_idx]]
+    test_prob = _test_probabilities(predictor, module, datamodule, data.test_idx)
     return FoldResult(
         val_index=val_index,
         val_prob=val_prob,

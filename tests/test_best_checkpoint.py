@@ -1,0 +1,65 @@
+"""`cv.checkpoint=best`: a fold keeps the weights of its best validation AUC (Lightning's own
+ModelCheckpoint), `last` the weights of its last epoch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as L
+import torch
+from pytorch_lightning.callbacks import Callback
+
+from fus2net.training.fold import FoldData, quiet_lightning, train_model
+from jobs import compose_train
+
+
+class Snapshots(Callback):
+    """The weights and validation AUC after every validation (what `best` must pick from)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[float, dict[str, torch.Tensor]]] = []
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking and "val/auc" in trainer.callback_metrics:
+            state = {k: v.detach().clone() for k, v in pl_module.net.state_dict().items()}
+            self.seen.append((float(trainer.callback_metrics["val/auc"]), state))
+
+
+def _fit(tmp_path: Path, checkpoint: str) -> tuple[dict[str, torch.Tensor], Snapshots]:
+    cfg = compose_train(
+        "data.image_size=64",
+        "data.batch_size=8",
+        "trainer.max_epochs=4",
+        "trainer.enable_progress_bar=false",
+        f"cv.checkpoint={checkpoint}",
+        "augmentation=none",
+        "balance=none",
+    )
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(48, 64, 64, 3), dtype=np.uint8)
+    labels = np.array([0, 1] * 24)
+    dark = images[labels == 1, 20:44, 20:44]
+    images[labels == 1, 20:44, 20:44] = dark - dark // 8  # a faint square: learnable, slowly
+    idx = np.arange(48)
+    data = FoldData(images, labels, idx[:32], idx[32:44], idx[44:])
+    snapshots = Snapshots()
+    quiet_lightning()
+    result = train_model(
+        cfg, data, seed=0, num_classes=2, out_dir=tmp_path / checkpoint, callbacks=[snapshots]
+    )
+    return torch.load(result.weights, weights_only=True), snapshots
+
+
+def test_best_keeps_the_weights_of_the_best_validation_auc(tmp_path: Path) -> None:
+    saved, snapshots = _fit(tmp_path, "best")
+    aucs = [auc for auc, _ in snapshots.seen]
+    assert len(aucs) == 4
+    best = snapshots.seen[int(np.argmax(aucs))][1]  # the first of equal bests, as Lightning
+    assert all(torch.equal(saved[k], best[k]) for k in best)
+
+
+def test_last_keeps_the_weights_of_the_last_epoch(tmp_path: Path) -> None:
+    saved, snapshots = _fit(tmp_path, "last")
+    last = snapshots.seen[-1][1]
+    assert all(torch.equal(saved[k], last[k]) for k in last)
