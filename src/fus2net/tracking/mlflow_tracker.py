@@ -35,7 +35,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_PARAM_VALUE = 6000
+DUPLICATE_RETRIES = 3
+_DUPLICATE_KEY = ("duplicate key", "UniqueViolation", "UNIQUE constraint failed", "IntegrityError")
 T = TypeVar("T")
+
+
+def _is_duplicate_key(exc: BaseException) -> bool:
+    """Whether `exc` is a store refusing a row that another writer inserted first."""
+    return any(marker in str(exc) for marker in _DUPLICATE_KEY)
 
 
 def _guarded(what: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
@@ -192,8 +199,17 @@ class MlflowTracker:
             )
             tags = [InputTag(schema.DATASET_CONTEXT, item.context.value)]
             inputs.append(DatasetInput(dataset, tags))
-        if inputs:
-            self.client.log_inputs(run_id, datasets=inputs)
+        for attempt in range(DUPLICATE_RETRIES + 1) if inputs else ():
+            try:
+                self.client.log_inputs(run_id, datasets=inputs)
+                return
+            except Exception as exc:
+                # Two jobs logging one dataset at the same moment (a parallel sweep): the store
+                # refuses the second insert on its unique key; tried again, it finds the first
+                # job's row and only links it to this run.
+                if attempt == DUPLICATE_RETRIES or not _is_duplicate_key(exc):
+                    raise
+                time.sleep(0.2 * (attempt + 1))
 
     @_guarded("setting tags")
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
