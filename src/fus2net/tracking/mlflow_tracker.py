@@ -45,6 +45,19 @@ def _is_duplicate_key(exc: BaseException) -> bool:
     return any(marker in str(exc) for marker in _DUPLICATE_KEY)
 
 
+def _advice(exc: BaseException) -> str:
+    """What to do about `exc`: MLflow refusing a value is not the store being unreachable."""
+    if getattr(exc, "error_code", None) == "INVALID_PARAMETER_VALUE":
+        return (
+            "MLflow refused what was logged (its reason is above): a name or value it does not "
+            "accept, not a problem of the store; please report it with the command you ran."
+        )
+    return (
+        "Check that the tracking store is reachable and writable (tracking.uri), then run the "
+        "same command again."
+    )
+
+
 def _guarded(what: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
     def decorate(fn: Callable[..., T]) -> Callable[..., T]:
         @functools.wraps(fn)
@@ -57,8 +70,7 @@ def _guarded(what: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
                 raise TrackingError(
                     f"MLflow tracking at {redact_uri(self.uri)} failed while {what}: "
                     f"{type(exc).__name__}: {exc}\nThe job stops so that no result is lost "
-                    "silently. Check that the tracking store is reachable and writable "
-                    "(tracking.uri), then run the same command again."
+                    f"silently. {_advice(exc)}"
                 ) from exc
 
         return wrapper

@@ -151,10 +151,10 @@ def hydra_tags(cfg_sweep: str | None) -> dict[str, str]:
     tags[schema.OVERRIDES] = " ".join(redact_uri(o) for o in overrides) or "(none)"
     for item in overrides:
         value = item.lstrip("+~").partition("=")[2]
-        tags[f"{schema.OVERRIDE_PREFIX}{_override_key(item)}"] = redact_uri(value)
+        tags[schema.tag_key(f"{schema.OVERRIDE_PREFIX}{_override_key(item)}")] = redact_uri(value)
     for group, choice in hc.runtime.choices.items():
         if not group.startswith("hydra"):
-            tags[f"{schema.CHOICE_PREFIX}{group}"] = str(choice)
+            tags[schema.tag_key(f"{schema.CHOICE_PREFIX}{group}")] = str(choice)
     tags[schema.HYDRA_OUTPUT_DIR] = str(hc.runtime.output_dir)
     if multirun:
         tags[schema.SWEPT] = " ".join(swept_keys(hc))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -108,6 +109,20 @@ def fold_run_name(cell_name: str, fold: int, n_folds: int) -> str:
 def external_error(name: str) -> str:
     """The tag with the reason external dataset `name` could not be scored."""
     return f"fus2net.external.{name}.error"
+
+
+_UNSAFE_KEY_CHARACTERS = re.compile(r"[^/\w.\- :]")
+
+
+def tag_key(key: str) -> str:
+    """`key` as a tag key MLflow accepts: it takes letters, digits, `_ - . : /` and spaces,
+    and no name that resolves as a path to another (`a//b`, `../a`, `/a`). A Hydra override
+    such as `+dataset@eval_datasets.busbra=busbra` names a key with `@`: it becomes `_`, and
+    the raw override stays in the `overrides` tag's value."""
+    safe = _UNSAFE_KEY_CHARACTERS.sub("_", key)
+    safe = re.sub(r"/+", "/", safe).strip("/")
+    parts = [p if p not in (".", "..") else p.replace(".", "_") for p in safe.split("/")]
+    return "/".join(parts) or "_"
 
 
 def tag_value(value: object) -> str:
