@@ -26,11 +26,13 @@ class Snapshots(Callback):
             self.seen.append((float(trainer.callback_metrics["val/auc"]), state))
 
 
-def _fit(tmp_path: Path, checkpoint: str) -> tuple[dict[str, torch.Tensor], Snapshots]:
+def _fit(
+    tmp_path: Path, checkpoint: str, epochs: int = 4
+) -> tuple[dict[str, torch.Tensor], Snapshots]:
     cfg = compose_train(
         "data.image_size=64",
         "data.batch_size=8",
-        "trainer.max_epochs=4",
+        f"trainer.max_epochs={epochs}",
         "trainer.enable_progress_bar=false",
         f"cv.checkpoint={checkpoint}",
         "augmentation=none",
@@ -46,7 +48,13 @@ def _fit(tmp_path: Path, checkpoint: str) -> tuple[dict[str, torch.Tensor], Snap
     snapshots = Snapshots()
     quiet_lightning()
     result = train_model(
-        cfg, data, seed=0, num_classes=2, out_dir=tmp_path / checkpoint, callbacks=[snapshots]
+        cfg,
+        data,
+        seed=0,
+        num_classes=2,
+        out_dir=tmp_path / checkpoint,
+        checkpoint_dir=tmp_path / checkpoint / "checkpoints",
+        callbacks=[snapshots],
     )
     return torch.load(result.weights, weights_only=True), snapshots
 
@@ -63,3 +71,13 @@ def test_last_keeps_the_weights_of_the_last_epoch(tmp_path: Path) -> None:
     saved, snapshots = _fit(tmp_path, "last")
     last = snapshots.seen[-1][1]
     assert all(torch.equal(saved[k], last[k]) for k in last)
+
+
+def test_last_ckpt_holds_this_epochs_best_for_a_resumed_fold(tmp_path: Path) -> None:
+    """What a resumed fold restores: last.ckpt must carry the best score including the epoch
+    it was written after, or a later, worse epoch could overwrite best.ckpt."""
+    _, snapshots = _fit(tmp_path, "best", epochs=2)
+    last = torch.load(tmp_path / "best" / "checkpoints" / "last.ckpt", weights_only=False)
+    states = [s for k, s in last["callbacks"].items() if "val/auc" in k]
+    assert len(states) == 1
+    assert float(states[0]["best_model_score"]) == max(auc for auc, _ in snapshots.seen)

@@ -47,6 +47,8 @@ def near_pairs(hashes: np.ndarray, max_distance: int, chunk: int = 1024) -> np.n
     Vectorised: XOR the hashes viewed as 8 bytes, count bits with a 256-entry table; rows are
     processed in chunks so memory stays O(chunk * N) for large datasets.
     """
+    if not 0 <= max_distance <= HASH_BITS:
+        raise ValueError(f"max_distance must be in [0, {HASH_BITS}], got {max_distance}")
     as_bytes = hashes.astype(">u8").view(np.uint8).reshape(-1, 8)
     found = []
     for start in range(0, len(hashes), chunk):

@@ -10,7 +10,6 @@ import re
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,9 +28,6 @@ from fus2net.tracking.uris import (
     normalize_tracking_uri,
     require_existing_store,
 )
-
-if TYPE_CHECKING:
-    pass
 
 _RUN_ID = re.compile(r"^(runs:/)?([0-9a-f]{32})/?$")
 WHAT_TO_PASS = (

@@ -219,6 +219,9 @@ def train_model(
     start = StartEpoch()
     best = _best_checkpoint(checkpoint_dir) if cfg.cv.checkpoint == "best" and validate else None
     all_callbacks: list[Callback] = [
+        # `best` before `last`: Lightning keeps their order, so last.ckpt stores this epoch's
+        # best score and path (a resumed fold must not compare against an older best).
+        *([best] if best is not None else []),
         # One file, rewritten after every epoch (save_last alone would only write at the end).
         ModelCheckpoint(
             dirpath=checkpoint_dir, filename="last", save_top_k=1, enable_version_counter=False
@@ -226,7 +229,6 @@ def train_model(
         EpochThroughput(),
         start,
         *callbacks,
-        *([best] if best is not None else []),
     ]
     if logger:  # the learning rate of every epoch, logged as schema.LEARNING_RATE
         all_callbacks.append(LearningRateMonitor(logging_interval="epoch"))
