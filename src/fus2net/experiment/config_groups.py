@@ -269,6 +269,8 @@ class ManifestDatasetSchema:
     delimiter: str = rule(",", nonempty=True)  # one character: ManifestSource checks
     name: str = rule("manifest", nonempty=True)
     allow_outside_root: bool = False
+    filters: dict[str, Any] | None = None  # column -> values kept (ManifestSource checks)
+    sheet: Any = None  # a spreadsheet's sheet, by name or 0-based index; null = the first
 
 
 def dataset_schemas() -> dict[type, type]:

@@ -1,7 +1,8 @@
-"""Datasets described by a CSV (one row per image), e.g. BUS-BRA's `bus_data.csv`.
+"""Datasets described by a table (one row per image): a CSV such as BUS-BRA's `bus_data.csv`,
+or a spreadsheet such as BrEaST's release `.xlsx`.
 
 Everything is configuration: which column holds the path (or an id plus a path template),
-the label and how its values map to classes, the patient, the masks.
+the label and how its values map to classes, the patient, the masks, and which rows to keep.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import string
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,9 +32,15 @@ _FIX_OUTSIDE = (
     "or set dataset.allow_outside_root=true to accept paths outside it."
 )
 _FIX_NO_CLASS = (
-    "Check dataset.label_column and dataset.label_map (a value mapped to null drops its rows), "
-    "or drop the class from dataset.classes."
+    "Check dataset.label_column, dataset.label_map (a value mapped to null drops its rows) and "
+    "dataset.filters, or drop the class from dataset.classes."
 )
+_FIX_FILTERS = (
+    "Set dataset.filters to {column: [values to keep]} with columns of the table, e.g. "
+    "\"dataset.filters={Verification:['confirmed by biopsy']}\"."
+)
+# Spreadsheets pandas reads (through openpyxl); anything else is read as delimited text.
+_SPREADSHEET_SUFFIXES = (".xlsx", ".xlsm")
 # Delimiters a one-column header may hide, and how Hydra's command line takes each: quoted, in
 # the shell's double quotes (a tab as the two characters \t, which dataset.delimiter accepts).
 _DELIMITERS = {",": ",", ";": ";", "\t": "\\t", "|": "|"}
@@ -71,6 +79,8 @@ class ManifestSource(DataSource):
         delimiter: str = ",",
         name: str = "manifest",
         allow_outside_root: bool = False,
+        filters: Mapping[str, Sequence[Any]] | None = None,
+        sheet: str | int | None = None,
     ) -> None:
         if (image_column is None) == (path_template is None):
             raise ValueError("manifest: set exactly one of dataset.image_column, path_template")
@@ -99,6 +109,8 @@ class ManifestSource(DataSource):
                 "\"dataset.delimiter=';'\" (or \\t for a tab)"
             )
         self.allow_outside_root = bool(allow_outside_root)
+        self.filters = self._check_filters(filters)
+        self.sheet = sheet
         # Both the root as given and as resolved: a CSV may name paths through a symlinked root.
         given = Path(root).expanduser() if root is not None else Path(csv).expanduser().parent
         self._roots = {self.root, Path(os.path.abspath(given))}
@@ -122,6 +134,23 @@ class ManifestSource(DataSource):
                 )
         return resolved
 
+    @staticmethod
+    def _check_filters(filters: Mapping[str, Sequence[Any]] | None) -> dict[str, list[str]]:
+        """{column: values kept}, every value compared as the stripped text of the cell."""
+        if not filters:
+            return {}
+        checked: dict[str, list[str]] = {}
+        for column, values in filters.items():
+            if isinstance(values, (str, int, float)):
+                values = [values]
+            if not isinstance(values, Sequence) or not values:
+                raise ValueError(
+                    f"manifest: dataset.filters.{column} must be a non-empty list of values to "
+                    f"keep, got {values!r}. {_FIX_FILTERS}"
+                )
+            checked[str(column)] = [str(v).strip() for v in values]
+        return checked
+
     def options(self) -> dict[str, Any]:
         return {
             "csv": str(self.csv),
@@ -135,6 +164,8 @@ class ManifestSource(DataSource):
             "mask_column": self.mask_column,
             "mask_template": self.mask_template,
             "allow_outside_root": self.allow_outside_root,
+            "filters": self.filters or None,
+            "sheet": self.sheet,
         }
 
     def load(self) -> list[Record]:
@@ -146,6 +177,8 @@ class ManifestSource(DataSource):
             log.raise_if_any()
         by_image: dict[Path, tuple[Record, int]] = {}
         for row_number, row in enumerate(table.to_dict("records"), start=2):  # 1 = header
+            if not self._kept_by_filters(row):
+                continue
             record = self._row_record(row, row_number, log)
             if record is None:
                 continue
@@ -163,24 +196,46 @@ class ManifestSource(DataSource):
         if not log.problems:  # else the rows' own problems say why a class is empty
             records = [record for record, _ in by_image.values()]
             mapped = " through dataset.label_map" if self.label_map is not None else ""
-            why = f"in {self.csv.name}: no row's {self.label_column!r} value maps to it{mapped}"
+            kept = " among the rows dataset.filters keeps" if self.filters else ""
+            why = (
+                f"in {self.csv.name}: no row's {self.label_column!r} value maps to it{mapped}"
+                f"{kept}"
+            )
             for problem in empty_class_problems(records, self.class_names, why):
                 log.add(problem.path, problem.reason, _FIX_NO_CLASS)
         log.raise_if_any()
         return sort_records(record for record, _ in by_image.values())
 
+    def _kept_by_filters(self, row: dict[str, str]) -> bool:
+        return all(str(row[c]).strip() in kept for c, kept in self.filters.items())
+
+    def _read_rows(self) -> pd.DataFrame:
+        """The table as text cells (empty cells as ""): a spreadsheet by its suffix, else CSV."""
+        if self.csv.suffix.lower() in _SPREADSHEET_SUFFIXES:
+            sheet = 0 if self.sheet is None else self.sheet
+            table = pd.read_excel(self.csv, sheet_name=sheet, dtype=str, keep_default_na=False)
+            return table.fillna("")
+        return pd.read_csv(self.csv, sep=self.delimiter, dtype=str, keep_default_na=False)
+
     def _read_table(self, log: ProblemLog) -> pd.DataFrame:
-        """Read the CSV as strings and check every configured column and template field."""
+        """Read the table as strings and check every configured column and template field."""
         if not self.csv.is_file():
             log.add(self.csv, "manifest CSV does not exist", _FIX_CSV)
             return pd.DataFrame()
         try:
-            table = pd.read_csv(self.csv, sep=self.delimiter, dtype=str, keep_default_na=False)
+            table = self._read_rows()
+        except ImportError as exc:  # openpyxl is a dependency; a broken install lacks it
+            log.add(self.csv, f"cannot read the spreadsheet ({exc})", "pip install openpyxl")
+            return pd.DataFrame()
         except pd.errors.EmptyDataError:
             log.add(self.csv, "the CSV is empty (no header, no rows)", _FIX_NO_ROWS)
             return pd.DataFrame()
-        except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
-            log.add(self.csv, f"cannot parse the CSV ({exc})", "Fix the CSV or dataset.delimiter.")
+        except (pd.errors.ParserError, UnicodeDecodeError, ValueError, KeyError) as exc:
+            fix = "Fix the file, dataset.delimiter (CSV) or dataset.sheet (spreadsheet)."
+            log.add(self.csv, f"cannot parse the table ({exc})", fix)
+            return pd.DataFrame()
+        except (OSError, zipfile.BadZipFile) as exc:  # a torn or mislabelled .xlsx
+            log.add(self.csv, f"cannot read the file ({exc})", "Restore the file.")
             return pd.DataFrame()
         table.columns = [str(c).strip() for c in table.columns]
         if len(table.columns) == 1 and self._log_hidden_delimiter(table.columns[0], log):
@@ -197,6 +252,10 @@ class ManifestSource(DataSource):
             if column is not None and column not in columns:
                 reason = f"dataset.{option}={column!r} is not a column (columns: {sorted(columns)})"
                 log.add(self.csv, reason, _FIX_COLUMNS)
+        for column in self.filters:
+            if column not in columns:
+                reason = f"dataset.filters names {column!r}, not a column (columns: {sorted(columns)})"
+                log.add(self.csv, reason, _FIX_FILTERS)
         id_groups = set(self.id_regex.groupindex) if self.id_regex else set()
         known_fields = columns | {"root", "id"} | id_groups
         templates = {"path_template": self.path_template, "mask_template": self.mask_template}
