@@ -108,14 +108,14 @@ def test_ensemble_probability_is_the_members_mean(package: Path, images: Path) -
     model = load_package(package)
     resized = np.stack([load_resized(images / "a_rgb.png", SIZE, 3)])
     expected = np.mean(
-        [torch.softmax(m(to_tensor(resized)), 1)[0, 1].item() for m in model.members]
+        [torch.softmax(m(to_tensor(resized, model.spec)), 1)[0, 1].item() for m in model.members]
     )
     assert model.probabilities(resized)[0] == pytest.approx(expected, abs=1e-6)
     one = load_package(package / "fold_1" / "model.pt")
     assert len(one.members) == 1
     member = build_member(one.spec, package / "fold_1" / "model.pt")
     assert one.probabilities(resized)[0] == pytest.approx(
-        torch.softmax(member(to_tensor(resized)), 1)[0, 1].item(), abs=1e-6
+        torch.softmax(member(to_tensor(resized, model.spec)), 1)[0, 1].item(), abs=1e-6
     )
 
 

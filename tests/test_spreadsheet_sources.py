@@ -90,9 +90,9 @@ def test_a_filter_that_empties_a_class_or_names_no_column_is_named(tmp_path: Pat
     assert [p.path for p in info.value.problems] == ["class 'malignant' (label 1)"]
     assert "among the rows dataset.filters keeps" in str(info.value)
     source = instantiate(_compose_breast(tmp_path).dataset, filters={"Verif": ["x"]})
-    with pytest.raises(DataError, match="dataset.filters names 'Verif', not a column"):
+    with pytest.raises(DataError, match=r"dataset\.filters names 'Verif', not a column"):
         source.load()
-    with pytest.raises(Exception, match="dataset.filters.Verification must be a non-empty list"):
+    with pytest.raises(Exception, match=r"dataset\.filters\.Verification must be a non-empty list"):
         instantiate(_compose_breast(tmp_path).dataset, filters={"Verification": []})
 
 
@@ -130,6 +130,6 @@ def test_fus2net_data_summarises_brest() -> None:
     assert any(line.split() == ["1", "malignant", "98", "98"] for line in lines), done.stdout
     assert "Groups (patients): 252 for 252 images" in done.stdout
     biopsy = "dataset.filters={Verification:['confirmed by biopsy']}"
-    done = subprocess.run(command + [biopsy], cwd=REPO, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([*command, biopsy], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert any(line.split() == ["total", "197", "197"] for line in done.stdout.splitlines())

@@ -1,7 +1,8 @@
 """The LightningDataModule of one cross-validation fold, over the decoded-image cache.
 
 Order of the paper's preprocessing per training item: balance flip -> (already resized in the
-cache) -> augmentation -> per-image standardisation. Validation and test items only standardise.
+cache) -> augmentation -> per-image standardisation (or a pretrained network's mean and std).
+Validation and test items are only normalised.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler, get_worker_info
 
 from fus2net.data.balance import AS_IS, apply_flip, balance_indices, class_weights
-from fus2net.data.transforms import standardize
+from fus2net.data.transforms import Normalization, normalize
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -24,7 +25,7 @@ Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 class CachedImageDataset(Dataset):
     """(record index, flip code) items over an (N, S, S, C) uint8 array.
 
-    Yields (x float32 (C, S, S) standardised, label int64, record index int64).
+    Yields (x float32 (C, S, S) normalised, label int64, record index int64).
     """
 
     def __init__(
@@ -33,8 +34,10 @@ class CachedImageDataset(Dataset):
         labels: np.ndarray,
         items: Sequence[tuple[int, int]],
         augmentation: A.BaseCompose | None = None,
+        normalization: Normalization | None = None,
     ) -> None:
         self.images = images
+        self.normalization = normalization
         self.labels = np.asarray(labels, dtype=np.int64)
         self.items = np.asarray(items, dtype=np.int64).reshape(-1, 2)
         self.augmentation = augmentation
@@ -47,7 +50,7 @@ class CachedImageDataset(Dataset):
         image = apply_flip(self.images[index], flip)
         if self.augmentation is not None:
             image = self.augmentation(image=np.ascontiguousarray(image))["image"]
-        x = standardize(image).transpose(2, 0, 1)
+        x = normalize(image, self.normalization).transpose(2, 0, 1)
         return torch.from_numpy(np.ascontiguousarray(x)), int(self.labels[index]), index
 
 
@@ -98,6 +101,7 @@ class FoldDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         pin_memory: bool = False,
+        normalization: Normalization | None = None,
     ) -> None:
         super().__init__()
         if images.ndim != 4 or images.dtype != np.uint8:
@@ -123,6 +127,7 @@ class FoldDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.pin_memory = pin_memory
+        self.normalization = normalization
         num_classes = int(self.labels.max()) + 1
         self.train_items = balance_indices(
             self.train_idx, self.labels, balance, np.random.default_rng(seed)
@@ -149,7 +154,9 @@ class FoldDataModule(L.LightningDataModule):
         return [(int(i), AS_IS) for i in indices]
 
     def train_dataloader(self) -> DataLoader:
-        dataset = CachedImageDataset(self.images, self.labels, self.train_items, self.augmentation)
+        dataset = CachedImageDataset(
+            self.images, self.labels, self.train_items, self.augmentation, self.normalization
+        )
         generator = torch.Generator().manual_seed(self.seed)
         if self.sampler_weighting:
             item_labels = self.labels[dataset.items[:, 0]]
@@ -170,7 +177,8 @@ class FoldDataModule(L.LightningDataModule):
     def predict_dataloader(self, indices: np.ndarray | None = None) -> DataLoader:
         """Loader over any record indices (default: the test set), unaugmented, in order."""
         items = self._eval_items(self.test_idx if indices is None else np.asarray(indices))
-        return self._loader(CachedImageDataset(self.images, self.labels, items), shuffle=False)
+        dataset = CachedImageDataset(self.images, self.labels, items, None, self.normalization)
+        return self._loader(dataset, shuffle=False)
 
     def val_dataloader(self) -> DataLoader:
         return self.predict_dataloader(self.val_idx)

@@ -1,4 +1,5 @@
-"""Per-image standardisation (the paper's last preprocessing step) and augmentation pipelines.
+"""Input normalisation (the paper's per-image standardisation, or the per-channel mean and std
+a pretrained network expects) and augmentation pipelines.
 
 Augmentations are albumentations pipelines described in `conf/augmentation/*.yaml` and built by
 `hydra.utils.instantiate`; this module adds the one ultrasound effect albumentations lacks.
@@ -17,6 +18,8 @@ from albumentations.core.transforms_interface import BaseTransformInitSchema
 from omegaconf import DictConfig, OmegaConf
 from pydantic import field_validator
 
+from fus2net.models.pretrained import Normalization
+
 
 def standardize(x: np.ndarray, eps: float | None = None) -> np.ndarray:
     """float32 (x - mean) / max(std, eps) over the whole image (all pixels and channels).
@@ -33,6 +36,19 @@ def standardize(x: np.ndarray, eps: float | None = None) -> np.ndarray:
     std = math.sqrt(float(np.dot(flat, flat)) / flat.size)
     floor = eps if eps is not None else 1.0 / math.sqrt(flat.size)
     out /= np.float32(max(std, floor))
+    return out
+
+
+def normalize(x: np.ndarray, normalization: Normalization | None = None) -> np.ndarray:
+    """float32 model input of an (H, W, C) uint8 image: per-image standardisation (None, the
+    paper's), or ((x / 255) - mean) / std per channel, as pretrained weights were trained."""
+    if normalization is None:
+        return standardize(x)
+    mean, std = (np.asarray(v, dtype=np.float32) for v in normalization)
+    out = np.array(x, dtype=np.float32)
+    out *= np.float32(1 / 255)
+    out -= mean
+    out /= std
     return out
 
 

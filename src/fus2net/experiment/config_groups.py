@@ -67,7 +67,8 @@ class Pool(Enum):  # = fus2net.models.fus2net.PoolMode (tested)
 def rule(default: Any = MISSING, **rules: Any) -> Any:
     """A dataclass field whose value must also keep `rules`: ge, gt, le, lt (bounds; on every
     element of a list), choices (a collection, or a callable giving one), nonempty, whole (a
-    number field that takes integers only, 1e8 included)."""
+    number field that takes integers only, 1e8 included), listed_by (where a long list of
+    choices is found, said instead of listing it)."""
     return field(default=default, metadata=rules)
 
 
@@ -205,11 +206,36 @@ class Fus2NetModelSchema:
     pretrained_path: str | None = None
 
 
+class Pretrained(Enum):  # the torchvision baselines' model.pretrained
+    imagenet = "imagenet"
+
+
 @dataclass
 class BaselineModelSchema:
     """A torchvision baseline: in_chans, num_classes and drop_rate come from other groups."""
 
     name: str = rule(choices=model_names)
+    pretrained: Pretrained | None = None
+    pretrained_path: str | None = None
+
+
+def timm_names() -> list[str]:
+    from fus2net.models.timm_models import timm_names
+
+    return timm_names()
+
+
+class ModelSource(Enum):
+    timm = "timm"
+
+
+@dataclass
+class TimmModelSchema:
+    """Any timm network (`model.source: timm`)."""
+
+    name: str = rule(choices=timm_names, listed_by="timm.list_models()")
+    source: ModelSource = ModelSource.timm
+    pretrained: bool = False
     pretrained_path: str | None = None
 
 

@@ -65,6 +65,9 @@ def _bounds(rules: Mapping[str, Any]) -> str:
     return " and ".join(parts)
 
 
+_LISTED_CHOICES = 40  # longer lists are counted, not printed
+
+
 def _choices(rules: Mapping[str, Any]) -> list[Any] | None:
     choices = rules.get("choices")
     if choices is None:
@@ -79,6 +82,8 @@ def accepts(hint: Any, rules: Mapping[str, Any]) -> str:
     if optional:
         hint = next(m for m in members if m is not NONE_TYPE)
     choices = _choices(rules)
+    if choices is not None and len(choices) > _LISTED_CHOICES:  # e.g. timm's 1,300 names
+        return f"one of {len(choices)} names ({rules.get('listed_by', 'see the docs')})"
     if choices is not None:
         return "one of " + ", ".join(dict.fromkeys(show(c) for c in choices))
     text = "a whole number" if rules.get("whole") else _kind(hint)

@@ -45,6 +45,7 @@ from fus2net.experiment.config_groups import (
     BaselineModelSchema,
     Fus2NetModelSchema,
     TargetGroup,
+    TimmModelSchema,
     TrainerSchema,
     TrainSchema,
     dataset_schemas,
@@ -220,6 +221,9 @@ class _Check:
             self.problem("model", f"model={show(to_plain(user))}: must be settings with a name")
             return
         name = user.get("name")
+        if user.get("source") is not None:
+            self.node(TimmModelSchema, user, "model")
+            return
         if name not in model_names():
             near = near_choice(name, str, {"choices": model_names})
             choices = ", ".join(model_names())

@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig
 
 from fus2net.data.imageio import ImageLimits
-from fus2net.models import create_model
+from fus2net.models import PretrainedWeightsUnavailable, create_model
 from fus2net.tracking.uris import sqlite_path
 
 DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
@@ -59,7 +59,11 @@ def check_config(cfg: DictConfig) -> None:
             f"model.pretrained_path={weights}: no such file; point it at a state dict saved with "
             "torch.save(model.state_dict(), path), or set it to null to train from scratch"
         )
-    model = create_model(**options, in_chans=int(data.channels), num_classes=2)
+    try:  # pretrained weights are fetched here, so a missing file stops the job before any data
+        model = create_model(**options, in_chans=int(data.channels), num_classes=2)
+    except PretrainedWeightsUnavailable as err:
+        errors.append(str(err))
+        model = None
     minimum = int(getattr(model, "min_input_size", 1))
     if int(data.image_size) < minimum:
         errors.append(

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fus2net.data.transforms import standardize
+from fus2net.data.transforms import normalize
 from fus2net.inference.gradcam import CamTarget, ensemble_grad_cam, find_cam_layer
 from fus2net.inference.registry import download_version
 from fus2net.inference.spec import SPEC_FILE, Member, ModelSpec
@@ -50,7 +50,7 @@ class LoadedModel:
         probs = np.zeros((len(self.members), len(images)), dtype=np.float64)
         with torch.inference_mode():
             for start in range(0, len(images), batch_size):
-                x = to_tensor(images[start : start + batch_size])
+                x = to_tensor(images[start : start + batch_size], self.spec)
                 for k, member in enumerate(self.members):
                     prob = torch.softmax(member(x).float(), dim=1)[:, 1]
                     probs[k, start : start + len(x)] = prob.double().numpy()
@@ -62,12 +62,14 @@ class LoadedModel:
 
     def grad_cams(self, images: np.ndarray, target: CamTarget = "predicted") -> np.ndarray:
         """(N, S, S) Grad-CAM maps in [0, 1], averaged over the members."""
-        return ensemble_grad_cam(self.members, to_tensor(images), self.cam_layers, target)
+        x = to_tensor(images, self.spec)
+        return ensemble_grad_cam(self.members, x, self.cam_layers, target)
 
 
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """(N, C, S, S) float32 of (N, S, S, C) uint8 images, standardised as in training."""
-    return torch.from_numpy(np.stack([standardize(im).transpose(2, 0, 1) for im in images]))
+def to_tensor(images: np.ndarray, spec: ModelSpec) -> torch.Tensor:
+    """(N, C, S, S) float32 of (N, S, S, C) uint8 images, normalised as in training."""
+    norm = spec.input_normalization
+    return torch.from_numpy(np.stack([normalize(im, norm).transpose(2, 0, 1) for im in images]))
 
 
 def build_member(spec: ModelSpec, weights: Path) -> nn.Module:

@@ -51,6 +51,16 @@ class ModelSpec:
     operating_point: str = DEFAULT_POINT
     cam_layer: str | None = None
     source: dict[str, Any] = field(default_factory=dict)
+    # per-channel {"mean": [...], "std": [...]} of [0, 1] pixels a pretrained network expects;
+    # None: the paper's per-image standardisation
+    normalization: dict[str, list[float]] | None = None
+
+    @property
+    def input_normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        """The normalisation as `fus2net.data.transforms.normalize` takes it."""
+        if self.normalization is None:
+            return None
+        return tuple(self.normalization["mean"]), tuple(self.normalization["std"])
 
     def calibrated(self, member_probs: np.ndarray) -> np.ndarray:
         """The ensemble's calibrated malignant probability from its members' (members, N)."""
@@ -63,7 +73,11 @@ class ModelSpec:
             "image_size": self.image_size,
             "channels": self.in_chans,
             "resize": "bilinear to image_size x image_size, aspect ratio not kept",
-            "normalization": "per-image standardization (x - mean) / std",
+            "normalization": (
+                "per-image standardization (x - mean) / std"
+                if self.normalization is None
+                else "per channel (x / 255 - mean) / std, as the pretrained weights expect"
+            ),
         }
 
     def threshold(self, point: str | float | None = None) -> tuple[str, float]:
@@ -122,9 +136,13 @@ def spec_from_config(cfg: Any, class_names: list[str], members: list[Member]) ->
     """The spec of models trained with the Hydra config `cfg` (no thresholds or calibration yet)."""
     from omegaconf import OmegaConf
 
+    from fus2net.models import input_normalization
+
     model = OmegaConf.to_container(cfg.model, resolve=True)
     assert isinstance(model, dict)
-    model.pop("pretrained_path", None)  # the members' weights replace any starting weights
+    normalization = input_normalization(model, int(cfg.data.channels))
+    for starting_weights in ("pretrained_path", "pretrained"):  # the members' weights replace them
+        model.pop(starting_weights, None)
     gradcam = cfg.get("evaluation", {}).get("gradcam", {})
     return ModelSpec(
         model=model,
@@ -135,6 +153,11 @@ def spec_from_config(cfg: Any, class_names: list[str], members: list[Member]) ->
         num_classes=len(class_names),
         drop_rate=float(cfg.regularization.dropout),
         cam_layer=str(gradcam.get("layer") or "auto"),
+        normalization=(
+            None
+            if normalization is None
+            else {"mean": list(normalization[0]), "std": list(normalization[1])}
+        ),
     )
 
 

@@ -3,8 +3,9 @@
 Each is built by the public ``torchvision.models.get_model(name, weights=None, ...)`` and then
 given the project's model contract by switching its class to a subclass of torchvision's (as
 ``torch.distributed.fsdp.fully_shard`` does), so parameter names stay torchvision's and a locally
-saved torchvision/ImageNet state dict loads through ``pretrained_path`` as it is. Nothing is
-downloaded: torchvision's weight enums are never used.
+saved torchvision/ImageNet state dict loads through ``pretrained_path`` as it is.
+``pretrained="imagenet"`` starts from torchvision's ImageNet weights (its weights API and cache,
+see ``pretrained.py``); the head is then a fresh ``num_classes`` layer and the input conv adapted.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 from torchvision import models as tvm
 
 from .layers import check_input_size
+from .pretrained import IMAGENET, torchvision_imagenet_model, torchvision_weights
 from .registry import register_model
 
 log = logging.getLogger(__name__)
@@ -44,11 +46,12 @@ _ARCHS = {
 }
 
 
-class TorchvisionBaseline:
-    """Mixin adding the project's model contract (see ``registry.ClassifierModel``).
+class LibraryModel:
+    """Mixin adding the project's model contract (see ``registry.ClassifierModel``) to a
+    library's network class, keeping its parameter names.
 
-    ``min_input_size`` is 32, the output stride of all four: below it the last feature map is
-    made of padding alone (GoogLeNet technically runs from 15 px, DenseNet-121 from 29 px).
+    ``min_input_size`` is 32, the output stride of all four torchvision baselines: below it the
+    last feature map is made of padding alone (GoogLeNet runs from 15 px, DenseNet-121 from 29).
     """
 
     model_name: ClassVar[str]
@@ -98,6 +101,10 @@ class TorchvisionBaseline:
                 new_conv.bias.copy_(conv.bias)
         self.set_submodule(self.first_conv_name, new_conv)  # type: ignore[attr-defined]
 
+
+class TorchvisionBaseline(LibraryModel):
+    """A torchvision network with the contract; pickles by its recipe (name, torchvision class)."""
+
     def __reduce_ex__(self, protocol: SupportsIndex) -> tuple[Any, ...]:
         # The class is made at run time, so a pickle (torch.save(model), spawn) names its recipe.
         cls = type(self)
@@ -118,29 +125,68 @@ def _unpickle(name: str, base: type[nn.Module]) -> TorchvisionBaseline:
     return cls.__new__(cls)
 
 
-def build_baseline(name: str, in_chans: int, num_classes: int, drop_rate: float) -> nn.Module:
-    """torchvision's `name` (untrained) through `get_model`, given the project's contract."""
+def build_baseline(
+    name: str, in_chans: int, num_classes: int, drop_rate: float, pretrained: str | None = None
+) -> nn.Module:
+    """torchvision's `name` through `get_model`, untrained or from its ImageNet weights
+    (`pretrained="imagenet"`), given the project's contract."""
+    if pretrained not in (None, IMAGENET):
+        raise ValueError(f"model.pretrained={pretrained!r}: must be {IMAGENET!r} or null")
     arch = _ARCHS[name]
-    kwargs = dict(arch.kwargs or {}, num_classes=num_classes)
+    kwargs = dict(arch.kwargs or {})
     if arch.drop_rate is not None:
         kwargs["dropout"] = drop_rate
     elif drop_rate:
         log.info("drop_rate=%s ignored: %s has no classifier dropout", drop_rate, name)
-    model = tvm.get_model(name, weights=None, **kwargs)
+    if pretrained is None:
+        model = tvm.get_model(name, weights=None, num_classes=num_classes, **kwargs)
+    else:
+        model = _imagenet_model(name, num_classes, kwargs)
     model.__class__ = _baseline_class(name, type(model))
+    if in_chans != 3 and hasattr(model, "transform_input"):
+        model.transform_input = False  # GoogLeNet's RGB re-normalisation needs three channels
     model._adapt_first_conv(in_chans)  # type: ignore[operator]
     return model
 
 
+def _imagenet_model(name: str, num_classes: int, kwargs: dict[str, Any]) -> nn.Module:
+    """`name` from its ImageNet weights (1000 classes), then given a fresh `num_classes` head."""
+    # torchvision's weights path sets these itself (GoogLeNet's aux heads) and refuses others
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("aux_logits", "init_weights")}
+    model = torchvision_imagenet_model(name, **kwargs)
+    log.info("%s: starting from torchvision's %s", name, torchvision_weights(name))
+    head_path, head = _last_linear(model, _ARCHS[name].classifier)
+    model.set_submodule(head_path, nn.Linear(head.in_features, num_classes))
+    return model
+
+
+def _last_linear(model: nn.Module, classifier: str) -> tuple[str, nn.Linear]:
+    """(path, layer) of the last Linear in the classifier submodule (the class scores)."""
+    module = model.get_submodule(classifier)
+    if isinstance(module, nn.Linear):
+        return classifier, module
+    name, layer = [(n, m) for n, m in module.named_modules() if isinstance(m, nn.Linear)][-1]
+    return f"{classifier}.{name}", layer
+
+
 def _registered(name: str) -> Callable[..., nn.Module]:
-    """The registered builder of `name`: (in_chans=3, num_classes=2, drop_rate=its default)."""
+    """The registered builder of `name`: (in_chans=3, num_classes=2, drop_rate=its default,
+    pretrained=None)."""
     default = _ARCHS[name].drop_rate or 0.0
 
-    def builder(in_chans: int = 3, num_classes: int = 2, drop_rate: float = default) -> nn.Module:
-        return build_baseline(name, in_chans, num_classes, drop_rate)
+    def builder(
+        in_chans: int = 3,
+        num_classes: int = 2,
+        drop_rate: float = default,
+        pretrained: str | None = None,
+    ) -> nn.Module:
+        return build_baseline(name, in_chans, num_classes, drop_rate, pretrained)
 
     builder.__name__ = builder.__qualname__ = name
-    builder.__doc__ = f"torchvision's {name}, untrained, with `in_chans` input channels."
+    builder.__doc__ = (
+        f"torchvision's {name} with `in_chans` input channels, untrained or (pretrained="
+        "'imagenet') from its ImageNet weights."
+    )
     return register_model(builder)
 
 

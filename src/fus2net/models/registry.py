@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 ModelBuilder = TypeVar("ModelBuilder", bound=Callable[..., nn.Module])
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+# Libraries of whole model families (`model.source`): name -> builder(name, **kwargs).
+_SOURCES: dict[str, Callable[..., nn.Module]] = {}
 
 # Wrappers whose attribute name prefixes the keys of a saved model: Lightning modules
 # (``self.model``), DataParallel/DDP (``module``), torch.compile (``_orig_mod``).
@@ -50,25 +52,47 @@ def register_model(builder: ModelBuilder) -> ModelBuilder:
     return builder
 
 
+def register_source(source: str, builder: Callable[..., nn.Module]) -> None:
+    """Register a library whose models are built by `builder(name, **kwargs)` when a config
+    sets `model.source` (e.g. timm: any name timm lists)."""
+    if source in _SOURCES:
+        raise ValueError(f"model source {source!r} is already registered")
+    _SOURCES[source] = builder
+
+
+def list_sources() -> list[str]:
+    return sorted(_SOURCES)
+
+
 def list_models() -> list[str]:
     """Names accepted by :func:`create_model`, sorted."""
     return sorted(_BUILDERS)
 
 
 def create_model(
-    name: str, *, pretrained_path: str | os.PathLike[str] | None = None, **kwargs
+    name: str,
+    *,
+    source: str | None = None,
+    pretrained_path: str | os.PathLike[str] | None = None,
+    **kwargs,
 ) -> nn.Module:
-    """Build the registered model ``name`` with ``kwargs``, then load ``pretrained_path`` if given.
+    """Build the registered model ``name`` (or ``source``'s model ``name``) with ``kwargs``,
+    then load ``pretrained_path`` if given.
 
     Typical use from Hydra: ``create_model(**cfg.model, in_chans=..., num_classes=...,
     drop_rate=...)`` where ``cfg.model`` holds ``name`` and the model's own options.
     """
-    if name not in _BUILDERS:
+    if source is not None:
+        if source not in _SOURCES:
+            raise ValueError(f"unknown model.source {source!r}; available: {list_sources()}")
+        model = _SOURCES[source](name, **kwargs)
+    elif name not in _BUILDERS:
         raise ValueError(
             f"unknown model {name!r}; available: {', '.join(list_models())} "
             f"(set model=<name>, one of conf/model/*.yaml)"
         )
-    model = _BUILDERS[name](**kwargs)
+    else:
+        model = _BUILDERS[name](**kwargs)
     if pretrained_path is not None:
         load_pretrained(model, pretrained_path)
     return model

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 
 from fus2net.data.datamodule import FoldDataModule
+from fus2net.models import input_normalization
 from fus2net.tracking import schema
 from fus2net.training.callbacks import EpochThroughput
 from fus2net.training.module import BUSClassifier
@@ -159,6 +160,7 @@ def fold_datamodule(cfg: DictConfig, data: FoldData, seed: int) -> FoldDataModul
         num_workers=int(cfg.data.num_workers),
         seed=seed,
         pin_memory=cfg.trainer.accelerator == "gpu",
+        normalization=input_normalization(cfg.model, int(cfg.data.channels)),
     )
     datamodule.setup("fit")
     return datamodule

@@ -198,8 +198,7 @@ class ManifestSource(DataSource):
             mapped = " through dataset.label_map" if self.label_map is not None else ""
             kept = " among the rows dataset.filters keeps" if self.filters else ""
             why = (
-                f"in {self.csv.name}: no row's {self.label_column!r} value maps to it{mapped}"
-                f"{kept}"
+                f"in {self.csv.name}: no row's {self.label_column!r} value maps to it{mapped}{kept}"
             )
             for problem in empty_class_problems(records, self.class_names, why):
                 log.add(problem.path, problem.reason, _FIX_NO_CLASS)
@@ -254,7 +253,8 @@ class ManifestSource(DataSource):
                 log.add(self.csv, reason, _FIX_COLUMNS)
         for column in self.filters:
             if column not in columns:
-                reason = f"dataset.filters names {column!r}, not a column (columns: {sorted(columns)})"
+                known = sorted(columns)
+                reason = f"dataset.filters names {column!r}, not a column (columns: {known})"
                 log.add(self.csv, reason, _FIX_FILTERS)
         id_groups = set(self.id_regex.groupindex) if self.id_regex else set()
         known_fields = columns | {"root", "id"} | id_groups

@@ -1,0 +1,91 @@
+"""Any timm network as a baseline (`model=timm model.name=<any timm name>`).
+
+timm builds it (`timm.create_model`: the input conv adapted to `in_chans` and the head made for
+`num_classes` as timm does, pretrained weights through timm's own loading and the Hugging Face
+cache), and the class is switched to a subclass carrying the project's contract, like the
+torchvision baselines, so parameter names stay timm's.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, SupportsIndex
+
+from torch import nn
+
+from .baselines import LibraryModel
+from .pretrained import PretrainedWeightsUnavailable, hf_cache_dir, timm_pretrained_tag
+from .registry import register_source
+
+TIMM = "timm"  # model.source of a timm network
+
+
+class TimmModel(LibraryModel):
+    """A timm network with the contract; pickles by its recipe."""
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> tuple[Any, ...]:
+        cls = type(self)
+        recipe = (cls.model_name, cls.__bases__[-1], cls.first_conv_name, cls.classifier_name)
+        return _unpickle, (*recipe, cls.min_input_size), self.__getstate__()
+
+
+@functools.cache
+def _timm_class(
+    name: str, base: type[nn.Module], first_conv: str, classifier: str, min_size: int
+) -> type[TimmModel]:
+    attrs = {"model_name": name, "first_conv_name": first_conv, "classifier_name": classifier}
+    attrs |= {"min_input_size": min_size, "__module__": __name__}
+    return type(base.__name__, (TimmModel, base), attrs)
+
+
+def _unpickle(
+    name: str, base: type[nn.Module], first_conv: str, classifier: str, min_size: int
+) -> TimmModel:
+    cls = _timm_class(name, base, first_conv, classifier, min_size)
+    return cls.__new__(cls)
+
+
+def timm_names() -> list[str]:
+    """Every architecture timm can build (`timm.list_models()`)."""
+    import timm
+
+    return list(timm.list_models())
+
+
+def build_timm_model(
+    name: str,
+    in_chans: int = 3,
+    num_classes: int = 2,
+    drop_rate: float = 0.0,
+    pretrained: bool = False,
+) -> nn.Module:
+    """timm's `name` for `in_chans` and `num_classes`, from its pretrained weights if asked."""
+    import timm
+
+    if not timm.is_model(name):
+        raise ValueError(f"model.name={name!r}: not a timm model; see timm.list_models()")
+    options = {"in_chans": in_chans, "num_classes": num_classes, "drop_rate": drop_rate}
+    if pretrained:
+        tag = timm_pretrained_tag(name)
+        try:
+            model = timm.create_model(name, pretrained=True, **options)
+        except Exception as err:  # offline (HF_HUB_OFFLINE) or unreachable hub, torn file
+            raise PretrainedWeightsUnavailable(
+                f"model.pretrained=true: timm's weights of {name!r} ({tag}) are not in the "
+                f"Hugging Face cache ({hf_cache_dir()}, set by HF_HOME) and could not be "
+                f"downloaded ({type(err).__name__}: {err}). Download them once online (e.g. "
+                f"`python -c \"import timm; timm.create_model('{name}', pretrained=True)\"`), "
+                "or set model.pretrained=false to train from scratch"
+            ) from err
+    else:
+        model = timm.create_model(name, pretrained=False, **options)
+    cfg = model.pretrained_cfg
+    reduction = getattr(model, "feature_info", None) or [{"reduction": 32}]
+    min_size = int(reduction[-1].get("reduction", 32))
+    model.__class__ = _timm_class(
+        name, type(model), str(cfg["first_conv"]), str(cfg["classifier"]), min_size
+    )
+    return model
+
+
+register_source(TIMM, build_timm_model)
