@@ -9,12 +9,14 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class Record:
-    """One labelled image: where it is, its class index, its lesion masks and its patient."""
+    """One labelled image: where it is, its class index, its lesion masks, its patient, and
+    the member dataset it came from in a pooled dataset."""
 
     image: Path
     label: int
     masks: tuple[Path, ...] = ()
     group: str | None = None
+    source: str | None = None
 
 
 @dataclass(frozen=True)

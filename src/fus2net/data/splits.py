@@ -213,8 +213,21 @@ def _test_targets(
     return np.round(class_counts * test_fraction).astype(np.int64)
 
 
+def _strata(records: Sequence[Record], labels: np.ndarray, sources: list[str]) -> np.ndarray:
+    """Per record, what splits stratify by: the label, or (label, member) in a pooled set."""
+    if not sources:
+        return labels
+    member = np.array([sources.index(r.source) for r in records], dtype=np.int64)
+    return labels * len(sources) + member
+
+
 def _cv_folds(
-    labels: np.ndarray, units: np.ndarray, pool: np.ndarray, folds: int, seed: int
+    labels: np.ndarray,
+    units: np.ndarray,
+    pool: np.ndarray,
+    folds: int,
+    seed: int,
+    strata: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     counts = np.bincount(labels[pool], minlength=int(labels.max()) + 1)
     problems = [
@@ -224,7 +237,7 @@ def _cv_folds(
     ]
     if problems:
         raise DataError(problems, fix="lower cv.folds or the test set size, or add images")
-    y, groups = labels[pool], units[pool]
+    y, groups = (labels if strata is None else strata)[pool], units[pool]
     placeholder = np.zeros((len(pool), 1))
     if len(np.unique(groups)) == len(pool):
         splits = StratifiedKFold(folds, shuffle=True, random_state=seed).split(placeholder, y)
@@ -297,6 +310,9 @@ def make_split(
         "duplicate_distance": int(duplicate_distance) if dedupe else None,
         "format": SPLIT_FORMAT,
     }
+    sources = sorted({r.source for r in records if r.source is not None})
+    if sources:  # a pooled dataset: every member in every fold and the test set, in proportion
+        params["strata"] = "label x source"
     fingerprint = fingerprint or records_fingerprint(records)
     params_hash = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
     path = None
@@ -319,9 +335,17 @@ def make_split(
             duplicate_groups = connected_groups(len(ordered), pairs)
         _log_duplicates(duplicate_groups, ordered, duplicate_distance)
     units = grouping_units(ordered, duplicate_groups)
+    strata = _strata(ordered, labels, sources)
 
-    targets = _test_targets(np.bincount(labels), test_fraction, test_per_class)
-    test, unmet = _select_test(labels, units, targets, np.random.default_rng(seed))
+    rng = np.random.default_rng(seed)
+    if test_per_class is None and sources:
+        targets = _test_targets(np.bincount(strata), test_fraction, None)
+        test, unmet_strata = _select_test(strata, units, targets, rng)
+        unmet = np.bincount(np.arange(len(unmet_strata)) // len(sources), weights=unmet_strata)
+        unmet = unmet.astype(np.int64)
+    else:  # exact counts are per class, whatever the member
+        targets = _test_targets(np.bincount(labels), test_fraction, test_per_class)
+        test, unmet = _select_test(labels, units, targets, rng)
     if test_per_class is not None and unmet.any():
         raise DataError(
             [_class_problem(c, f"{n} test images short") for c, n in enumerate(unmet) if n],
@@ -331,7 +355,7 @@ def make_split(
     if unmet.any():
         log.warning("test set is %s images per class short of %s: groups too large", unmet, targets)
     pool = np.setdiff1d(np.arange(len(ordered)), test)
-    cv_folds = _cv_folds(labels, units, pool, folds, seed)
+    cv_folds = _cv_folds(labels, units, pool, folds, seed, strata)
 
     split = Split(
         test=np.sort(order[test]),

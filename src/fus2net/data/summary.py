@@ -221,6 +221,9 @@ def format_summary(summary: DatasetSummary, on_bad_image: str = "error") -> str:
         lines.append("Groups (patients): none given, each image is its own group")
     else:
         lines.append(f"Groups (patients): {summary.n_groups} for {len(summary.records)} images")
+    sources = Counter(r.source for r in summary.records if r.source is not None)
+    if sources:
+        lines.append("Members: " + ", ".join(f"{name} {n}" for name, n in sources.items()))
     lines += _duplicate_lines(summary)
     lines += _notice_lines(summary.notices)
     if summary.ok:

@@ -299,16 +299,30 @@ class ManifestDatasetSchema:
     sheet: Any = None  # a spreadsheet's sheet, by name or 0-based index; null = the first
 
 
+@dataclass
+class PooledDatasetSchema:
+    _target_: str = MISSING
+    members: Any = field(default_factory=dict)  # open: name -> a dataset config (each checked)
+    name: str = rule("pooled", nonempty=True)
+
+
 def dataset_schemas() -> dict[type, type]:
     """Our dataset sources and the dataclass that types their arguments (the source's
     signature stays the truth of which arguments exist: tested)."""
-    from fus2net.data.sources import BusiSource, FolderSource, ManifestSource, SyntheticSource
+    from fus2net.data.sources import (
+        BusiSource,
+        FolderSource,
+        ManifestSource,
+        PooledSource,
+        SyntheticSource,
+    )
 
     return {
         SyntheticSource: SyntheticDatasetSchema,
         BusiSource: BusiDatasetSchema,
         FolderSource: FolderDatasetSchema,
         ManifestSource: ManifestDatasetSchema,
+        PooledSource: PooledDatasetSchema,
     }
 
 

@@ -176,11 +176,17 @@ class _Check:
 
     def _targets_inside(self, value: Any, path: str, group: str) -> None:
         """Nodes with their own `_target_` inside an Any field (albumentations.Compose's
-        transforms): Hydra builds them too, so each is checked against its own target."""
+        transforms, a pooled dataset's members): Hydra builds them too, so each is checked
+        against its own target."""
         if not group:
             return
         if isinstance(value, DictConfig) and "_target_" in value:
             self.target(value, path, group)
+        elif isinstance(value, DictConfig):  # name -> target (a pooled dataset's members)
+            for key in value:
+                item = value._get_node(key)
+                if isinstance(item, DictConfig) and "_target_" in item:
+                    self.target(item, join_key(path, key), group)
         elif isinstance(value, ListConfig):
             for i, item in enumerate(value):
                 if isinstance(item, DictConfig) and "_target_" in item:

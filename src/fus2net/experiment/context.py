@@ -141,6 +141,7 @@ class JobContext:
             fold,
             split,
             groups=[r.group for r in records],
+            sources=[r.source for r in records],
         )
 
 

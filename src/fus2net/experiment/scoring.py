@@ -90,6 +90,7 @@ def score_cell(ctx: JobContext, summary: CellSummary, results: dict[int, FoldRes
     metrics = {
         **schema.prefixed(schema.CV, summary.cv),
         **schema.prefixed(schema.OOF, scores.oof),
+        **by_source_metrics(scores.preds),
         schema.FOLDS_COMPLETED: len(results),
     }
     cell_run = summary.cell_run_id
@@ -115,6 +116,19 @@ def score_cell(ctx: JobContext, summary: CellSummary, results: dict[int, FoldRes
     provenance = provenance_files(ctx.cell_cfg, data.description, data.split.path, ctx.out)
     ctx.tracker.log_artifacts(cell_run, provenance, schema.PROVENANCE_DIR)
     return scores
+
+
+def by_source_metrics(preds: pd.DataFrame) -> dict[str, float]:
+    """The test and out-of-fold metrics of each member of a pooled dataset (none otherwise):
+    a pool can hide a member on which the model does much worse."""
+    if schema.SOURCE_COLUMN not in preds.columns:
+        return {}
+    metrics: dict[str, float] = {}
+    for (source, split), rows in preds.groupby([schema.SOURCE_COLUMN, "split"]):
+        if split in (schema.Split.TEST, schema.Split.OOF) and len(rows):
+            scores = binary_metrics(rows["label"].to_numpy(), rows["prob"].to_numpy())
+            metrics |= schema.prefixed(schema.by_source(str(source), str(split)), scores)
+    return metrics
 
 
 def _finite(metrics: dict[str, float]) -> dict[str, float]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fus2net.tracking.schema import GROUP_COLUMN, PREDICTION_COLUMNS, Split
+from fus2net.tracking.schema import GROUP_COLUMN, PREDICTION_COLUMNS, SOURCE_COLUMN, Split
 
 REQUIRED_COLUMNS = ("path", "label", "prob", "split")
 
@@ -19,11 +19,13 @@ def predictions_frame(
     fold: int | str,
     split: str,
     groups: list[str | None] | None = None,
+    sources: list[str | None] | None = None,
 ) -> pd.DataFrame:
     """Per-image predictions in the column order every tool of the project reads.
 
     A `group` (patient) column is added where the source has group ids, so that bootstrap
-    intervals can resample patients rather than images.
+    intervals can resample patients rather than images; a `source` column where the images
+    come from the members of a pooled dataset.
     """
     frame = pd.DataFrame(
         {
@@ -37,6 +39,8 @@ def predictions_frame(
     )
     if groups is not None and any(g is not None for g in groups):
         frame[GROUP_COLUMN] = groups
+    if sources is not None and any(s is not None for s in sources):
+        frame[SOURCE_COLUMN] = sources
     return frame
 
 

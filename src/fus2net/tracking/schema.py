@@ -155,6 +155,12 @@ def external_dir(name: str) -> str:
 
 # --- Metric names --------------------------------------------------------------------------------
 CV, TEST, OOF = "cv", "test", "oof"  # cell metric prefixes: fold mean/sd, test set, pooled OOF
+BY_SOURCE = "by_source"  # a pooled dataset's members: by_source/<member>/{test,oof}/<metric>
+
+
+def by_source(source: str, prefix: str) -> str:
+    """The metric prefix of one member of a pooled dataset, e.g. `by_source/breast/test`."""
+    return f"{BY_SOURCE}/{source}/{prefix}"
 FOLDS_COMPLETED = "cv/folds_completed"
 VAL_ECE = "calibration/val_ece"  # a fold run's validation ECE
 # A fold run's per-epoch metrics (step = epoch): `<stage>/<name>` for the paper's metrics, and
@@ -199,6 +205,7 @@ class Split(StrEnum):
 
 PREDICTION_COLUMNS = ("path", "label", "prob", "fold", "split")
 GROUP_COLUMN = "group"  # patient id, where the source has one
+SOURCE_COLUMN = "source"  # the member dataset of a pooled dataset
 
 
 # --- Dataset inputs (MLflow's Datasets panel) ----------------------------------------------------

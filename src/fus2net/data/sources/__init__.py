@@ -4,5 +4,13 @@ from fus2net.data.sources.base import DataSource
 from fus2net.data.sources.busi import BusiSource, SyntheticSource
 from fus2net.data.sources.folders import FolderSource
 from fus2net.data.sources.manifest import ManifestSource
+from fus2net.data.sources.pooled import PooledSource
 
-__all__ = ["BusiSource", "DataSource", "FolderSource", "ManifestSource", "SyntheticSource"]
+__all__ = [
+    "BusiSource",
+    "DataSource",
+    "FolderSource",
+    "ManifestSource",
+    "PooledSource",
+    "SyntheticSource",
+]
