@@ -133,6 +133,8 @@ class BalanceSchema:
 class RegularizationSchema:
     dropout: float = rule(ge=0, lt=1)
     l2: float = rule(ge=0)
+    label_smoothing: float = rule(0.0, ge=0, lt=1)  # of the cross-entropy (not in the paper)
+    ema_decay: float | None = rule(None, gt=0, lt=1)  # EMA of the weights per step; null: off
 
 
 @dataclass
@@ -377,6 +379,9 @@ TARGET_GROUPS: dict[str, TargetGroup] = {
             "T_max": {"ge": 1},
             "gamma": {"gt": 0},
             "eta_min": {"ge": 0},
+            "max_epochs": {"ge": 1},
+            "warmup_epochs": {"ge": 0},
+            "min_lr_ratio": {"ge": 0, "le": 1},
         },
         partial=True,
     ),

@@ -15,7 +15,12 @@ import pytorch_lightning as L
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.callbacks import (
+    Callback,
+    EMAWeightAveraging,
+    LearningRateMonitor,
+    ModelCheckpoint,
+)
 
 from fus2net.data.datamodule import FoldDataModule
 from fus2net.models import input_normalization
@@ -115,6 +120,7 @@ def build_module(
         l2=float(cfg.regularization.l2),
         class_weights=class_weights,
         channels_last=bool(cfg.trainer.channels_last),
+        label_smoothing=float(cfg.regularization.get("label_smoothing", 0.0)),
     )
     if cfg.trainer.get("compile"):
         module.net = torch.compile(module.net)  # type: ignore[assignment]
@@ -180,6 +186,13 @@ def _best_checkpoint(checkpoint_dir: Path) -> ModelCheckpoint:
     )
 
 
+def _weight_averaging(cfg: DictConfig) -> list[Callback]:
+    """Lightning's EMA of the weights (`regularization.ema_decay`): validated with, saved in
+    last.ckpt, and the weights the fold keeps."""
+    decay = cfg.regularization.get("ema_decay")
+    return [] if decay is None else [EMAWeightAveraging(decay=float(decay))]
+
+
 def _test_probabilities(
     predictor: L.Trainer, module: BUSClassifier, datamodule: FoldDataModule, test_idx: np.ndarray
 ) -> np.ndarray:
@@ -230,6 +243,7 @@ def train_model(
         ),
         EpochThroughput(),
         start,
+        *_weight_averaging(cfg),
         *callbacks,
     ]
     if logger:  # the learning rate of every epoch, logged as schema.LEARNING_RATE

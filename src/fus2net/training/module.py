@@ -60,6 +60,7 @@ class BUSClassifier(L.LightningModule):
         l2: float = 0.0,
         class_weights: torch.Tensor | None = None,
         channels_last: bool = False,
+        label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(
@@ -70,6 +71,7 @@ class BUSClassifier(L.LightningModule):
                 "dropout": dropout,
                 "l2": l2,
                 "channels_last": channels_last,
+                "label_smoothing": label_smoothing,
             }
         )
         self.net = create_model(
@@ -81,7 +83,7 @@ class BUSClassifier(L.LightningModule):
         self.scheduler_factory = scheduler
         self.l2 = float(l2)
         self.channels_last = channels_last
-        self.criterion = nn.CrossEntropyLoss(weight=class_weights)
+        self.criterion = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing)
         self.train_metrics = epoch_metrics(schema.TRAIN_STAGE)
         self.val_metrics = epoch_metrics(schema.VAL_STAGE)
 
