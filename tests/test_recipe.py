@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from jobs import run_train, sqlite_client, tiny
 
 from fus2net.training.module import BUSClassifier
 from fus2net.training.schedules import warmup_cosine
+from jobs import run_train, sqlite_client, tiny
 
 
 def _rates(epochs: int, **options) -> list[float]:
