@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,7 @@ def test_warmup_then_cosine_to_the_floor() -> None:
     rates = _rates(10, warmup_epochs=2, min_lr_ratio=0.01)
     assert rates[:3] == pytest.approx([1 / 3, 2 / 3, 1.0])
     assert rates[-1] == pytest.approx(0.01)
-    assert all(a >= b for a, b in zip(rates[2:], rates[3:], strict=False))  # decays after warmup
+    assert all(a >= b for a, b in itertools.pairwise(rates[2:]))  # decays after the warmup
     with pytest.raises(ValueError, match="warmup_epochs"):
         _rates(3, warmup_epochs=3)
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -53,3 +57,37 @@ def test_any_other_store_error_stops_the_job(
     monkeypatch.setattr(tracker.client, "log_inputs", broken)
     with pytest.raises(TrackingError, match="disk I/O error"):
         tracker.log_datasets(run_id, [_image_set(tmp_path)])
+
+
+# Three jobs open one fresh local store at the same instant (a start time they all wait for):
+# without the store's lock, MLflow migrates the new database in each and all but one die in
+# alembic ("table experiments already exists", "duplicate column name: step"); measured 10 of
+# 12 processes failing in 4 such trials before the lock.
+_OPEN_AT = """
+import sys, time
+from fus2net.tracking.mlflow_tracker import MlflowTracker
+uri, start = sys.argv[1], float(sys.argv[2])
+while time.time() < start:
+    time.sleep(0.001)
+print(MlflowTracker(uri, "fresh").experiment_id)
+"""
+
+
+@pytest.mark.parametrize("trial", range(2))
+def test_jobs_opening_a_fresh_store_at_once_all_succeed(tmp_path: Path, trial: int) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    start = str(time.time() + 8)  # after every interpreter has imported MLflow
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    jobs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _OPEN_AT, uri, start],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    outputs = [job.communicate(timeout=300) for job in jobs]
+    assert [job.returncode for job in jobs] == [0, 0, 0], [err[-800:] for _, err in outputs]
+    assert len({out.strip() for out, _ in outputs}) == 1  # one experiment, shared

@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 from urllib.request import url2pathname
 
 from fus2net.tracking import schema
+from fus2net.tracking.store_lock import store_open_lock
 from fus2net.tracking.uris import (
     TrackingError,
     normalize_tracking_uri,
@@ -103,8 +104,9 @@ class MlflowTracker:
         from mlflow.tracking import MlflowClient
 
         self.uri = normalize_tracking_uri(self.uri)
-        self.client = MlflowClient(tracking_uri=self.uri)
-        found = self.client.get_experiment_by_name(self.experiment_name)
+        with store_open_lock(self.uri):  # a fresh SQLite store is migrated by one job only
+            self.client = MlflowClient(tracking_uri=self.uri)
+            found = self.client.get_experiment_by_name(self.experiment_name)
         if found is None:
             location = None
             if artifact_location:
