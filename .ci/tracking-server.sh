@@ -1,7 +1,8 @@
 # Sourced by .ci/run: a PostgreSQL cluster and an MLflow tracking server on it (served artifacts),
 # both bound to 127.0.0.1 on free ports, for tests/test_server.py. start_tracking_services exports
 # FUS2NET_TEST_MLFLOW_URI, FUS2NET_TEST_OPTUNA_STORAGE and PGPASSWORD (libpq reads the password
-# from there, so no URI and no command line carries it); stop_tracking_services removes it all.
+# from there, so no URI and no command line carries it), and FUS2NET_TEST_PG_SOCKET_DIR (where
+# tests/test_security.py checks that no other user gets in); stop_tracking_services removes it all.
 
 _as_postgres() {
   if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi  # initdb refuses root
@@ -24,6 +25,8 @@ start_tracking_services() {
   CI_SERVICES=$(mktemp -d /tmp/fus2net-ci-services.XXXXXX)
   chmod 755 "$CI_SERVICES"
   mkdir "$CI_SERVICES/pg" "$CI_SERVICES/artifacts"
+  # The socket's folder: its owner's alone (mode 700), so no other user even reaches the socket.
+  chmod 700 "$CI_SERVICES/pg"
   if [ "$(id -u)" -eq 0 ]; then chown postgres:postgres "$CI_SERVICES/pg"; fi
   local pg_port ml_port
   pg_port=$(_free_port)
@@ -31,10 +34,14 @@ start_tracking_services() {
   PGPASSWORD=$(python -c 'import secrets; print(secrets.token_hex(16))')
   export PGPASSWORD
 
-  _as_postgres "$CI_PG_BIN/initdb" -D "$CI_SERVICES/pg/data" -U postgres --auth-local=trust \
+  # Only the owner gets in: on the socket, peer authentication (the OS user must be the role:
+  # postgres, which has no password, so it cannot log in over TCP), and over TCP a password
+  # (scram-sha-256; the fus2net role's is in PGPASSWORD). No `trust` anywhere.
+  _as_postgres "$CI_PG_BIN/initdb" -D "$CI_SERVICES/pg/data" -U postgres --auth-local=peer \
     --auth-host=scram-sha-256 --no-sync >"$CI_SERVICES/initdb.log"
   _as_postgres "$CI_PG_BIN/pg_ctl" -D "$CI_SERVICES/pg/data" -l "$CI_SERVICES/pg/server.log" -w \
-    -o "-c listen_addresses=127.0.0.1 -p $pg_port -k $CI_SERVICES/pg -c fsync=off" start >/dev/null
+    -o "-c listen_addresses=127.0.0.1 -p $pg_port -k $CI_SERVICES/pg -c unix_socket_permissions=0700 -c fsync=off" \
+    start >/dev/null
   # SQL on stdin, not in psql's argv, where any process listing would show the password
   printf '%s\n' "CREATE ROLE fus2net LOGIN PASSWORD '$PGPASSWORD';" \
     "CREATE DATABASE mlflow OWNER fus2net;" "CREATE DATABASE optuna OWNER fus2net;" |
@@ -59,6 +66,7 @@ start_tracking_services() {
   fi
   export FUS2NET_TEST_MLFLOW_URI="http://127.0.0.1:$ml_port"
   export FUS2NET_TEST_OPTUNA_STORAGE="postgresql://fus2net@127.0.0.1:$pg_port/optuna"
+  export FUS2NET_TEST_PG_SOCKET_DIR="$CI_SERVICES/pg"
   echo "CI: PostgreSQL on 127.0.0.1:$pg_port, MLflow server on $FUS2NET_TEST_MLFLOW_URI"
 }
 

@@ -99,9 +99,10 @@ def main(argv: list[str] | None = None) -> None:
     from fus2net.reporting.compare.runs import read_sweep
     from fus2net.reporting.compare.table import format_text
     from fus2net.tracking.mlflow_tracker import MlflowTracker
-    from fus2net.tracking.uris import TrackingError, default_tracking_uri
+    from fus2net.tracking.uris import TrackingError, default_tracking_uri, redact_logs
 
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # as fus2net-train
+    redact_logs()  # an MLflow error may quote the store's URL, credentials included
     try:
         uri = args.tracking_uri or default_tracking_uri()
         tracker = MlflowTracker.open_existing(uri, args.experiment)

@@ -69,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from fus2net.inference import load_model, predict_files
-    from fus2net.tracking.uris import TrackingError
+    from fus2net.tracking.uris import TrackingError, redact_logs
 
+    redact_logs()  # an MLflow error may quote the store's URL, credentials included
     try:
         model = load_model(args.model, tracking_uri=args.tracking_uri)
         frame = predict_files(

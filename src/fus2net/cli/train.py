@@ -16,15 +16,32 @@ from fus2net.cli import config_dir
 log = logging.getLogger("fus2net")
 
 
+def main() -> None:
+    """`fus2net-train`: refuse credentials on the command line, then run the Hydra app.
+
+    Checked before Hydra starts: Hydra writes the command line into the job's `.hydra/`
+    folder (config.yaml, overrides.yaml, hydra.yaml) before any of our code runs.
+    """
+    from fus2net.tracking.uris import credential_overrides, credentials_refused, redact_logs
+
+    keys = credential_overrides(sys.argv[1:])
+    if keys:
+        print(f"fus2net-train: error: {credentials_refused(keys)}", file=sys.stderr)
+        sys.exit(2)
+    redact_logs()  # Hydra's Optuna sweeper logs its storage URL, maybe with a password
+    train()
+
+
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def train(cfg: DictConfig) -> float | None:
     from fus2net.data.records import DataError
     from fus2net.experiment.interrupts import JobInterrupted
     from fus2net.experiment.job import run_job
     from fus2net.experiment.preflight import ConfigError
     from fus2net.experiment.summary import format_summary
-    from fus2net.tracking.uris import TrackingError
+    from fus2net.tracking.uris import TrackingError, redact_logs
 
+    redact_logs()  # again: a launcher's worker process (joblib, submitit) starts here
     # MLflow prints each run's URL, credentials of the tracking URI included, when a run on a
     # server ends; the job prints one redacted link to the UI instead.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")

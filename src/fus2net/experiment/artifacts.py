@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from fus2net.evaluation.metrics import confusion
 from fus2net.experiment.figures import save_confusion, save_roc
 from fus2net.tracking.provenance import package_versions, resolved_container
+from fus2net.tracking.uris import redact_values
 
 
 def write_prediction_artifacts(
@@ -52,7 +53,7 @@ def provenance_files(
     config.write_text(OmegaConf.to_yaml(OmegaConf.create(resolved_container(cfg))))
     files = [
         config,
-        write_json(description, out / "dataset.json"),
+        write_json(redact_values(description), out / "dataset.json"),  # a root may be a URL
         write_json(package_versions(), out / "environment.json"),
     ]
     if split_file is not None and Path(split_file).exists():

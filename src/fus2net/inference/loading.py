@@ -20,6 +20,7 @@ from fus2net.inference.gradcam import CamTarget, ensemble_grad_cam, find_cam_lay
 from fus2net.inference.registry import download_version
 from fus2net.inference.spec import SPEC_FILE, Member, ModelSpec
 from fus2net.models import create_model
+from fus2net.models.weights import SAVE_HINT, WeightsFileError, load_weights
 from fus2net.tracking import schema
 from fus2net.tracking.mlflow_tracker import MlflowTracker
 from fus2net.tracking.uris import (
@@ -73,15 +74,28 @@ def to_tensor(images: np.ndarray, spec: ModelSpec) -> torch.Tensor:
 
 
 def build_member(spec: ModelSpec, weights: Path) -> nn.Module:
-    """The registry model of `spec` with `weights` (a plain state dict), in eval mode."""
+    """The registry model of `spec` with `weights` (a plain state dict), in eval mode; a bad
+    file is a ValueError naming it (no pickled code runs: `load_weights`)."""
     model = create_model(
         **spec.model,
         in_chans=spec.in_chans,
         num_classes=spec.num_classes,
         drop_rate=spec.drop_rate,
     )
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
+    state = load_weights(weights)
+    if not isinstance(state, dict):
+        raise WeightsFileError(
+            f"{weights}: holds a {type(state).__name__}, not a state dict of tensors; save one "
+            f"with {SAVE_HINT}"
+        )
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as err:
+        first = str(err).splitlines()[0].rstrip(":")
+        raise WeightsFileError(
+            f"{weights}: its tensors do not fit the {spec.model.get('name', '?')} model that "
+            f"{SPEC_FILE} describes ({first}); the file belongs to another model"
+        ) from None
     return model.eval()
 
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol, TypeVar, runtime_checkable
 
-import torch
 from torch import Tensor, nn
+
+from fus2net.models.weights import load_weights
 
 log = logging.getLogger(__name__)
 
@@ -112,13 +112,7 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike[str]) -> None:
             f"model.pretrained_path={str(path)!r} does not exist; point it at a file saved with "
             f"torch.save(model.state_dict(), path), or set it to null to train from scratch"
         )
-    try:
-        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError) as err:
-        raise ValueError(
-            f"{file}: not loadable as weights only ({err}); save a plain state dict with "
-            f"torch.save(model.state_dict(), path)"
-        ) from err
+    checkpoint = load_weights(file)  # a WeightsFileError (ValueError) naming the file
     state_dict = _unwrap_state_dict(checkpoint, file)
     own = model.state_dict()
     state_dict = {_strip_wrapper_prefixes(key, own): value for key, value in state_dict.items()}

@@ -145,7 +145,7 @@ class MlflowTracker:
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, str(v)[:MAX_PARAM_VALUE]) for k, v in params.items()]
+        items = [Param(k, redact_uri(str(v))[:MAX_PARAM_VALUE]) for k, v in params.items()]
         self.client.log_batch(run_id, params=items)  # the client splits it into batches
 
     @_guarded("logging metrics")
@@ -200,7 +200,7 @@ class MlflowTracker:
         for item in sets:
             with warnings.catch_warnings():  # two equal local sources are registered in MLflow
                 warnings.filterwarnings("ignore", message=".*can be interpreted in multiple ways")
-                source = resolve_dataset_source(item.source)
+                source = resolve_dataset_source(redact_uri(item.source))
             meta = MetaDataset(source, name=item.name, digest=item.digest, schema=columns)
             entity = meta.to_dict()
             dataset = Dataset(

@@ -12,7 +12,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from fus2net.tracking import schema
-from fus2net.tracking.uris import redact_uri
+from fus2net.tracking.uris import redact_uri, redact_values
 
 # Keys that never change a result: where things are written, how many workers and threads load
 # and compute, which fold of the cell this job runs, where it is tracked, whether the model is
@@ -55,13 +55,13 @@ PACKAGES: tuple[str, ...] = (
 
 
 def resolved_container(cfg: DictConfig) -> dict[str, Any]:
-    """The config as plain Python, interpolations resolved, Hydra's own node left out."""
+    """The config as plain Python, interpolations resolved, Hydra's own node left out, and
+    every credential in it hidden: params, config.yaml and the cell key are made of it, and a
+    credential from the environment (`${oc.env:MLFLOW_TRACKING_URI}`) resolves into it."""
     data = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     assert isinstance(data, dict)
     data.pop("hydra", None)
-    if isinstance(data.get("tracking"), dict) and data["tracking"].get("uri"):
-        data["tracking"]["uri"] = redact_uri(str(data["tracking"]["uri"]))
-    return data
+    return redact_values(data)
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

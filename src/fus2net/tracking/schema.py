@@ -19,6 +19,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from fus2net.evaluation.metrics import METRICS
+from fus2net.tracking.uris import redact_uri
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -126,8 +127,9 @@ def tag_key(key: str) -> str:
 
 
 def tag_value(value: object) -> str:
-    """`value` as a tag value the store accepts (long reasons are cut)."""
-    return str(value)[:MAX_TAG_VALUE]
+    """`value` as a tag value the store accepts: credentials hidden (whatever the tag: an error
+    reason or a config value may hold a URI), then long reasons cut."""
+    return redact_uri(str(value))[:MAX_TAG_VALUE]
 
 
 def role_filter(role: Role, **tags: str) -> str:
