@@ -12,6 +12,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from fus2net.cli import config_dir
+from fus2net.cli.output_dirs import with_own_output_dir
 
 log = logging.getLogger("fus2net")
 
@@ -20,7 +21,8 @@ def main() -> None:
     """`fus2net-train`: refuse credentials on the command line, then run the Hydra app.
 
     Checked before Hydra starts: Hydra writes the command line into the job's `.hydra/`
-    folder (config.yaml, overrides.yaml, hydra.yaml) before any of our code runs.
+    folder (config.yaml, overrides.yaml, hydra.yaml) before any of our code runs; that folder
+    is claimed here too, so that no two jobs share it.
     """
     from fus2net.tracking.uris import credential_overrides, credentials_refused, redact_logs
 
@@ -29,6 +31,7 @@ def main() -> None:
         print(f"fus2net-train: error: {credentials_refused(keys)}", file=sys.stderr)
         sys.exit(2)
     redact_logs()  # Hydra's Optuna sweeper logs its storage URL, maybe with a password
+    sys.argv[1:] = with_own_output_dir(sys.argv[1:])  # never a folder another job shares
     train()
 
 
