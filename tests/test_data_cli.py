@@ -187,3 +187,11 @@ def test_skip_that_empties_a_class_fails_the_check(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "training would stop: no images left in class 'malignant'" in result.stdout
+
+
+def test_console_script_checks_the_config_schema_as_training_does(tmp_path: Path) -> None:
+    """A key added with `+` that nothing reads is named, not silently ignored."""
+    result = run_cli(tmp_path, "dataset=folder", f"dataset.root={tmp_path}", "+dataset.rooot=x")
+    assert result.returncode == 1
+    assert "unknown key dataset.rooot; did you mean dataset.root?" in result.stderr
+    assert "Traceback" not in result.stderr

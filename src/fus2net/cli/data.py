@@ -131,6 +131,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.cfg:
         sys.stdout.write(OmegaConf.to_yaml(cfg, resolve=args.resolve))
         raise SystemExit(0)
+    from fus2net.experiment.config_schema import validate_config
+    from fus2net.experiment.preflight import ConfigError
+
+    try:  # the schema fus2net-train checks: a typo'd key is named here too, not ignored
+        validate_config(cfg)
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        raise SystemExit(1) from None
     raise SystemExit(check_dataset(cfg))
 
 
