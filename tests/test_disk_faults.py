@@ -199,7 +199,8 @@ def _lightning(state: dict) -> dict:
 @pytest.mark.parametrize(
     ("saved", "why"),
     [
-        (Tiny().state_dict(), "not a Lightning checkpoint of a fit: no 'state_dict'"),  # torch.save(model.state_dict())
+        # torch.save(model.state_dict()), as a user would save weights by hand
+        (Tiny().state_dict(), "not a Lightning checkpoint of a fit: no 'state_dict'"),
         ({"epoch": 3, "weights": {}}, "no 'state_dict'"),
         ([1, 2, 3], "holds a list"),
         (_lightning({"conv.weight": torch.zeros(1)}), "weights of another model"),
