@@ -210,7 +210,9 @@ def test_a_tampered_checkpoint_is_refused_without_running_it(
     torch.save({"state_dict": {}, "hparams": _Payload()}, checkpoint)  # Lightning's file format
     assert not _loadable(checkpoint), "weights_only refuses it: the fold starts over"
     assert not marker.exists(), "no pickled code ran"
-    torch.save({"state_dict": {"w": torch.zeros(2)}, "epoch": 3}, checkpoint)
+    keys = ("optimizer_states", "lr_schedulers", "loops", "global_step")
+    lightning = {"state_dict": {"w": torch.zeros(2)}, "epoch": 3, **{key: [] for key in keys}}
+    torch.save({**lightning, "pytorch-lightning_version": "2.5"}, checkpoint)
     assert _loadable(checkpoint)
 
 

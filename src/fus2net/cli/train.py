@@ -37,6 +37,7 @@ def main() -> None:
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 def train(cfg: DictConfig) -> float | None:
+    from fus2net.data.files import DiskFull
     from fus2net.data.records import DataError
     from fus2net.experiment.interrupts import JobInterrupted
     from fus2net.experiment.job import run_job
@@ -50,6 +51,10 @@ def train(cfg: DictConfig) -> float | None:
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     try:
         summary = run_job(cfg)
+    except DiskFull as exc:
+        logging.raiseExceptions = False  # a log file on the full disk must not add tracebacks
+        log.error("%s", exc)
+        sys.exit(2)
     except (ConfigError, DataError, TrackingError) as exc:
         log.error("%s", exc)
         sys.exit(2)

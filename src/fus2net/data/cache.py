@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from fus2net.data.files import written_whole
 from fus2net.data.imageio import ImageLimits, load_image
 from fus2net.data.records import Record
 from fus2net.data.splits import record_keys, records_fingerprint
@@ -140,21 +141,37 @@ class ImageCache:
             raise ValueError("data.cache=disk needs a cache directory (paths.cache_dir)")
         path = _disk_path(Path(cache_dir), fingerprint, records, image_size, channels)
         expected = (len(records), image_size, image_size, channels)
-        if path.is_file():
-            images = np.load(path, mmap_mode="r")
-            if images.shape == expected and images.dtype == np.uint8:
-                log.info("reusing image cache %s", path)
-                return cls(images, labels, path)
-            log.warning(
-                "image cache %s has shape %s, expected %s; rebuilding", path, images.shape, expected
-            )
+        images = _stored_images(path, expected)
+        if images is not None:
+            log.info("reusing image cache %s", path)
+            return cls(images, labels, path)
         images = _decoded(pixels, paths, image_size, channels, progress)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}.npy")
-        np.save(tmp, images)
-        os.replace(tmp, path)
+        with written_whole(path, images.nbytes + 128) as tmp:
+            np.save(tmp, images)
         log.info("saved image cache %s (%.0f MB)", path, images.nbytes / 1e6)
         return cls(np.load(path, mmap_mode="r"), labels, path)
+
+
+def _stored_images(path: Path, expected: tuple[int, ...]) -> np.ndarray | None:
+    """The memory map of the cache file at `path` when it is whole and of `expected` shape;
+    a torn or foreign file (truncated, a bad header, other images) is reported and removed,
+    so that it is rebuilt instead of failing every later run."""
+    if not path.is_file():
+        return None
+    try:
+        images = np.load(path, mmap_mode="r", allow_pickle=False)
+        if not isinstance(images, np.memmap):
+            raise ValueError("not a single .npy array")
+        size, written = path.stat().st_size, images.offset + images.nbytes
+        if written != size:  # the map is shorter than the file: bytes after the array
+            raise ValueError(f"{size} bytes on disk, its header says {written}")
+        if images.shape != expected or images.dtype != np.uint8:
+            raise ValueError(f"shape {images.shape} {images.dtype}, expected {expected} uint8")
+    except (ValueError, OSError, EOFError) as exc:
+        log.warning("image cache %s is unusable (%s): rebuilding it", path, exc)
+        path.unlink(missing_ok=True)
+        return None
+    return images
 
 
 def _disk_path(

@@ -22,6 +22,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from fus2net.data.duplicates import connected_groups, find_duplicate_groups, near_pairs
+from fus2net.data.files import write_text
 from fus2net.data.records import DataError, Problem, Record
 
 log = logging.getLogger(__name__)
@@ -268,7 +269,7 @@ def _stored_split(
         return None
     try:
         split = Split.from_json(path.read_text(), records)
-    except (ValueError, KeyError) as exc:
+    except (ValueError, KeyError, TypeError) as exc:
         log.warning("split file %s unusable (%s); recomputing", path, exc)
         return None
     if split.fingerprint != fingerprint or split.params != params:
@@ -366,9 +367,6 @@ def make_split(
         path=path,
     )
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(split.to_json(records))
-        os.replace(tmp, path)
+        write_text(path, split.to_json(records))
         log.info("saved split %s", path)
     return split

@@ -14,14 +14,21 @@ same ones reuses the folder, a call with other ones refuses to mix them.
 
 from __future__ import annotations
 
+import ctypes
 import json
+import logging
+import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import tempfile
-from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 
 import numpy as np
 from PIL import Image
@@ -36,6 +43,9 @@ CLASSES = ("benign", "malignant")
 DEFAULT_OVERLAP = 0.3
 #: Below this many images a process pool costs more than it saves.
 MIN_IMAGES_FOR_POOL = 64
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+log = logging.getLogger(__name__)
 
 
 class SyntheticDatasetMismatch(ValueError):
@@ -119,14 +129,90 @@ def _jobs(folder: Path, counts: dict[str, int], seed: int, size: int, overlap: f
     ]
 
 
-def _run(jobs: list) -> Iterator[None]:
+def _die_with_parent(parent: int) -> None:
+    """Pool worker initializer: end with the parent (SIGKILL of the parent must not leave
+    workers rendering into a folder nobody publishes), and leave Ctrl+C to the parent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's: Pool.terminate's ends it
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    else:  # no parent-death signal: poll for the parent instead
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
+
+
+def _run(jobs: list, done: Callable[[], None]) -> None:
+    """Render every job (in a process pool when it pays), calling `done` after each; on any
+    error or signal the pool is terminated at once, not left to finish its queue."""
     workers = min(os.cpu_count() or 1, 8)
     if workers > 1 and len(jobs) >= MIN_IMAGES_FOR_POOL:
-        with ProcessPoolExecutor(workers) as pool:
-            yield from pool.map(_render_and_write, jobs, chunksize=8)
+        with multiprocessing.Pool(workers, _die_with_parent, (os.getpid(),)) as pool:
+            for _ in pool.imap_unordered(_render_and_write, jobs, chunksize=8):
+                done()
     else:
         for job in jobs:
-            yield _render_and_write(job)
+            _render_and_write(job)
+            done()
+
+
+class _Terminated(BaseException):
+    """SIGTERM during generation, where nobody else handles it: clean up, then die of it."""
+
+
+@contextmanager
+def _cleanup_on_sigterm() -> Iterator[None]:
+    """Turn SIGTERM into `_Terminated` while generating, when it would kill the process
+    outright (the default handler): the partial folder is removed first, then the process
+    ends by the signal as it would have. A job's own handler (experiment.interrupts) stays."""
+    mine = (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    )
+    if not mine:
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise _Terminated
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    except _Terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _remove_abandoned(root: Path) -> None:
+    """Remove partial folders of `root` whose process is gone (SIGKILL, a lost power supply):
+    they would otherwise pile up beside the dataset, never read."""
+    for partial in root.parent.glob(f".{root.name}.partial-*"):
+        pid = partial.name.removeprefix(f".{root.name}.partial-").split("-", 1)[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        log.warning("removing %s: left by process %s, which ended before finishing", partial, pid)
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def generate_dataset(
@@ -163,27 +249,30 @@ def generate_dataset(
     if _check_existing(root, manifest):
         return root
 
-    # Build beside root, then rename: an interrupted run never leaves a half dataset at root.
+    # Build beside root, then rename: an interrupted run never leaves a half dataset at root,
+    # and removes its partial folder on the way out (an exception, SIGINT or SIGTERM).
     root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
-    try:
-        for name in CLASSES:
-            (staging / name).mkdir()
-        jobs = _jobs(staging, manifest["counts"], seed, image_size, overlap)
-        bar = tqdm(
-            total=len(jobs),
-            desc=f"synthetic data -> {root}",
-            unit="img",
-            file=sys.stderr,
-            disable=not progress,
-        )
-        with bar:
-            for _ in _run(jobs):
-                bar.update()
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        _publish(staging, root, manifest)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    _remove_abandoned(root)
+    prefix = f".{root.name}.partial-{os.getpid()}-"
+    with _cleanup_on_sigterm():
+        staging = Path(tempfile.mkdtemp(prefix=prefix, dir=root.parent))
+        try:
+            for name in CLASSES:
+                (staging / name).mkdir()
+            jobs = _jobs(staging, manifest["counts"], seed, image_size, overlap)
+            bar = tqdm(
+                total=len(jobs),
+                desc=f"synthetic data -> {root}",
+                unit="img",
+                file=sys.stderr,
+                disable=not progress,
+            )
+            with bar:
+                _run(jobs, bar.update)
+            (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+            _publish(staging, root, manifest)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return root
 
 

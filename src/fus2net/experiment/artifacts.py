@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from fus2net.data.files import write_text
 from fus2net.evaluation.metrics import confusion
 from fus2net.experiment.figures import save_confusion, save_roc
 from fus2net.tracking.provenance import package_versions, resolved_container
@@ -22,7 +23,7 @@ def write_prediction_artifacts(
     """predictions.csv, one ROC plot of every split, and a confusion matrix per split."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files = [out_dir / "predictions.csv"]
-    preds.to_csv(files[0], index=False)
+    write_text(files[0], preds.to_csv(index=False))
     curves = {
         f"{split} (n={len(part)})": (part["label"].to_numpy(), part["prob"].to_numpy())
         for split, part in preds.groupby("split", sort=False)
@@ -40,9 +41,7 @@ def write_prediction_artifacts(
 
 
 def write_json(data: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-    return path
+    return write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
 def provenance_files(

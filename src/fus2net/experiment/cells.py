@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from fus2net.data.files import as_disk_full
 from fus2net.experiment.context import JobContext
 from fus2net.experiment.interrupts import JobInterrupted
 from fus2net.experiment.summary import CellSummary
@@ -126,19 +127,32 @@ def end_status(exc: BaseException) -> str:
     return "KILLED" if stopped else "FAILED"
 
 
+def store_file(uri: str) -> str | None:
+    """The file of a SQLite tracking store (what a full disk there is reported on)."""
+    return uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else None
+
+
 @contextmanager
 def working_in(tracker: MlflowTracker, run_id: str) -> Iterator[None]:
     """This process works on `run_id` (never reaped as an orphan); when the block raises, the
-    run is ended FAILED or KILLED with the reason, and the error goes on unchanged."""
+    run is ended FAILED or KILLED with the reason, and the error goes on (a full disk as
+    DiskFull, the path and the space it needed in the run's error too)."""
     with resume.working_on(run_id):
         try:
             yield
         except BaseException as exc:
+            full = as_disk_full(exc, store=store_file(tracker.uri))
+            reason = full or exc
             try:
-                tracker.set_tags(run_id, {schema.ERROR: f"{type(exc).__name__}: {exc}"})
+                tracker.set_tags(run_id, {schema.ERROR: f"{type(reason).__name__}: {reason}"})
                 tracker.end_run(run_id, end_status(exc))
-            except Exception:  # the store itself may be what failed
-                log.exception("could not mark MLflow run %s as %s", run_id, end_status(exc))
+            except Exception as store_exc:  # the store itself may be what failed
+                if full is None and as_disk_full(store_exc) is None:
+                    log.exception("could not mark MLflow run %s as %s", run_id, end_status(exc))
+                else:  # the next job marks it KILLED (an orphan): say so, no traceback
+                    log.error("could not mark MLflow run %s %s: disk full", run_id, end_status(exc))
+            if full is not None and full is not exc:
+                raise full from exc
             raise
 
 

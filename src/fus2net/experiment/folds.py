@@ -8,9 +8,12 @@ with the fold's metrics on those datasets.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import shutil
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -30,32 +33,71 @@ log = logging.getLogger(__name__)
 def train_folds(
     ctx: JobContext, cell: cells.OpenCell, summary: CellSummary
 ) -> dict[int, FoldResult]:
-    """Train the job's folds that the store lacks; finished ones are skipped, a fold another
-    live process trains is left to it, and a diverged fold (non-finite loss) fails alone."""
+    """Train the job's folds that the store lacks, looking again before each; finished ones
+    are skipped (scoring reads them back), a fold another live process trains is left to it,
+    and a diverged fold (non-finite loss) fails alone."""
     results: dict[int, FoldResult] = {}
     for fold in ctx.folds:
-        previous = cell.folds.get(fold)
-        status = previous.status if previous is not None else None
-        if previous is not None and status == "FINISHED":
-            log.info(
-                "%s: finished in run %s, not trained again", ctx.fold_name(fold), previous.run_id
-            )
-            continue
-        if previous is not None and status == "RUNNING":
-            owner = previous.run.data.tags
-            log.warning(
-                "%s: being trained by process %s on %s (run %s); left to it",
-                ctx.fold_name(fold),
-                owner.get(schema.PID),
-                owner.get(schema.HOST),
-                previous.run_id,
-            )
-            continue
-        try:
-            results[fold], summary.folds[fold] = run_fold(ctx, cell, fold, previous)
-        except FloatingPointError as exc:  # diverged: this fold fails, the others go on
-            log.error("%s failed: %s", ctx.fold_name(fold), exc)
+        lock = ctx.checkpoint_dir(fold).parent / "fold.lock"
+        with _claimed(lock) as mine:
+            if not mine:
+                log.warning(
+                    "%s: another job of this cell is training it (%s is locked); left to it",
+                    ctx.fold_name(fold),
+                    lock,
+                )
+                continue
+            # Re-read: a job of the same cell may have finished or started it meanwhile.
+            cell.folds = resume.current_fold_runs(ctx.tracker, cell.run_id, ctx.stale_after_s)
+            fold_result = _train_unless_done(ctx, cell, summary, fold)
+            if fold_result is not None:
+                results[fold] = fold_result
     return results
+
+
+@contextmanager
+def _claimed(lock: Path) -> Iterator[bool]:
+    """Hold an exclusive lock on `lock` (True), or False when another process holds it: two
+    jobs of one cell started at once never train the same fold twice (same host, or a shared
+    file system with working locks; across hosts the store's heartbeat decides)."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _train_unless_done(
+    ctx: JobContext, cell: cells.OpenCell, summary: CellSummary, fold: int
+) -> FoldResult | None:
+    """Train `fold` unless the store has it finished, or a live process on it (None then)."""
+    previous = cell.folds.get(fold)
+    status = previous.status if previous is not None else None
+    if previous is not None and status == "FINISHED":
+        log.info("%s: finished in run %s, not trained again", ctx.fold_name(fold), previous.run_id)
+        return None
+    if previous is not None and status == "RUNNING":
+        owner = previous.run.data.tags
+        log.warning(
+            "%s: being trained by process %s on %s (run %s); left to it",
+            ctx.fold_name(fold),
+            owner.get(schema.PID),
+            owner.get(schema.HOST),
+            previous.run_id,
+        )
+        return None
+    try:
+        result, summary.folds[fold] = run_fold(ctx, cell, fold, previous)
+    except FloatingPointError as exc:  # diverged: this fold fails, the others go on
+        log.error("%s failed: %s", ctx.fold_name(fold), exc)
+        return None
+    return result
 
 
 def run_fold(

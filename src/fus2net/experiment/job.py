@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
+from fus2net.data.files import as_disk_full
 from fus2net.experiment import cells
 from fus2net.experiment.clinical.package import register_stored
 from fus2net.experiment.clinical.step import evaluate_clinically
@@ -46,25 +47,36 @@ def run_job(cfg: DictConfig) -> CellSummary:
     check_tracking(str(cfg.tracking.uri))  # before anything is prepared or written
     torch.set_num_threads(threads(cfg))
     quiet_lightning()
-    with stop_on_signals():
-        ctx = build_context(cfg)
-        cell = cells.open_cell(ctx)
-        summary = CellSummary(
-            cell.run_id,
-            ctx.key,
-            ui_command=ctx.tracker.ui_command(),
-            ui_link=ctx.tracker.runs_table_link(),
-            n_folds=ctx.n_folds,
-        )
-        if cell.finished:
-            assert cell.run is not None
-            if cfg.evaluation.get("register_model"):  # asked for now, after its training
-                register_stored(ctx, cell.run_id)
-            return stored_summary(summary, cell.run.data.metrics, cell.folds)
-        with cells.working_in(ctx.tracker, cell.run_id):
-            _log_skipped_images(ctx, cell.run_id)
-            results = train_folds(ctx, cell, summary)
-            complete_cell(ctx, summary, results)
+    try:
+        with stop_on_signals():
+            return _run_cell(cfg)
+    except Exception as exc:  # a full disk anywhere, runs already ended FAILED on the way
+        full = as_disk_full(exc, store=cells.store_file(str(cfg.tracking.uri)))
+        if full is None or full is exc:
+            raise
+        raise full from exc
+
+
+def _run_cell(cfg: DictConfig) -> CellSummary:
+    """Build the job's context, open its cell and train what the store lacks."""
+    ctx = build_context(cfg)
+    cell = cells.open_cell(ctx)
+    summary = CellSummary(
+        cell.run_id,
+        ctx.key,
+        ui_command=ctx.tracker.ui_command(),
+        ui_link=ctx.tracker.runs_table_link(),
+        n_folds=ctx.n_folds,
+    )
+    if cell.finished:
+        assert cell.run is not None
+        if cfg.evaluation.get("register_model"):  # asked for now, after its training
+            register_stored(ctx, cell.run_id)
+        return stored_summary(summary, cell.run.data.metrics, cell.folds)
+    with cells.working_in(ctx.tracker, cell.run_id):
+        _log_skipped_images(ctx, cell.run_id)
+        results = train_folds(ctx, cell, summary)
+        complete_cell(ctx, summary, results)
     return summary
 
 

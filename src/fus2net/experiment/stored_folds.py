@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from fus2net.data.files import written_whole
 from fus2net.data.records import Record
 from fus2net.data.splits import record_keys
 from fus2net.evaluation.metrics import split_metrics
@@ -71,7 +72,8 @@ def load_fold_result(ctx: JobContext, run: Run) -> tuple[FoldResult, FoldMetrics
     logged = {a.path for a in tracker.list_artifacts(run_id)}
     if not weights.is_file() and schema.CHECKPOINT_DIR in logged:
         fetched = tracker.download_artifacts(run_id, schema.FOLD_WEIGHTS, stored)
-        shutil.copyfile(fetched, weights)
+        with written_whole(weights, Path(fetched).stat().st_size) as tmp:
+            shutil.copyfile(fetched, tmp)
     elif not weights.is_file():
         log.warning("fold run %s logged no %s (log_checkpoints=false)", run_id, schema.FOLD_WEIGHTS)
     result = FoldResult(

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from fus2net.data.files import write_text
 from fus2net.evaluation.calibration import calibrated_ensemble
 
 SPEC_FILE = "fus2net_model.json"
@@ -100,8 +101,7 @@ class ModelSpec:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / SPEC_FILE
         data = {"format": FORMAT, **asdict(self), "preprocessing": self.preprocessing}
-        path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-        return path
+        return write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str))
 
     @classmethod
     def read(cls, path: Path) -> ModelSpec:

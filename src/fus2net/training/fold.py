@@ -26,6 +26,7 @@ from fus2net.data.datamodule import FoldDataModule
 from fus2net.models import input_normalization
 from fus2net.tracking import schema
 from fus2net.training.callbacks import EpochThroughput
+from fus2net.training.checkpoints import SameFolderCheckpointIO, resumable, save_whole
 from fus2net.training.module import BUSClassifier
 from fus2net.training.precision import effective_precision
 
@@ -97,6 +98,7 @@ def build_trainer(
         kwargs["limit_val_batches"] = 0
         kwargs["num_sanity_val_steps"] = 0
     kwargs.setdefault("num_sanity_val_steps", 0)
+    kwargs.setdefault("plugins", [SameFolderCheckpointIO()])  # checkpoints never torn
     return L.Trainer(
         logger=logger,
         callbacks=callbacks,
@@ -138,17 +140,11 @@ def _predict(
     return index, prob
 
 
-def _loadable(checkpoint: Path) -> bool:
-    """Whether `checkpoint` exists and unpickles with weights_only (no code runs); a torn or
-    tampered file is reported and training starts over rather than failing every re-run."""
-    if not checkpoint.is_file():
-        return False
-    try:
-        torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:
-        log.warning("cannot resume from %s (%s): training this fold from scratch", checkpoint, exc)
-        return False
-    return True
+def _loadable(checkpoint: Path, module: torch.nn.Module | None = None) -> bool:
+    """Whether the fold can resume from `checkpoint` (fus2net.training.checkpoints.resumable):
+    a torn, tampered or foreign file is reported and training starts over rather than failing
+    every re-run."""
+    return resumable(checkpoint, module)
 
 
 def fold_datamodule(cfg: DictConfig, data: FoldData, seed: int) -> FoldDataModule:
@@ -228,7 +224,7 @@ def train_model(
     validate = len(data.val_idx) > 0
     checkpoint_dir = checkpoint_dir or out_dir / "checkpoints"
     last = checkpoint_dir / "last.ckpt"
-    ckpt_path = last if resume and _loadable(last) else None
+    ckpt_path = last if resume and _loadable(last, module) else None
     if ckpt_path is None and checkpoint_dir.is_dir():
         shutil.rmtree(checkpoint_dir)  # a fresh start must not pick up a stale last.ckpt
     start = StartEpoch()
@@ -258,7 +254,7 @@ def train_model(
         log.info("restored the weights of the best validation AUC (%.4f)", best.best_model_score)
     net = getattr(module.net, "_orig_mod", module.net)
     weights = out_dir / "model.pt"
-    torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, weights)
+    save_whole({k: v.detach().cpu() for k, v in net.state_dict().items()}, weights)
     predictor = build_trainer(cfg, False, [], out_dir, validate=False, show_progress=False)
     val_index, val_prob = _predict(
         predictor, module, datamodule.val_dataloader() if validate else None
