@@ -39,9 +39,14 @@ def test_optimizers_use_keras_defaults(name: str, cls: type, expected: dict) -> 
 
 
 def test_every_experiment_preset_composes() -> None:
-    for preset in sorted(Path(config_dir(), "experiment").glob("*.yaml")):
+    presets = sorted(Path(config_dir(), "experiment").glob("*.yaml"))
+    for preset in presets:
         cfg = compose_train(f"experiment={preset.stem}")
+        validate_config(cfg)
         check_config(cfg)
+        if not preset.stem.startswith("paper"):  # the project's own recipe: CPU-sized
+            assert cfg.data.image_size <= 160 and cfg.cv.folds == 5
+            continue
         assert cfg.data.image_size == 299 and cfg.cv.folds == 10
         assert cfg.trainer.max_epochs == 53 and list(cfg.data.test.per_class) == [50, 50]
         assert cfg.regularization.l2 == 0.05 and cfg.regularization.dropout == 0.5

@@ -139,3 +139,24 @@ def write_text(path: str | Path, text: str) -> Path:
     with written_whole(path, len(data)) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+@contextmanager
+def locked(path: str | Path, *, wait: bool = True) -> Iterator[bool]:
+    """Hold an exclusive `flock` on `path` (created, with its folder) for the block: True once
+    held; with `wait=False`, False at once when another process holds it. The kernel drops the
+    lock when its process dies, so a killed job never leaves a folder locked."""
+    import fcntl
+
+    lock = Path(path)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -8,16 +8,14 @@ with the fold's metrics on those datasets.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import shutil
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
-from pathlib import Path
+from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 import pandas as pd
 
+from fus2net.data.files import locked
 from fus2net.evaluation.metrics import split_metrics
 from fus2net.experiment import cells
 from fus2net.experiment.artifacts import provenance_files, write_json, write_prediction_artifacts
@@ -39,7 +37,7 @@ def train_folds(
     results: dict[int, FoldResult] = {}
     for fold in ctx.folds:
         lock = ctx.checkpoint_dir(fold).parent / "fold.lock"
-        with _claimed(lock) as mine:
+        with locked(lock, wait=False) as mine:
             if not mine:
                 log.warning(
                     "%s: another job of this cell is training it (%s is locked); left to it",
@@ -53,24 +51,6 @@ def train_folds(
             if fold_result is not None:
                 results[fold] = fold_result
     return results
-
-
-@contextmanager
-def _claimed(lock: Path) -> Iterator[bool]:
-    """Hold an exclusive lock on `lock` (True), or False when another process holds it: two
-    jobs of one cell started at once never train the same fold twice (same host, or a shared
-    file system with working locks; across hosts the store's heartbeat decides)."""
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _train_unless_done(

@@ -10,10 +10,10 @@ current and take the lock only for that check.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 from collections.abc import Iterator
 from pathlib import Path
 
+from fus2net.data.files import locked
 from fus2net.tracking.uris import sqlite_path
 
 LOCK_SUFFIX = ".lock"  # mlflow.db.lock, beside the database
@@ -26,11 +26,5 @@ def store_open_lock(uri: str) -> Iterator[None]:
     if database is None:
         yield
         return
-    lock_file = Path(str(database) + LOCK_SUFFIX)
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_file, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with locked(Path(str(database) + LOCK_SUFFIX)):
+        yield
