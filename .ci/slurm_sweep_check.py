@@ -61,6 +61,7 @@ def sweep_command(experiment: str, partition: str) -> list[str]:
         "cv.folds=2",
         f"trainer.max_epochs={EPOCHS}",
         "trainer.threads=1",
+        "trainer.compile=false",  # a tiny job: compiling would take longer than training
         "trainer.enable_progress_bar=false",
         "data.test.fraction=0.25",
         "optimizer=adam,sgd",

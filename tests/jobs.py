@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parents[1]
 BUSI = REPO.parent / "shared" / "data" / "busi" / "Dataset_BUSI_with_GT"
 
-# Tiny but real: 72 synthetic images at 80 px, 2 folds, 1 epoch, on the CPU trainer.
+# Tiny but real: 72 synthetic images at 80 px, 2 folds, 1 epoch, on the CPU trainer, eager
+# (torch.compile's minute would dwarf a tiny job; tests/test_compiled.py trains compiled).
 TINY = (
     "dataset.n_images=72",
     "dataset.image_size=128",
@@ -30,6 +31,7 @@ TINY = (
     "trainer.max_epochs=1",
     "trainer.enable_progress_bar=false",
     "data.test.fraction=0.25",
+    "trainer.compile=false",
 )
 
 

@@ -34,6 +34,7 @@ def _fit(
         "data.batch_size=8",
         f"trainer.max_epochs={epochs}",
         "trainer.enable_progress_bar=false",
+        "trainer.compile=false",
         f"cv.checkpoint={checkpoint}",
         "augmentation=none",
         "balance=none",

@@ -6,7 +6,6 @@ Submodules follow the table so each row can be checked on its own: ``stem.conv1.
 
 from __future__ import annotations
 
-import functools
 import itertools
 from collections import OrderedDict
 from typing import Literal, get_args
@@ -209,13 +208,18 @@ class Fus2Net(nn.Module):
         )
         self.block2 = InceptionResNetA(FEATURE_CHANNELS, scale=residual_scale)
         self.head = Fus2NetHead(FEATURE_CHANNELS, hidden_dim, num_classes, drop_rate, pool)
+        need = self.head.pool.min_map_size
+        self._min_input_size = next(n for n in itertools.count(1) if feature_map_size(n) >= need)
         self.apply(_init_keras_style)
 
-    @functools.cached_property
+    @property
     def min_input_size(self) -> int:
-        """Smallest square input whose feature map the head's pooling accepts (51 px; avg8: 275)."""
-        need = self.head.pool.min_map_size
-        return next(n for n in itertools.count(1) if feature_map_size(n) >= need)
+        """Smallest square input whose feature map the head's pooling accepts (51 px; avg8: 275).
+
+        A plain attribute set once, not a ``functools.cached_property``: that one takes an RLock
+        on every read in Python 3.11, which torch.compile cannot trace (a graph break per step).
+        """
+        return self._min_input_size
 
     @property
     def regularized_weight(self) -> nn.Parameter:

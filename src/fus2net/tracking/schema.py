@@ -163,6 +163,8 @@ BY_SOURCE = "by_source"  # a pooled dataset's members: by_source/<member>/{test,
 def by_source(source: str, prefix: str) -> str:
     """The metric prefix of one member of a pooled dataset, e.g. `by_source/breast/test`."""
     return f"{BY_SOURCE}/{source}/{prefix}"
+
+
 FOLDS_COMPLETED = "cv/folds_completed"
 VAL_ECE = "calibration/val_ece"  # a fold run's validation ECE
 # A fold run's per-epoch metrics (step = epoch): `<stage>/<name>` for the paper's metrics, and

@@ -27,6 +27,7 @@ from fus2net.models import input_normalization
 from fus2net.tracking import schema
 from fus2net.training.callbacks import EpochThroughput
 from fus2net.training.checkpoints import SameFolderCheckpointIO, resumable, save_whole
+from fus2net.training.compiled import compile_network
 from fus2net.training.module import BUSClassifier
 from fus2net.training.precision import effective_precision
 
@@ -125,7 +126,7 @@ def build_module(
         label_smoothing=float(cfg.regularization.get("label_smoothing", 0.0)),
     )
     if cfg.trainer.get("compile"):
-        module.net = torch.compile(module.net)  # type: ignore[assignment]
+        compile_network(module.net, str(cfg.trainer.accelerator))
     return module
 
 
@@ -252,9 +253,8 @@ def train_model(
         state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
         module.load_state_dict(state["state_dict"])
         log.info("restored the weights of the best validation AUC (%.4f)", best.best_model_score)
-    net = getattr(module.net, "_orig_mod", module.net)
     weights = out_dir / "model.pt"
-    save_whole({k: v.detach().cpu() for k, v in net.state_dict().items()}, weights)
+    save_whole({k: v.detach().cpu() for k, v in module.net.state_dict().items()}, weights)
     predictor = build_trainer(cfg, False, [], out_dir, validate=False, show_progress=False)
     val_index, val_prob = _predict(
         predictor, module, datamodule.val_dataloader() if validate else None
