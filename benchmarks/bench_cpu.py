@@ -1,7 +1,6 @@
 """CPU benchmarks of the training path (issue "Performance"): run on an otherwise idle machine.
 
-    python benchmarks/bench_cpu.py throughput      # fp32 baseline vs bf16 + channels_last, 299 px
-                                    [--compile]    # ... and the torch.compile'd bf16 step
+    python benchmarks/bench_cpu.py throughput      # fp32 baseline vs the fast path, 299 px
     python benchmarks/bench_cpu.py pipeline        # fus2net-train vs a minimal hand-written loop
     python benchmarks/bench_cpu.py precision-auc   # bf16 and fp32 reach the same validation AUC
     python benchmarks/bench_cpu.py all
@@ -31,7 +30,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "outputs" / "benchmarks"
 CONV_OPS = {"aten::mkldnn_convolution", "aten::convolution_backward"}
-TARGET_SPEEDUP = 4.5  # issue "Performance": bf16 + channels_last over plain fp32, 299 px
+# Issue "Training at the hardware's speed": the fast path over plain fp32 at 299 px must reach
+# min(5, 0.8 x this CPU's ceiling), and fus2net-train 0.95 of a hand-written loop.
+TARGET_SPEEDUP, TARGET_CEILING_SHARE, TARGET_PIPELINE_RATIO = 5.0, 0.8, 0.95
 
 
 def machine() -> dict:
@@ -71,8 +72,9 @@ def make_train_step(
     image_size: int, batch_size: int, *, bf16: bool, channels_last: bool, compile: bool = False
 ) -> Callable[[], None]:
     """One Fus2Net training step (forward, backward, Adam) on a fixed random batch; `compile`
-    runs the model through torch.compile (inductor), as `trainer.compile=true` does."""
+    compiles the network as `trainer.compile=true` does (fus2net.training.compiled)."""
     from fus2net.models import create_model
+    from fus2net.training.compiled import compile_network
 
     torch.manual_seed(0)
     model = create_model("fus2net")
@@ -83,25 +85,33 @@ def make_train_step(
         x = x.contiguous(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7)
     model.train()
-    forward = torch.compile(model) if compile else model
+    if compile:
+        compile_network(model, "cpu")
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = torch.nn.functional.cross_entropy(forward(x).float(), y)
+            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
         loss.backward()
         optimizer.step()
 
     return step
 
 
-def images_per_s(step: Callable[[], None], batch_size: int, steps: int, warmup: int) -> float:
-    for _ in range(warmup):
-        step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return steps * batch_size / (time.perf_counter() - start)
+def interleaved_rates(
+    steps: dict[str, Callable[[], None]], batch_size: int, rounds: int, steps_per_round: int
+) -> dict[str, list[float]]:
+    """Images/s of each (warm) step, measured in alternating rounds: a slow spell of a shared
+    host then hits every variant alike instead of deciding a ratio."""
+    rates: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            step()
+            start = time.perf_counter()
+            for _ in range(steps_per_round):
+                step()
+            rates[name].append(steps_per_round * batch_size / (time.perf_counter() - start))
+    return rates
 
 
 def step_profile(step: Callable[[], None], steps: int = 3, top: int = 10) -> tuple[float, list]:
@@ -144,74 +154,94 @@ def train_gflop_per_image(image_size: int) -> float:
 
 
 def bench_throughput(args: argparse.Namespace) -> None:
-    """fp32 vs bf16 + channels_last step rates, set against this CPU's own matmul ceiling.
+    """Plain fp32, bf16 + channels_last eager (before) and the `trainer=cpu` fast path (bf16 +
+    channels_last + compiled: after), set against this CPU's own matmul ceiling.
 
-    The ceiling says what a speedup target can mean here: `ceiling_speedup` is the best bf16
-    matmul rate divided by the FLOP rate of the fp32 baseline, i.e. the speedup a perfect
-    bf16 kernel would give. Below the target, no software change can meet it on this CPU.
-    `speedup_if_non_conv_ops_were_free` is the bound left to fusing everything but the convs.
+    `ceiling_speedup` is the best bf16 matmul rate over the FLOP rate of the fp32 baseline: the
+    speedup a perfect bf16 kernel would give. `speedup_if_non_conv_ops_were_free` is what is
+    left once everything but the convolutions is fused away. The top operators of the eager
+    and the compiled bf16 step (inductor's fused kernels by name) show what compiling changed.
     """
+    import torch._inductor.config as inductor_config
+
     torch.set_num_threads(os.cpu_count() or 1)
+    inductor_config.cpp.enable_kernel_profile = True  # fused kernels named in the profile
     size, batch = args.image_size, args.batch_size
-    base_step = make_train_step(size, batch, bf16=False, channels_last=False)
-    base = images_per_s(base_step, batch, args.steps, args.warmup)
-    fast_step = make_train_step(size, batch, bf16=True, channels_last=True)
-    fast = images_per_s(fast_step, batch, args.steps, args.warmup)
-    conv_share, fast_ops = step_profile(fast_step)
-    _, base_ops = step_profile(base_step, steps=1)
+    steps = {
+        "fp32": make_train_step(size, batch, bf16=False, channels_last=False),
+        "bf16_channels_last": make_train_step(size, batch, bf16=True, channels_last=True),
+        "fast": make_train_step(size, batch, bf16=True, channels_last=True, compile=True),
+    }
+    start = time.perf_counter()
+    for step in steps.values():  # warm-up; the first fast step compiles
+        for _ in range(args.warmup):
+            step()
+    warmup_s = time.perf_counter() - start
+    rates = interleaved_rates(steps, batch, args.rounds, args.steps)
+    median = {name: float(np.median(r)) for name, r in rates.items()}
+    base, eager, fast = median["fp32"], median["bf16_channels_last"], median["fast"]
+    eager_conv_share, eager_ops = step_profile(steps["bf16_channels_last"])
+    fast_conv_share, fast_ops = step_profile(steps["fast"])
+    _, base_ops = step_profile(steps["fp32"], steps=1)
     gflop = train_gflop_per_image(size)
     peak_fp32, peak_bf16 = gemm_peak_gflops(torch.float32), gemm_peak_gflops(torch.bfloat16)
     ceiling = peak_bf16 / (base * gflop)
-    compiled = {}
-    if args.compile:  # the first steps compile (a minute on 2 cores): timed apart
-        compiled_step = make_train_step(size, batch, bf16=True, channels_last=True, compile=True)
-        start = time.perf_counter()
-        compiled_step()
-        compiled["compile_s"] = round(time.perf_counter() - start, 1)
-        rate = images_per_s(compiled_step, batch, args.steps, args.warmup)
-        compiled["bf16_channels_last_compiled_images_per_s"] = round(rate, 2)
+    target = min(TARGET_SPEEDUP, TARGET_CEILING_SHARE * ceiling)
     record(
         "throughput",
         machine=machine(),
         image_size=args.image_size,
         batch_size=args.batch_size,
-        steps=args.steps,
+        rounds=args.rounds,
+        steps_per_round=args.steps,
         fp32_images_per_s=round(base, 2),
-        bf16_channels_last_images_per_s=round(fast, 2),
+        bf16_channels_last_images_per_s=round(eager, 2),
+        fast_images_per_s=round(fast, 2),
+        fast_path="bf16 autocast + channels_last + trainer.compile (inductor)",
+        rounds_images_per_s={name: [round(r, 2) for r in rs] for name, rs in rates.items()},
         speedup=round(fast / base, 2),
-        target_speedup=TARGET_SPEEDUP,
-        met=fast / base >= TARGET_SPEEDUP,
+        eager_bf16_speedup=round(eager / base, 2),
+        compile_gain=round(fast / eager, 2),
+        target_speedup=round(target, 2),
+        met=fast / base >= target,
+        warmup_s_incl_compile=round(warmup_s, 1),
         train_gflop_per_image=round(gflop, 2),
         fp32_gflops=round(base * gflop, 1),
-        bf16_gflops=round(fast * gflop, 1),
+        fast_gflops=round(fast * gflop, 1),
         gemm_peak_fp32_gflops=round(peak_fp32, 1),
         gemm_peak_bf16_gflops=round(peak_bf16, 1),
-        bf16_share_of_peak=round(fast * gflop / peak_bf16, 2),
-        bf16_conv_time_share=round(conv_share, 2),
+        fast_share_of_peak=round(fast * gflop / peak_bf16, 2),
+        eager_bf16_conv_time_share=round(eager_conv_share, 2),
+        fast_conv_time_share=round(fast_conv_share, 2),
         # nearly all FLOPs are convolutions (99.9 %), so this is the convolutions' own rate
-        bf16_conv_gflops=round(fast * gflop / conv_share, 1),
-        speedup_if_non_conv_ops_were_free=round(fast / base / conv_share, 2),
+        fast_conv_gflops=round(fast * gflop / fast_conv_share, 1),
+        speedup_if_non_conv_ops_were_free=round(fast / base / fast_conv_share, 2),
         ceiling_speedup=round(ceiling, 2),
-        target_reachable_on_this_cpu=ceiling >= TARGET_SPEEDUP,
-        **compiled,
         top_ops_fp32=base_ops,
-        top_ops_bf16_channels_last=fast_ops,
+        top_ops_bf16_channels_last=eager_ops,
+        top_ops_fast=fast_ops,
     )
-    for name, ops in (("fp32", base_ops), ("bf16 + channels_last", fast_ops)):
+    for name, ops in (
+        ("fp32", base_ops), ("bf16 + channels_last, eager (before)", eager_ops),
+        ("fast path, compiled (after)", fast_ops),
+    ):  # fmt: skip
         print(f"top operators by self time, {name} step:", flush=True)
         for op, share, calls in ops:
-            print(f"  {share:6.1%}  {op}  ({calls} calls/step)", flush=True)
+            print(f"  {share:6.1%}  {op[:90]}  ({calls} calls/step)", flush=True)
 
 
 def hand_loop(
     images: np.ndarray, labels: np.ndarray, train_idx: np.ndarray, epochs: int, batch_size: int
 ) -> tuple[float, int]:
-    """The minimal loop: same cached images, per-image standardisation, bf16 + channels_last."""
+    """The minimal loop: same cached images, per-image standardisation, the fast path (bf16 +
+    channels_last + the compiled network)."""
     from fus2net.data.transforms import standardize
     from fus2net.models import create_model
+    from fus2net.training.compiled import compile_network
 
     torch.manual_seed(0)
     model = create_model("fus2net").to(memory_format=torch.channels_last)
+    compile_network(model, "cpu")
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7)
     rng = np.random.default_rng(0)
     seen = 0
@@ -298,8 +328,8 @@ def bench_pipeline(args: argparse.Namespace) -> None:
             pipeline_images_per_s=round(pipeline, 2),
             hand_loop_images_per_s=round(hand, 2),
             ratio=round(pipeline / hand, 3),
-            target_ratio=0.9,
-            met=pipeline / hand >= 0.9,
+            target_ratio=TARGET_PIPELINE_RATIO,
+            met=pipeline / hand >= TARGET_PIPELINE_RATIO,
             pipeline_job_wall_s=round(wall, 1),
             # the fus2net-train child's own peak (peak_rss_mib is this process: the hand loop)
             pipeline_job_peak_rss_mib=round(
@@ -364,14 +394,12 @@ def main() -> None:
     parser.add_argument("what", choices=["throughput", "pipeline", "precision-auc", "all"])
     parser.add_argument("--image-size", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--steps", type=int, default=5, help="throughput: steps per round")
+    parser.add_argument("--rounds", type=int, default=5, help="throughput: alternating rounds")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--n-images", type=int, default=300)
-    parser.add_argument(
-        "--compile", action="store_true", help="throughput: also time the torch.compile'd bf16 step"
-    )
     args = parser.parse_args()
     if args.what in ("throughput", "all"):
         bench_throughput(argparse.Namespace(**{**vars(args), "image_size": args.image_size or 299}))

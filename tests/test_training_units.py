@@ -56,6 +56,7 @@ def test_cell_key_ignores_fold_and_tracking_but_not_hyperparameters() -> None:
     base = cell_key(compose_train())
     assert base == cell_key(compose_train("cv.fold=1", "tracking.experiment=other"))
     assert base == cell_key(compose_train("data.num_workers=2", "paths.root=/elsewhere"))
+    assert base == cell_key(compose_train("trainer.compile=false", "trainer.threads=1"))
     assert base != cell_key(compose_train(), dataset_fingerprint="other data")
     assert base != cell_key(compose_train("optimizer.lr=0.0005"))
     assert base != cell_key(compose_train("optimizer=sgd"))

@@ -15,8 +15,9 @@ from fus2net.tracking import schema
 from fus2net.tracking.uris import redact_uri, redact_values
 
 # Keys that never change a result: where things are written, how many workers and threads load
-# and compute, which fold of the cell this job runs, where it is tracked, whether the model is
-# also registered, whether a progress bar is drawn. The cell key ignores them.
+# and compute, whether the network runs compiled (the same maths, rounded differently, as with
+# another thread count), which fold of the cell this job runs, where it is tracked, whether the
+# model is also registered, whether a progress bar is drawn. The cell key ignores them.
 # Dataset locations are left out too: the dataset's content fingerprint stands for them.
 # Every other key is one something reads: the typed schema (fus2net.experiment.config_schema)
 # refuses unknown keys, `+new.key=1` included, and its open namespaces take only what is passed
@@ -31,6 +32,7 @@ NON_RESULT_KEYS: tuple[str, ...] = (
     "data.num_workers",
     "data.cache",
     "trainer.threads",
+    "trainer.compile",
     "trainer.enable_progress_bar",
     "trainer.log_every_n_steps",
     "evaluation.register_model",
