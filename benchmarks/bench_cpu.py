@@ -3,6 +3,7 @@
     python benchmarks/bench_cpu.py throughput      # fp32 baseline vs the fast path, 299 px
     python benchmarks/bench_cpu.py pipeline        # fus2net-train vs a minimal hand-written loop
     python benchmarks/bench_cpu.py precision-auc   # bf16 and fp32 reach the same validation AUC
+    python benchmarks/bench_cpu.py augmentation    # augmentation per image vs a training step
     python benchmarks/bench_cpu.py all
 
 Every sub-command prints a JSON line per measurement and appends it to
@@ -387,11 +388,56 @@ def bench_precision_auc(args: argparse.Namespace) -> None:
     )
 
 
+def bench_augmentation(args: argparse.Namespace) -> None:
+    """Per-image cost of each augmentation preset at 299 px (albumentations on uint8, as the
+    loader runs it), against the fast path's per-image training time: batching augmentation on
+    tensors pays only where it costs more than 10 % of a step."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from fus2net.cli import config_dir
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    size, batch = args.image_size, args.batch_size
+    fast_step = make_train_step(size, batch, bf16=True, channels_last=True, compile=True)
+    for _ in range(args.warmup):
+        fast_step()
+    step_rate = float(
+        np.median(interleaved_rates({"fast": fast_step}, batch, 3, args.steps)["fast"])
+    )
+    step_ms = 1000 / step_rate
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(64, size, size, 3), dtype=np.uint8)
+    presets = {}
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        for name in ("paper", "ultrasound"):
+            cfg = compose(config_name="train", overrides=[f"augmentation={name}"])
+            augment = instantiate(cfg.augmentation)
+            for image in images[:8]:
+                augment(image=image)
+            start = time.perf_counter()
+            for _ in range(4):
+                for image in images:
+                    augment(image=image)
+            ms = (time.perf_counter() - start) * 1000 / (4 * len(images))
+            presets[name] = {"ms_per_image": round(ms, 3), "share_of_step": round(ms / step_ms, 3)}
+    record(
+        "augmentation",
+        machine=machine(),
+        image_size=size,
+        fast_step_ms_per_image=round(step_ms, 2),
+        presets=presets,
+        batch_on_tensors_pays=any(p["share_of_step"] > 0.10 for p in presets.values()),
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("what", choices=["throughput", "pipeline", "precision-auc", "all"])
+    parser.add_argument(
+        "what", choices=["throughput", "pipeline", "precision-auc", "augmentation", "all"]
+    )
     parser.add_argument("--image-size", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=5, help="throughput: steps per round")
@@ -403,6 +449,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.what in ("throughput", "all"):
         bench_throughput(argparse.Namespace(**{**vars(args), "image_size": args.image_size or 299}))
+    if args.what in ("augmentation", "all"):
+        bench_augmentation(
+            argparse.Namespace(**{**vars(args), "image_size": args.image_size or 299})
+        )
     if args.what in ("pipeline", "all"):
         bench_pipeline(
             argparse.Namespace(

@@ -30,6 +30,10 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "outputs" / "benchmarks"
 
 
+# Issue "Training at the hardware's speed": the paper protocol on BUSI in under 5 min on one H200.
+PAPER_TARGET_S = 300
+
+
 def record(kind: str, **values: object) -> dict:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     row = {
@@ -213,7 +217,7 @@ def bench_paper(args: argparse.Namespace) -> None:
         epochs=int(cfg.trainer.max_epochs),
         image_size=int(cfg.data.image_size),
         workers=args.workers,
-        compile=args.compile,
+        compile=bool(cfg.trainer.compile),  # the trainer's default unless --compile
         prepare_s=round(prep, 1),
         fold_s=[round(s, 1) for s in fold_seconds],
         total_s=round(total, 1),
@@ -221,8 +225,8 @@ def bench_paper(args: argparse.Namespace) -> None:
         step_only_images_per_s=round(step_only, 1),
         data_bound=train_rate < 0.8 * step_only,
         projected_total_s=round(projected, 1),
-        target_s=600,
-        met=projected < 600,
+        target_s=PAPER_TARGET_S,
+        met=projected < PAPER_TARGET_S,
         met_is_projected=len(fold_seconds) < planned,
     )
 
