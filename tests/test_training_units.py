@@ -63,6 +63,16 @@ def test_cell_key_ignores_fold_and_tracking_but_not_hyperparameters() -> None:
     assert base != cell_key(compose_train("cv.folds=10"))
 
 
+def test_cell_key_of_a_pool_ignores_where_its_members_are_but_not_their_options() -> None:
+    pool = cell_key(compose_train("dataset=busi_breast"))
+    assert pool == cell_key(compose_train("dataset=busi_breast", "dataset.members.busi.root=/x"))
+    assert pool != cell_key(
+        compose_train(
+            "dataset=busi_breast", "dataset.members.busi.classes=[benign,malignant,normal]"
+        )
+    )
+
+
 def test_check_config_lists_every_problem() -> None:
     cfg = compose_train(
         "data.channels=2", "cv.folds=1", "data.image_size=40", "evaluation.calibration=isotonic"

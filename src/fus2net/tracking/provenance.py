@@ -40,6 +40,22 @@ NON_RESULT_KEYS: tuple[str, ...] = (
     "hydra",
 )
 
+# The same location keys of each member of a pooled dataset (`dataset.members.<name>.root`):
+# the pooled records' fingerprint stands for every member's content.
+NON_RESULT_MEMBER_KEYS: tuple[str, ...] = ("root", "csv", "progress")
+
+
+def _is_result_key(key: str) -> bool:
+    if any(key == p or key.startswith(p + ".") for p in NON_RESULT_KEYS):
+        return False
+    parts = key.split(".")
+    return not (
+        len(parts) == 4
+        and parts[:2] == ["dataset", "members"]
+        and parts[3] in NON_RESULT_MEMBER_KEYS
+    )
+
+
 PACKAGES: tuple[str, ...] = (
     "fus2net",
     "torch",
@@ -84,11 +100,7 @@ def cell_key(cfg: DictConfig, dataset_fingerprint: str = "") -> str:
     """A deterministic key of the resolved configuration and data, folds and places aside."""
     flat = flatten(resolved_container(cfg))
     flat["dataset.fingerprint"] = dataset_fingerprint
-    kept = {
-        k: v
-        for k, v in flat.items()
-        if not any(k == p or k.startswith(p + ".") for p in NON_RESULT_KEYS)
-    }
+    kept = {k: v for k, v in flat.items() if _is_result_key(k)}
     blob = json.dumps(kept, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -67,6 +67,9 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
     warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*exists and is not empty.*")  # resuming a fold
+    # Lightning's hint to wrap a job in `srun` on any machine with SLURM installed: a fus2net job
+    # is one process (hydra/launcher=slurm submits it), so the hint never applies.
+    warnings.filterwarnings("ignore", message=".*The `srun` command is available on your system.*")
 
 
 class StartEpoch(Callback):
