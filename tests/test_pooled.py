@@ -16,6 +16,7 @@ from PIL import Image
 from fus2net.data.records import DataError
 from fus2net.data.sources import FolderSource, PooledSource
 from fus2net.data.splits import make_split
+from fus2net.data.summary import format_summary, summarize_dataset
 from jobs import BUSI, REPO, run_train, sqlite_client, tiny
 
 
@@ -37,6 +38,12 @@ def test_members_are_tagged_and_their_groups_namespaced(tmp_path: Path) -> None:
     assert Counter(r.source for r in records) == {"site_a": 9, "site_b": 8}
     assert {r.group for r in records if r.source == "site_b"} == {"site_b:b", "site_b:m"}
     assert all(r.group is None for r in records if r.source == "site_a")
+    pool = PooledSource({"site_a": a, "site_b": b})
+    text = format_summary(summarize_dataset(pool, records, duplicate_distance=None))
+    assert (
+        "Groups (patients): 2 for the 8 images with a patient id; the other 9 have none and are "
+        "each their own group" in text
+    )
 
 
 def test_member_problems_are_all_named_and_classes_must_agree(tmp_path: Path) -> None:

@@ -42,6 +42,12 @@ class DatasetSummary:
         return not self.problems
 
     @property
+    def n_ungrouped(self) -> int:
+        """Images without a patient id where others have one (a pool's member without ids):
+        each is its own group."""
+        return 0 if self.n_groups is None else sum(r.group is None for r in self.records)
+
+    @property
     def mixed_label_duplicates(self) -> list[list[int]]:
         """Duplicate groups whose images carry different labels (label noise or leakage)."""
         groups = self.duplicate_groups or []
@@ -219,6 +225,12 @@ def format_summary(summary: DatasetSummary, on_bad_image: str = "error") -> str:
     lines.append(f"Masks: {n_masks} for {len(summary.records)} images ({per_image or 'none'})")
     if summary.n_groups is None:
         lines.append("Groups (patients): none given, each image is its own group")
+    elif summary.n_ungrouped:
+        with_id = len(summary.records) - summary.n_ungrouped
+        lines.append(
+            f"Groups (patients): {summary.n_groups} for the {with_id} images with a patient id; "
+            f"the other {summary.n_ungrouped} have none and are each their own group"
+        )
     else:
         lines.append(f"Groups (patients): {summary.n_groups} for {len(summary.records)} images")
     sources = Counter(r.source for r in summary.records if r.source is not None)
