@@ -247,3 +247,16 @@ def test_invalid_dataset_option_is_a_config_error(tmp_path: Path) -> None:
     cfg = compose_train(*args[: -len(TINY)], f"paths.root={tmp_path}")
     with pytest.raises(ConfigError, match=r"dataset\.delimiter=';;' must be one character"):
         prepare_data(cfg)
+
+
+def test_a_run_killed_by_an_exception_without_message_says_what_happened() -> None:
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    from fus2net.experiment.cells import error_text
+
+    assert error_text(SIGTERMException()) == (
+        "SIGTERMException: the process received SIGTERM (scancel, a scheduler's time limit, kill)"
+    )
+    assert error_text(KeyboardInterrupt()).startswith("KeyboardInterrupt: interrupted")
+    assert error_text(RuntimeError()) == "RuntimeError: no message"
+    assert error_text(ValueError("bad key")) == "ValueError: bad key"

@@ -132,6 +132,21 @@ def store_file(uri: str) -> str | None:
     return uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else None
 
 
+# What an exception that carries no message of its own meant, for the run's error tag.
+SILENT_EXCEPTIONS = {
+    "SIGTERMException": "the process received SIGTERM (scancel, a scheduler's time limit, kill)",
+    "KeyboardInterrupt": "interrupted (Ctrl-C or SIGINT)",
+}
+
+
+def error_text(exc: BaseException) -> str:
+    """`Type: message` for a run's error tag; an exception without a message (Lightning's
+    SIGTERMException, KeyboardInterrupt) says what it means instead of nothing."""
+    name = type(exc).__name__
+    message = str(exc) or SILENT_EXCEPTIONS.get(name, "no message")
+    return f"{name}: {message}"
+
+
 @contextmanager
 def working_in(tracker: MlflowTracker, run_id: str) -> Iterator[None]:
     """This process works on `run_id` (never reaped as an orphan); when the block raises, the
@@ -144,7 +159,7 @@ def working_in(tracker: MlflowTracker, run_id: str) -> Iterator[None]:
             full = as_disk_full(exc, store=store_file(tracker.uri))
             reason = full or exc
             try:
-                tracker.set_tags(run_id, {schema.ERROR: f"{type(reason).__name__}: {reason}"})
+                tracker.set_tags(run_id, {schema.ERROR: error_text(reason)})
                 tracker.end_run(run_id, end_status(exc))
             except Exception as store_exc:  # the store itself may be what failed
                 if full is None and as_disk_full(store_exc) is None:
