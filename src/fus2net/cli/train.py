@@ -49,6 +49,9 @@ def train(cfg: DictConfig) -> float | None:
     # MLflow prints each run's URL, credentials of the tracking URI included, when a run on a
     # server ends; the job prints one redacted link to the UI instead.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    # albumentations asks PyPI for a newer version when imported: a training job makes no such
+    # call (behind a refusing proxy it printed a warning). An exported value wins.
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     try:
         summary = run_job(cfg)
     except DiskFull as exc:
