@@ -52,7 +52,14 @@ def _generate(root: Path, n_images: int) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # SIGINT as a terminal delivers it, whatever this test inherited: a shell's background
+        # job (`cmd &` without job control) ignores SIGINT, and so would the generator.
+        preexec_fn=_default_sigint,
     )
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _children(pid: int) -> list[int]:
