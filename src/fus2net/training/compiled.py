@@ -4,9 +4,9 @@ On a 2-core AMX Xeon a bf16 Fus2Net step spends about 60 % of its time outside t
 convolutions (batch norm, ReLU, pooling, concatenation, gradient sums); inductor fuses those
 into a few C++ loops (benchmarks/README.md). Two things decide whether that wins, both measured
 there: inductor lowers max-pool's backward to a scatter that is 3x slower than ATen's kernel, so
-max pools run ATen's kernels as one opaque op; and its C++ loops vectorise the batch-norm
-reductions far better with fast math (no NaN/inf or signed-zero guarantees inside the fused
-loops; the loss and metrics stay outside them).
+max pools run ATen's kernels as one opaque op; and fast math makes its C++ loops about 6 %
+faster per step (no NaN/inf or signed-zero guarantees inside the fused loops; the loss and the
+metrics are computed outside them, and the bf16 and fp32 AUCs stay equal).
 """
 
 from __future__ import annotations
