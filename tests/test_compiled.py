@@ -16,14 +16,19 @@ from fus2net.training.compiled import AtenMaxPool2d, compile_network, use_aten_m
 from jobs import run_train, sqlite_client, tiny
 
 
-def test_aten_max_pool_matches_max_pool_under_compile_forward_and_backward() -> None:
+@pytest.mark.parametrize(
+    "options",
+    [{"stride": 2}, {"stride": 2, "padding": 1}, {"stride": 2, "ceil_mode": True}],
+    ids=["fus2net", "resnet-densenet", "googlenet"],
+)
+def test_aten_max_pool_matches_max_pool_under_compile_forward_and_backward(options: dict) -> None:
     torch.manual_seed(0)
-    x = torch.randn(2, 5, 17, 17, requires_grad=True)
-    reference = nn.MaxPool2d(3, stride=2)(x)
+    x = torch.randn(2, 5, 18, 18, requires_grad=True)
+    reference = nn.MaxPool2d(3, **options)(x)
     reference.square().sum().backward()
     expected = x.grad.clone()
     x.grad = None
-    pool = torch.compile(AtenMaxPool2d(3, stride=2), options=compiled.CPU_INDUCTOR_OPTIONS)
+    pool = torch.compile(AtenMaxPool2d(3, **options), options=compiled.CPU_INDUCTOR_OPTIONS)
     out = pool(x)
     out.square().sum().backward()
     assert torch.equal(out, reference)
