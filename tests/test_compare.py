@@ -314,6 +314,19 @@ def test_variant_names_are_the_fewest_keys_that_tell_cells_apart() -> None:
     assert varying_keys(three) == ["optimizer", "optimizer.lr"]
 
 
+def test_a_preset_names_rows_only_where_nothing_else_tells_them_apart() -> None:
+    def cell(experiment: str, model: str, lr: str = "1e-3") -> CellRun:
+        tags = {"choice.experiment": experiment, "choice.model": model}
+        data = SimpleNamespace(tags=tags, params={"model.name": model, "optimizer.lr": lr})
+        return CellRun(SimpleNamespace(data=data))
+
+    # Table 3: the Fus2Net cell was found finished, trained first by Table 2's preset
+    table3 = [cell("table2", "fus2net"), cell("table3", "googlenet"), cell("table3", "resnet18")]
+    assert varying_keys(table3) == ["model"]
+    assert varying_keys([cell("a", "fus2net"), cell("b", "fus2net", "1e-2")]) == ["optimizer.lr"]
+    assert varying_keys([cell("a", "fus2net"), cell("b", "fus2net")]) == ["experiment"]
+
+
 def test_cli_writes_report_and_logs_a_comparison_run(store, tmp_path: Path, capsys) -> None:
     tracker, ids = store
     out = tmp_path / "report"

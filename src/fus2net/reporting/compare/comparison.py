@@ -48,6 +48,9 @@ THRESHOLD = 0.5  # the operating point every logged metric uses
 # Params that describe where or how fast, or restate the data; never a variant's name.
 IGNORED_PARAMS = (*NON_RESULT_KEYS, "dataset.fingerprint", "trainer.threads", "trainer.devices")
 CHOICE = schema.CHOICE_PREFIX
+# Groups that bundle other choices: a cell found finished keeps the preset that first trained it,
+# so `experiment` names a row only where no ordinary group or key tells the cells apart.
+PRESET_GROUPS = ("experiment",)
 NOT_LOGGED = "not logged"  # a fact a cell run does not record
 # The three tests against the reference; Holm's adjustment runs within each (its family).
 TEST_KINDS = ("test_auc", "oof_auc", "test_accuracy")
@@ -159,11 +162,15 @@ def varying_keys(cells: list[CellRun]) -> list[str]:
 
     `optimizer=adam,sgd` changes optimizer._target_, .lr, .momentum...: all follow from the
     group choice, so the label is `optimizer=...`. A key is added only when the keys so far do
-    not already determine it (e.g. `optimizer.lr` overridden within one optimizer).
+    not already determine it (e.g. `optimizer.lr` overridden within one optimizer). Presets
+    (`experiment=...`) come last: Table 3's reference cell, trained first under Table 2's preset,
+    is still named `model=fus2net`.
     """
     table = _settings_table(cells)
     groups = [c for c in table.columns if "." not in c and c not in cells[0].params]
-    ordered = groups + sorted(c for c in table.columns if c not in groups)
+    presets = [g for g in groups if g in PRESET_GROUPS]
+    groups = [g for g in groups if g not in presets]
+    ordered = groups + sorted(c for c in table.columns if c not in groups + presets) + presets
     keys: list[str] = []
     for column in ordered:
         if table[column].nunique() > 1 and not _determined(table, keys, column):
