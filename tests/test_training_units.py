@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from fus2net.evaluation.metrics import binary_metrics, mean_std
 from fus2net.experiment.config_schema import validate_config
 from fus2net.experiment.preflight import ConfigError, check_config
 from fus2net.tracking.mlflow_tracker import MlflowTracker
-from fus2net.tracking.provenance import cell_key, flatten
+from fus2net.tracking.provenance import _is_result_key, cell_key, flatten, resolved_container
 from fus2net.tracking.uris import TrackingError, redact_uri
 from fus2net.training.module import BUSClassifier
 from jobs import compose_train
@@ -61,6 +63,20 @@ def test_cell_key_ignores_fold_and_tracking_but_not_hyperparameters() -> None:
     assert base != cell_key(compose_train("optimizer.lr=0.0005"))
     assert base != cell_key(compose_train("optimizer=sgd"))
     assert base != cell_key(compose_train("cv.folds=10"))
+
+
+def test_cells_keyed_while_compile_was_a_result_key_keep_their_keys() -> None:
+    """Cells trained before `trainer.compile` left the key (all eager, `false`) are found again."""
+    cfg = compose_train("experiment=improved", "trainer.compile=false")
+    flat = flatten(resolved_container(cfg))
+    flat["dataset.fingerprint"] = "data"
+    kept = {k: v for k, v in flat.items() if k == "trainer.compile" or _is_result_key(k)}
+    former = hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
+    assert cell_key(cfg, "data") == former[:16]
+    assert (
+        cell_key(compose_train("experiment=improved", "trainer.compile=true"), "data")
+        == former[:16]
+    )
 
 
 def test_cell_key_of_a_pool_ignores_where_its_members_are_but_not_their_options() -> None:

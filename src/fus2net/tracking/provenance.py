@@ -40,6 +40,11 @@ NON_RESULT_KEYS: tuple[str, ...] = (
     "hydra",
 )
 
+# Keys that left the result set after cells had been keyed with them, each with the one value it
+# held then: the key hashes that value whatever the config says, so those cells keep their keys
+# (and are found finished, not retrained) across the upgrade.
+KEYED_AT_FORMER_VALUE: dict[str, object] = {"trainer.compile": False}
+
 # The same location keys of each member of a pooled dataset (`dataset.members.<name>.root`):
 # the pooled records' fingerprint stands for every member's content.
 NON_RESULT_MEMBER_KEYS: tuple[str, ...] = ("root", "csv", "progress")
@@ -101,6 +106,7 @@ def cell_key(cfg: DictConfig, dataset_fingerprint: str = "") -> str:
     flat = flatten(resolved_container(cfg))
     flat["dataset.fingerprint"] = dataset_fingerprint
     kept = {k: v for k, v in flat.items() if _is_result_key(k)}
+    kept.update({k: v for k, v in KEYED_AT_FORMER_VALUE.items() if k in flat})
     blob = json.dumps(kept, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
