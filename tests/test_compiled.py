@@ -52,6 +52,17 @@ def test_compiled_network_keeps_its_names_and_its_maths() -> None:
     assert (grad - grad_ref).norm() / grad_ref.norm() < 1e-2  # fast-math reassociation only
 
 
+def test_fus2net_traces_as_one_graph() -> None:
+    """No graph break in a training step's forward (a cached_property once split it into 5)."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    net = create_model("fus2net", drop_rate=0.5).train()
+    torch.compile(net, backend=counter)(torch.randn(2, 3, 64, 64)).sum().backward()
+    assert counter.frame_count == 1
+
+
 def test_no_cpp_compiler_trains_eagerly_and_says_so(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

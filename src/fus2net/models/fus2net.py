@@ -209,17 +209,13 @@ class Fus2Net(nn.Module):
         self.block2 = InceptionResNetA(FEATURE_CHANNELS, scale=residual_scale)
         self.head = Fus2NetHead(FEATURE_CHANNELS, hidden_dim, num_classes, drop_rate, pool)
         need = self.head.pool.min_map_size
-        self._min_input_size = next(n for n in itertools.count(1) if feature_map_size(n) >= need)
+        # Smallest square input whose feature map the head's pooling accepts (51 px; avg8: 275).
+        # A plain attribute, not a functools.cached_property: that one takes an RLock on every
+        # read in Python 3.11, which torch.compile cannot trace (a graph break per step).
+        self.min_input_size: int = next(
+            n for n in itertools.count(1) if feature_map_size(n) >= need
+        )
         self.apply(_init_keras_style)
-
-    @property
-    def min_input_size(self) -> int:
-        """Smallest square input whose feature map the head's pooling accepts (51 px; avg8: 275).
-
-        A plain attribute set once, not a ``functools.cached_property``: that one takes an RLock
-        on every read in Python 3.11, which torch.compile cannot trace (a graph break per step).
-        """
-        return self._min_input_size
 
     @property
     def regularized_weight(self) -> nn.Parameter:
