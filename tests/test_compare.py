@@ -283,6 +283,24 @@ def test_reference_sweep_and_by_choices(store, tmp_path: Path) -> None:
         read_sweep(tracker, sweep="0-00")
 
 
+def test_a_cell_resumed_in_a_later_sweep_keeps_the_folds_of_the_earlier_one(
+    tmp_path: Path,
+) -> None:
+    """Fold 0 trained in the sweep that was stopped, fold 1 in the one that resumed the cell."""
+    tracker = MlflowTracker(f"sqlite:///{tmp_path}/mlflow.db", "fus2net", str(tmp_path / "art"))
+    sweeps = {"fus2net.sweeps": f"{OLD_SWEEP} {SWEEP}"}
+    cell = log_cell(tracker, tmp_path, "adam", sweep=SWEEP, extra_tags=sweeps)
+    fold0 = next(r for r in tracker.child_runs(cell) if r.data.tags["fus2net.fold"] == "0")
+    tracker.set_tags(fold0.info.run_id, {"sweep": OLD_SWEEP, "fus2net.sweeps": OLD_SWEEP})
+    (found,) = read_sweep(tracker, sweep="10-00-00").cells
+    assert sorted(found.folds) == [0, 1]
+    comparison = build_comparison(
+        tracker, read_sweep(tracker, sweep="10-00-00"), tmp_path / "dl", n_boot=200
+    )
+    assert comparison.variants[0].n_folds == 2
+    assert comparison.variants[0].cv["accuracy_mean"] == pytest.approx(0.8)
+
+
 def test_extra_cell_metrics_become_columns(store, tmp_path: Path) -> None:
     tracker, _ = store
     runs = read_sweep(tracker, sweep=SWEEP)

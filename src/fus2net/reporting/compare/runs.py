@@ -118,6 +118,16 @@ def _why_unusable(cell: CellRun) -> tuple[str, str] | None:
     return None
 
 
+def _folds_of(cell: Run) -> int:
+    """How many fold runs the cell has: its `folds_run` tag, else cv.folds (0 where neither
+    reads as a number: `_odd_records` reports those)."""
+    folds_run = [f for f in cell.data.tags.get(schema.FOLDS_RUN, "").split(",") if f]
+    if folds_run:
+        return len(folds_run)
+    folds = str(cell.data.params.get("cv.folds", ""))
+    return int(folds) if folds.isdigit() else 0
+
+
 def read_sweep(
     tracker: MlflowTracker, sweep: str | None = None, filter_string: str = ""
 ) -> SweepRuns:
@@ -144,11 +154,19 @@ def read_sweep(
     fold_runs = [r for r in runs if schema.is_role(r, schema.Role.FOLD)]
     if not cell_runs:
         raise ValueError(f"no cell runs match {query!r} in experiment {tracker.experiment_name!r}")
-    parents = {r.data.tags.get(schema.PARENT) for r in fold_runs}
-    for cell in cell_runs:  # a finished cell whose folds the filter left out
-        if cell.info.status == "FINISHED" and cell.info.run_id not in parents:
+    found: dict[str, set[str]] = defaultdict(set)  # cell run -> fold indices the query found
+    for run in fold_runs:
+        found[run.data.tags.get(schema.PARENT, "")].add(run.data.tags.get(schema.FOLD, ""))
+    for cell in cell_runs:  # a finished cell some of whose folds the query left out
+        if cell.info.status == "FINISHED" and len(found[cell.info.run_id]) < _folds_of(cell):
+            # a --filter on cell params, or folds trained in an earlier sweep the cell resumed
+            known = {r.info.run_id for r in fold_runs}
             children = tracker.child_runs(cell.info.run_id)
-            fold_runs += [r for r in children if schema.is_role(r, schema.Role.FOLD)]
+            fold_runs += [
+                r
+                for r in children
+                if schema.is_role(r, schema.Role.FOLD) and r.info.run_id not in known
+            ]
     if sweep and sweep != "all":
         sweeps = sorted({s for r in cell_runs for s in CellRun(r).sweeps if s.endswith(sweep)})
         if len(sweeps) > 1:
