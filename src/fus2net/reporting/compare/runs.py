@@ -118,14 +118,14 @@ def _why_unusable(cell: CellRun) -> tuple[str, str] | None:
     return None
 
 
-def _folds_of(cell: Run) -> int:
+def _folds_of(run: Run) -> int:
     """How many fold runs the cell has: its `folds_run` tag, else cv.folds (0 where neither
     reads as a number: `_odd_records` reports those)."""
-    folds_run = [f for f in cell.data.tags.get(schema.FOLDS_RUN, "").split(",") if f]
-    if folds_run:
-        return len(folds_run)
-    folds = str(cell.data.params.get("cv.folds", ""))
-    return int(folds) if folds.isdigit() else 0
+    cell = CellRun(run)
+    try:
+        return len(cell.folds_run) or cell.n_folds
+    except ValueError:
+        return 0
 
 
 def read_sweep(
