@@ -332,6 +332,15 @@ def test_variant_names_are_the_fewest_keys_that_tell_cells_apart() -> None:
     assert varying_keys(three) == ["optimizer", "optimizer.lr"]
 
 
+def test_a_key_given_on_the_command_line_names_rows_before_its_interpolations() -> None:
+    def cell(epochs: str) -> CellRun:
+        tags = {"choice.model": "fus2net", "override.trainer.max_epochs": epochs}
+        params = {"scheduler.max_epochs": epochs, "trainer.max_epochs": epochs}
+        return CellRun(SimpleNamespace(data=SimpleNamespace(tags=tags, params=params)))
+
+    assert varying_keys([cell("30"), cell("20")]) == ["trainer.max_epochs"]
+
+
 def test_a_preset_names_rows_only_where_nothing_else_tells_them_apart() -> None:
     def cell(experiment: str, model: str, lr: str = "1e-3") -> CellRun:
         tags = {"choice.experiment": experiment, "choice.model": model}

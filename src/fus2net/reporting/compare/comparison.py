@@ -170,7 +170,17 @@ def varying_keys(cells: list[CellRun]) -> list[str]:
     groups = [c for c in table.columns if "." not in c and c not in cells[0].params]
     presets = [g for g in groups if g in PRESET_GROUPS]
     groups = [g for g in groups if g not in presets]
-    ordered = groups + sorted(c for c in table.columns if c not in groups + presets) + presets
+    # a key given on the command line (`trainer.max_epochs=30,20`) before those that follow
+    # from it by interpolation (`scheduler.max_epochs`)
+    given = {
+        t.removeprefix(schema.OVERRIDE_PREFIX)
+        for c in cells
+        for t in c.tags
+        if t.startswith(schema.OVERRIDE_PREFIX)
+    }
+    rest = sorted(c for c in table.columns if c not in groups + presets)
+    ordered = groups + [c for c in rest if c in given] + [c for c in rest if c not in given]
+    ordered += presets
     keys: list[str] = []
     for column in ordered:
         if table[column].nunique() > 1 and not _determined(table, keys, column):
