@@ -53,6 +53,11 @@ class Calibration(Enum):  # = fus2net.evaluation.calibration.CALIBRATION_METHODS
     none = "none"
 
 
+class Tta(Enum):  # = fus2net.inference.tta.TTA_MODES (tested)
+    none = "none"
+    hflip = "hflip"
+
+
 class CamTarget(Enum):
     predicted = "predicted"
     malignant = "malignant"
@@ -165,6 +170,7 @@ class EvaluationSchema:
     calibration: Calibration = Calibration.platt
     target_sensitivity: float = rule(0.95, gt=0, le=1)
     bootstrap: int = rule(1000, ge=1)
+    tta: Tta = Tta.none
     gradcam: GradcamSchema = field(default_factory=GradcamSchema)
     register_model: bool = False
     model_name: str = rule(nonempty=True)

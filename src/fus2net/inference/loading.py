@@ -19,6 +19,7 @@ from fus2net.data.transforms import normalize
 from fus2net.inference.gradcam import CamTarget, ensemble_grad_cam, find_cam_layer
 from fus2net.inference.registry import download_version
 from fus2net.inference.spec import SPEC_FILE, Member, ModelSpec
+from fus2net.inference.tta import malignant_probability
 from fus2net.models import create_model
 from fus2net.models.weights import SAVE_HINT, WeightsFileError, load_weights
 from fus2net.tracking import schema
@@ -53,7 +54,7 @@ class LoadedModel:
             for start in range(0, len(images), batch_size):
                 x = to_tensor(images[start : start + batch_size], self.spec)
                 for k, member in enumerate(self.members):
-                    prob = torch.softmax(member(x).float(), dim=1)[:, 1]
+                    prob = malignant_probability(member, x, self.spec.tta)
                     probs[k, start : start + len(x)] = prob.double().numpy()
         return probs
 

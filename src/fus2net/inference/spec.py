@@ -55,6 +55,7 @@ class ModelSpec:
     # per-channel {"mean": [...], "std": [...]} of [0, 1] pixels a pretrained network expects;
     # None: the paper's per-image standardisation
     normalization: dict[str, list[float]] | None = None
+    tta: str = "none"  # test-time augmentation of every member (fus2net.inference.tta)
 
     @property
     def input_normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
@@ -153,6 +154,7 @@ def spec_from_config(cfg: Any, class_names: list[str], members: list[Member]) ->
         num_classes=len(class_names),
         drop_rate=float(cfg.regularization.dropout),
         cam_layer=str(gradcam.get("layer") or "auto"),
+        tta=str(cfg.get("evaluation", {}).get("tta", "none")),
         normalization=(
             None
             if normalization is None

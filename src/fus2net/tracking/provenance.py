@@ -45,6 +45,11 @@ NON_RESULT_KEYS: tuple[str, ...] = (
 # (and are found finished, not retrained) across the upgrade.
 KEYED_AT_FORMER_VALUE: dict[str, object] = {"trainer.compile": False}
 
+# Result keys added after cells had been keyed without them, each with the value that does what
+# the code did before it existed: at that value the key is left out of the hash, so earlier
+# cells keep their keys (and are found finished); any other value makes a new cell.
+KEYED_ONLY_WHEN_SET: dict[str, object] = {"evaluation.tta": "none"}
+
 # The same location keys of each member of a pooled dataset (`dataset.members.<name>.root`):
 # the pooled records' fingerprint stands for every member's content.
 NON_RESULT_MEMBER_KEYS: tuple[str, ...] = ("root", "csv", "progress")
@@ -107,6 +112,9 @@ def cell_key(cfg: DictConfig, dataset_fingerprint: str = "") -> str:
     flat["dataset.fingerprint"] = dataset_fingerprint
     kept = {k: v for k, v in flat.items() if _is_result_key(k)}
     kept.update({k: v for k, v in KEYED_AT_FORMER_VALUE.items() if k in flat})
+    for key, former in KEYED_ONLY_WHEN_SET.items():
+        if kept.get(key, former) == former:
+            kept.pop(key, None)
     blob = json.dumps(kept, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -127,6 +127,7 @@ def build_module(
         class_weights=class_weights,
         channels_last=bool(cfg.trainer.channels_last),
         label_smoothing=float(cfg.regularization.get("label_smoothing", 0.0)),
+        tta=str(cfg.get("evaluation", {}).get("tta", "none")),
     )
     if cfg.trainer.get("compile"):
         compile_network(module.net, str(cfg.trainer.accelerator))

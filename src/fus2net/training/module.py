@@ -17,6 +17,7 @@ from torchmetrics.classification import (
     BinarySpecificity,
 )
 
+from fus2net.inference.tta import TTA_MODES, malignant_probability
 from fus2net.models import create_model
 from fus2net.tracking import schema
 
@@ -39,7 +40,8 @@ def epoch_metrics(prefix: str) -> MetricCollection:
 
 
 class BUSClassifier(L.LightningModule):
-    """Cross-entropy training with Keras-style L2 on the first dense layer (paper, Table 2).
+    """Cross-entropy training with Keras-style L2 on the first dense layer (paper, Table 2);
+    validation and prediction score with the test-time augmentation `tta` (`evaluation.tta`).
 
     The L2 term is ``l2 * sum(w ** 2)`` over the first dense kernel only, which is what Keras'
     ``kernel_regularizer=l2(0.05)`` adds; PyTorch's ``weight_decay`` would decay every weight
@@ -61,8 +63,11 @@ class BUSClassifier(L.LightningModule):
         class_weights: torch.Tensor | None = None,
         channels_last: bool = False,
         label_smoothing: float = 0.0,
+        tta: str = "none",
     ) -> None:
         super().__init__()
+        if tta not in TTA_MODES:
+            raise ValueError(f"evaluation.tta={tta!r}: use one of {', '.join(TTA_MODES)}")
         self.save_hyperparameters(
             {
                 "model": dict(model),
@@ -72,6 +77,7 @@ class BUSClassifier(L.LightningModule):
                 "l2": l2,
                 "channels_last": channels_last,
                 "label_smoothing": label_smoothing,
+                "tta": tta,
             }
         )
         self.net = create_model(
@@ -83,6 +89,7 @@ class BUSClassifier(L.LightningModule):
         self.scheduler_factory = scheduler
         self.l2 = float(l2)
         self.channels_last = channels_last
+        self.tta = tta
         self.criterion = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing)
         self.train_metrics = epoch_metrics(schema.TRAIN_STAGE)
         self.val_metrics = epoch_metrics(schema.VAL_STAGE)
@@ -111,7 +118,9 @@ class BUSClassifier(L.LightningModule):
                 f"{stage} loss is {loss.item()} at epoch {self.current_epoch}: training diverged "
                 "(lower optimizer.lr, or use trainer.precision=32-true to rule out bf16)"
             )
-        prob = torch.softmax(logits.float(), dim=1)[:, 1]
+        with torch.no_grad():  # training scores the batch as it was augmented, without TTA
+            tta = "none" if stage == schema.TRAIN_STAGE else self.tta
+            prob = malignant_probability(self, x, tta, logits=logits.detach())
         metrics = self.train_metrics if stage == schema.TRAIN_STAGE else self.val_metrics
         metrics.update(prob, y)
         for name, value in losses.items():
@@ -149,7 +158,7 @@ class BUSClassifier(L.LightningModule):
         self, batch: tuple[torch.Tensor, ...], batch_idx: int
     ) -> dict[str, torch.Tensor]:
         x, y, idx = batch
-        prob = torch.softmax(self(x).float(), dim=1)[:, 1]
+        prob = malignant_probability(self, x, self.tta)
         return {"index": idx.cpu(), "label": y.cpu(), "prob": prob.cpu()}
 
     def configure_optimizers(self) -> Any:
