@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fus2net.inference.spec import ModelSpec
 from fus2net.training.module import BUSClassifier
 from fus2net.training.schedules import warmup_cosine
 from jobs import run_train, sqlite_client, tiny
@@ -42,12 +43,15 @@ def test_label_smoothing_reaches_the_loss() -> None:
 
 def test_improved_recipe_runs_and_logs_its_schedule(tmp_path: Path) -> None:
     """The preset through the real entry point (tiny): AdamW, the warmup-cosine rates per epoch
-    in train/lr, label smoothing, and EMA weights when asked; the cell finishes."""
+    in train/lr, and label smoothing, EMA weights and flip TTA when asked; the cell finishes and
+    its saved model scores with the TTA it was validated with."""
     args = tiny(
         "experiment=improved",
         "trainer.max_epochs=3",
         "scheduler.warmup_epochs=1",
         "regularization.ema_decay=0.99",
+        "regularization.label_smoothing=0.1",
+        "evaluation.tta=hflip",
         "data.image_size=80",
     )
     run_train(args, tmp_path)
@@ -62,4 +66,7 @@ def test_improved_recipe_runs_and_logs_its_schedule(tmp_path: Path) -> None:
     params = runs[0].data.params
     assert params["optimizer._target_"] == "torch.optim.AdamW"
     assert params["regularization.ema_decay"] == "0.99"  # EMA, off in the preset, still works
-    assert params["regularization.label_smoothing"] == "0.1"
+    assert params["regularization.label_smoothing"] == "0.1"  # off in the preset, still works
+    assert params["evaluation.tta"] == "hflip"
+    (spec,) = (tmp_path / "outputs").glob("*/*/fus2net_model.json")
+    assert ModelSpec.read(spec).tta == "hflip"
