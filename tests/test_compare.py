@@ -341,6 +341,31 @@ def test_a_key_given_on_the_command_line_names_rows_before_its_interpolations() 
     assert varying_keys([cell("30"), cell("20")]) == ["trainer.max_epochs"]
 
 
+def test_two_keys_set_by_hand_both_name_the_rows_even_where_one_would_tell_them_apart() -> None:
+    """The recipe (label smoothing 0.0, 20 epochs, its preset's values) against the former one
+    (0.1 and 30 given on the command line): a row named by label smoothing alone hides that the
+    epochs differ too."""
+
+    def cell(smoothing: str, epochs: str, given: bool) -> CellRun:
+        tags = {"choice.experiment": "improved"}
+        if given:
+            tags |= {
+                "override.regularization.label_smoothing": smoothing,
+                "override.trainer.max_epochs": epochs,
+            }
+        params = {
+            "regularization.label_smoothing": smoothing,
+            "scheduler.max_epochs": epochs,
+            "trainer.max_epochs": epochs,
+        }
+        return CellRun(SimpleNamespace(data=SimpleNamespace(tags=tags, params=params)))
+
+    cells = [cell("0.0", "20", given=False), cell("0.1", "30", given=True)]
+    assert varying_keys(cells) == ["regularization.label_smoothing", "trainer.max_epochs"]
+    plain = [cell("0.0", "20", given=False), cell("0.1", "30", given=False)]
+    assert varying_keys(plain) == ["regularization.label_smoothing"]  # the fewest, as before
+
+
 def test_a_preset_names_rows_only_where_nothing_else_tells_them_apart() -> None:
     def cell(experiment: str, model: str, lr: str = "1e-3") -> CellRun:
         tags = {"choice.experiment": experiment, "choice.model": model}

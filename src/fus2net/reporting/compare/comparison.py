@@ -164,7 +164,8 @@ def varying_keys(cells: list[CellRun]) -> list[str]:
     group choice, so the label is `optimizer=...`. A key is added only when the keys so far do
     not already determine it (e.g. `optimizer.lr` overridden within one optimizer). Presets
     (`experiment=...`) come last: Table 3's reference cell, trained first under Table 2's preset,
-    is still named `model=fus2net`.
+    is still named `model=fus2net`. A key given on the command line always names the rows where it
+    varies: two cells that differ in two keys set by hand show both, even when one would do.
     """
     table = _settings_table(cells)
     groups = [c for c in table.columns if "." not in c and c not in cells[0].params]
@@ -183,7 +184,9 @@ def varying_keys(cells: list[CellRun]) -> list[str]:
     ordered += presets
     keys: list[str] = []
     for column in ordered:
-        if table[column].nunique() > 1 and not _determined(table, keys, column):
+        if table[column].nunique() > 1 and (
+            column in given or not _determined(table, keys, column)
+        ):
             keys.append(column)
     return keys
 
