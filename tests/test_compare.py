@@ -20,6 +20,7 @@ from fus2net.reporting.compare.comparison import (
     Contrast,
     VariantResult,
     build_comparison,
+    variant_settings,
     varying_keys,
 )
 from fus2net.reporting.compare.figures import (
@@ -364,6 +365,18 @@ def test_two_keys_set_by_hand_both_name_the_rows_even_where_one_would_tell_them_
     assert varying_keys(cells) == ["regularization.label_smoothing", "trainer.max_epochs"]
     plain = [cell("0.0", "20", given=False), cell("0.1", "30", given=False)]
     assert varying_keys(plain) == ["regularization.label_smoothing"]  # the fewest, as before
+
+
+def test_a_cell_trained_before_a_key_existed_is_named_by_its_former_value() -> None:
+    def cell(**params: str) -> CellRun:
+        data = SimpleNamespace(tags={"choice.model": "fus2net"}, params=params)
+        return CellRun(SimpleNamespace(data=data))
+
+    older = cell(**{"optimizer.lr": "1e-3"})
+    hflip = cell(**{"optimizer.lr": "1e-3", "evaluation.tta": "hflip"})
+    keys, settings = variant_settings([older, hflip])
+    assert keys == ["evaluation.tta"]
+    assert settings == [{"evaluation.tta": "none"}, {"evaluation.tta": "hflip"}]  # not "-"
 
 
 def test_a_preset_names_rows_only_where_nothing_else_tells_them_apart() -> None:

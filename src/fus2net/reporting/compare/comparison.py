@@ -41,7 +41,7 @@ from fus2net.reporting.compare.runs import (
 from fus2net.tracking import schema
 from fus2net.tracking.mlflow_tracker import MlflowTracker
 from fus2net.tracking.predictions import patient_groups
-from fus2net.tracking.provenance import NON_RESULT_KEYS
+from fus2net.tracking.provenance import KEYED_ONLY_WHEN_SET, NON_RESULT_KEYS
 from fus2net.tracking.uris import without_credentials
 
 THRESHOLD = 0.5  # the operating point every logged metric uses
@@ -135,10 +135,12 @@ class Comparison:
 
 
 def _settings_table(cells: list[CellRun]) -> pd.DataFrame:
-    """One row per cell: group choices (`optimizer`) and flattened params (`data.channels`)."""
+    """One row per cell: group choices (`optimizer`) and flattened params (`data.channels`); a
+    cell trained before a key existed has that key's former value (`evaluation.tta=none`)."""
     rows = []
     for cell in cells:
-        row = {k[len(CHOICE) :]: v for k, v in cell.tags.items() if k.startswith(CHOICE)}
+        row = {k: str(v) for k, v in KEYED_ONLY_WHEN_SET.items()}
+        row.update({k[len(CHOICE) :]: v for k, v in cell.tags.items() if k.startswith(CHOICE)})
         row.update(
             {
                 k: v
