@@ -43,15 +43,14 @@ def test_label_smoothing_reaches_the_loss() -> None:
 
 def test_improved_recipe_runs_and_logs_its_schedule(tmp_path: Path) -> None:
     """The preset through the real entry point (tiny): AdamW, the warmup-cosine rates per epoch
-    in train/lr, and label smoothing, EMA weights and flip TTA when asked; the cell finishes and
-    its saved model scores with the TTA it was validated with."""
+    in train/lr, label smoothing and EMA weights when asked, and the preset's flip TTA; the cell
+    finishes and its saved model scores with the TTA it was validated with."""
     args = tiny(
         "experiment=improved",
         "trainer.max_epochs=3",
         "scheduler.warmup_epochs=1",
         "regularization.ema_decay=0.99",
         "regularization.label_smoothing=0.1",
-        "evaluation.tta=hflip",
         "data.image_size=80",
     )
     run_train(args, tmp_path)
@@ -67,6 +66,6 @@ def test_improved_recipe_runs_and_logs_its_schedule(tmp_path: Path) -> None:
     assert params["optimizer._target_"] == "torch.optim.AdamW"
     assert params["regularization.ema_decay"] == "0.99"  # EMA, off in the preset, still works
     assert params["regularization.label_smoothing"] == "0.1"  # off in the preset, still works
-    assert params["evaluation.tta"] == "hflip"
+    assert params["evaluation.tta"] == "hflip"  # the preset's
     (spec,) = (tmp_path / "outputs").glob("*/*/fus2net_model.json")
     assert ModelSpec.read(spec).tta == "hflip"
