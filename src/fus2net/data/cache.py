@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from PIL import Image
 from tqdm.auto import tqdm
 
 from fus2net.data.files import written_whole
 from fus2net.data.imageio import ImageLimits, load_image
 from fus2net.data.records import Record
+from fus2net.data.resizing import resize_image
 from fus2net.data.splits import record_keys, records_fingerprint
 
 log = logging.getLogger(__name__)
@@ -37,30 +37,29 @@ _PROCESS_CACHE_SIZE = 2
 
 
 def load_resized(
-    path: Path, image_size: int, channels: int, limits: ImageLimits | None = None
+    path: Path,
+    image_size: int,
+    channels: int,
+    limits: ImageLimits | None = None,
+    resize: str = "stretch",
 ) -> np.ndarray:
-    """(S, S, C) uint8: decode (within `limits`, see `load_image`), then bilinear resize as
-    Keras' load_img (PIL BILINEAR) does."""
-    return resize_image(load_image(path, channels, limits), image_size, channels)
-
-
-def resize_image(image: np.ndarray, image_size: int, channels: int) -> np.ndarray:
-    """(S, S, C) uint8 of an (H, W, 1|3) uint8 image: to `channels` (RGB -> L as PIL converts),
-    then bilinear resize. The aspect ratio is not kept, as in the paper (775x580 -> 299x299)."""
-    pil = Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)
-    pil = pil.convert("L" if channels == 1 else "RGB")
-    resized = np.asarray(pil.resize((image_size, image_size), Image.Resampling.BILINEAR))
-    return resized.reshape(image_size, image_size, channels)
+    """(S, S, C) uint8: decode (within `limits`, see `load_image`), then fit to the input
+    (`fus2net.data.resizing.resize_image`)."""
+    return resize_image(load_image(path, channels, limits), image_size, channels, resize)
 
 
 def decode_all(
-    paths: Sequence[Path], image_size: int, channels: int, progress: bool = True
+    paths: Sequence[Path],
+    image_size: int,
+    channels: int,
+    progress: bool = True,
+    resize: str = "stretch",
 ) -> np.ndarray:
     """(N, S, S, C) uint8 of every image, decoded in a thread pool with a progress bar."""
     images = np.empty((len(paths), image_size, image_size, channels), dtype=np.uint8)
 
     def fill(i: int) -> None:
-        images[i] = load_resized(paths[i], image_size, channels)
+        images[i] = load_resized(paths[i], image_size, channels, resize=resize)
 
     workers = min(8, (os.cpu_count() or 1) + 2)
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -71,11 +70,16 @@ def decode_all(
 
 
 def _decoded(
-    pixels: np.ndarray | None, paths: Sequence[Path], image_size: int, channels: int, progress: bool
+    pixels: np.ndarray | None,
+    paths: Sequence[Path],
+    image_size: int,
+    channels: int,
+    progress: bool,
+    resize: str,
 ) -> np.ndarray:
     """`pixels` when the caller decoded the images already (checked), else decode them."""
     if pixels is None:
-        return decode_all(paths, image_size, channels, progress)
+        return decode_all(paths, image_size, channels, progress, resize)
     expected = (len(paths), image_size, image_size, channels)
     if pixels.shape != expected or pixels.dtype != np.uint8:
         raise ValueError(
@@ -103,6 +107,7 @@ class ImageCache:
         progress: bool = True,
         fingerprint: str | None = None,
         pixels: np.ndarray | None = None,
+        resize: str = "stretch",
     ) -> ImageCache:
         """Decode (or reuse) the images of `records`.
 
@@ -111,6 +116,7 @@ class ImageCache:
         memory-maps it on reuse (across processes and jobs); 'none' decodes into RAM for this
         call only. Pass `fingerprint` (records_fingerprint) and `pixels` (the resized images,
         (N, S, S, C) uint8 in record order) when already computed: nothing is decoded again.
+        `resize` is how each image was fitted to S x S (`data.resize`), a part of the keys.
         """
         if channels not in (1, 3):
             raise ValueError(f"data.channels must be 1 or 3, got {channels}")
@@ -121,14 +127,14 @@ class ImageCache:
         labels = np.array([r.label for r in records], dtype=np.int64)
         paths = [r.image for r in records]
         if mode == "none":
-            return cls(_decoded(pixels, paths, image_size, channels, progress), labels)
+            return cls(_decoded(pixels, paths, image_size, channels, progress, resize), labels)
 
         fingerprint = fingerprint or records_fingerprint(records)
         if mode == "memory":
             # The fingerprint ignores record order; the key must not, since images follow it.
-            key = (fingerprint, tuple(map(str, paths)), image_size, channels)
+            key = (fingerprint, tuple(map(str, paths)), image_size, channels, resize)
             if key not in _PROCESS_CACHE:
-                images = _decoded(pixels, paths, image_size, channels, progress)
+                images = _decoded(pixels, paths, image_size, channels, progress, resize)
                 images.setflags(write=False)  # shared by every fold and job of this process
                 _PROCESS_CACHE[key] = (images, labels)
                 while len(_PROCESS_CACHE) > _PROCESS_CACHE_SIZE:
@@ -139,13 +145,13 @@ class ImageCache:
 
         if cache_dir is None:
             raise ValueError("data.cache=disk needs a cache directory (paths.cache_dir)")
-        path = _disk_path(Path(cache_dir), fingerprint, records, image_size, channels)
+        path = _disk_path(Path(cache_dir), fingerprint, records, image_size, channels, resize)
         expected = (len(records), image_size, image_size, channels)
         images = _stored_images(path, expected)
         if images is not None:
             log.info("reusing image cache %s", path)
             return cls(images, labels, path)
-        images = _decoded(pixels, paths, image_size, channels, progress)
+        images = _decoded(pixels, paths, image_size, channels, progress, resize)
         with written_whole(path, images.nbytes + 128) as tmp:
             np.save(tmp, images)
         log.info("saved image cache %s (%.0f MB)", path, images.nbytes / 1e6)
@@ -175,8 +181,15 @@ def _stored_images(path: Path, expected: tuple[int, ...]) -> np.ndarray | None:
 
 
 def _disk_path(
-    cache_dir: Path, fingerprint: str, records: Sequence[Record], image_size: int, channels: int
+    cache_dir: Path,
+    fingerprint: str,
+    records: Sequence[Record],
+    image_size: int,
+    channels: int,
+    resize: str,
 ) -> Path:
-    """Key the file by content fingerprint and, since rows follow it, by the record order."""
+    """Key the file by content fingerprint and, since rows follow it, by the record order; a
+    fit other than `stretch` (which files from before `data.resize` hold) is in the name."""
     order = hashlib.sha256("\n".join(record_keys(records)).encode()).hexdigest()[:8]
-    return cache_dir / "images" / f"{fingerprint[:16]}-{order}-s{image_size}-c{channels}.npy"
+    fit = "" if resize == "stretch" else f"-{resize}"
+    return cache_dir / "images" / f"{fingerprint[:16]}-{order}-s{image_size}-c{channels}{fit}.npy"

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from fus2net.data.resizing import resize_mask
 from fus2net.data.warning_capture import captured_warnings
 
 log = logging.getLogger(__name__)
@@ -255,13 +256,9 @@ def load_mask(
     return out
 
 
-def resized_mask(paths: Sequence, size: int) -> np.ndarray:
-    """(size, size) bool union of a record's masks, resized as its image was (aspect not kept).
-
-    Nearest-neighbour keeps the mask binary; empty when the record has no mask.
-    """
+def resized_mask(paths: Sequence, size: int, resize: str = "stretch") -> np.ndarray:
+    """(size, size) bool union of a record's masks, fitted as its image was (`data.resize`);
+    empty when the record has no mask."""
     if not paths:
         return np.zeros((size, size), dtype=bool)
-    mask = load_mask(tuple(paths))
-    image = Image.fromarray(mask.astype(np.uint8) * 255)
-    return np.asarray(image.resize((size, size), Image.Resampling.NEAREST)) > 127
+    return resize_mask(load_mask(tuple(paths)), size, resize)

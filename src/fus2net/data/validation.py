@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from fus2net.data.cache import resize_image
 from fus2net.data.duplicates import phash_of
 from fus2net.data.imageio import ImageLimits, ImageReadError, image_pixels, open_image
 from fus2net.data.records import Notice, Problem, Record
+from fus2net.data.resizing import resize_image
 
 
 @dataclass(frozen=True)
@@ -52,11 +52,13 @@ def inspect_record(
     image_size: int | None = None,
     phash: bool = False,
     limits: ImageLimits | None = None,
+    resize: str = "stretch",
 ) -> ImageInfo:
     """Read one record's image once and decode it, and its masks; never raises for bad files.
 
     `limits` (default: `ImageLimits()`, the `data.*` defaults) apply to the image; a mask is
-    held to the pixel limit and to its image's size."""
+    held to the pixel limit and to its image's size. `pixels` are fitted to `image_size` as
+    `resize` says (`data.resize`)."""
     limits = limits or ImageLimits()
     problems: list[Problem] = []
     notices: list[Notice] = []
@@ -69,7 +71,7 @@ def inspect_record(
         notices += [Notice(str(record.image), text) for text in decoded.notices]
         array = image_pixels(decoded.image, channels)
         if image_size is not None:
-            pixels = resize_image(array, image_size, channels)
+            pixels = resize_image(array, image_size, channels, resize)
         if phash:
             perceptual = phash_of(array if channels == 1 else image_pixels(decoded.image, 1))
     except FileNotFoundError:
@@ -101,12 +103,15 @@ def inspect_records(
     phash: bool = False,
     progress: bool = False,
     limits: ImageLimits | None = None,
+    resize: str = "stretch",
 ) -> list[ImageInfo]:
     """`inspect_record` for every record (same order), on a thread pool: PIL decodes without
     holding the GIL, so threads scale with cores without pickling records to processes."""
     workers = max_workers or min(16, (os.cpu_count() or 1) + 2)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        jobs = pool.map(lambda r: inspect_record(r, channels, image_size, phash, limits), records)
+        jobs = pool.map(
+            lambda r: inspect_record(r, channels, image_size, phash, limits, resize), records
+        )
         return list(tqdm(jobs, total=len(records), desc="read images", disable=not progress))
 
 

@@ -21,6 +21,11 @@ class Cache(Enum):
     none = "none"
 
 
+class Resize(Enum):  # = fus2net.data.resizing.RESIZE_MODES (tested)
+    stretch = "stretch"
+    pad = "pad"
+
+
 class OnBadImage(Enum):
     error = "error"
     skip = "skip"
@@ -108,6 +113,7 @@ class HeldOutSchema:
 @dataclass
 class DataSchema:
     image_size: int = rule(ge=1)
+    resize: Resize = Resize.stretch
     channels: int = rule(choices=(1, 3))
     batch_size: int = rule(ge=1)
     num_workers: int = rule(ge=0)

@@ -76,6 +76,7 @@ def _read_images(
         phash=bool(cfg.data.dedupe),
         progress=True,
         limits=image_limits(cfg),
+        resize=str(cfg.data.get("resize", "stretch")),
     )
     _log_notices([n for info in infos for n in info.notices])
     problems = [problem for info in infos for problem in info.problems]
@@ -151,6 +152,7 @@ def prepare_data(cfg: DictConfig) -> JobData:
         fingerprint=fingerprint,
         cache_dir=Path(cfg.paths.cache_dir),
         pixels=np.stack([info.pixels for info in infos]) if records else None,
+        resize=str(cfg.data.get("resize", "stretch")),
     )
     counts = np.bincount([r.label for r in records], minlength=len(source.class_names))
     description = {

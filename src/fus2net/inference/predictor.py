@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from fus2net.data.cache import resize_image
 from fus2net.data.imageio import IMAGE_SUFFIXES, ImageLimits, load_image
+from fus2net.data.resizing import resize_image, unfit
 from fus2net.data.sources.base import is_image_file
 from fus2net.inference.gradcam import CamTarget, overlay
 from fus2net.inference.loading import LoadedModel
@@ -102,7 +102,7 @@ def predict_files(
         for path in files[start : start + batch_size]:
             try:
                 original = load_image(path, 3 if gradcam else spec.in_chans, limits)
-                resized.append(resize_image(original, spec.image_size, spec.in_chans))
+                resized.append(resize_image(original, spec.image_size, spec.in_chans, spec.resize))
                 originals.append(original if gradcam else None)  # overlays are drawn on it
                 batch.append(path)
             except READ_ERRORS as err:
@@ -122,6 +122,8 @@ def predict_files(
             if cam is not None:
                 overlay_dir.mkdir(parents=True, exist_ok=True)
                 target = overlay_dir / _unique_name(path.stem, used)
+                height, width = original.shape[:2]
+                cam = unfit(cam, height, width, spec.resize)
                 Image.fromarray(overlay(original, cam)).save(target)
                 overlay_path = str(target)
             results[path] = _row(

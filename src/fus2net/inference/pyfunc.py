@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from fus2net.data.cache import resize_image
 from fus2net.data.imageio import image_pixels
+from fus2net.data.resizing import resize_image
 from fus2net.inference.loading import LoadedModel, load_package
 from fus2net.inference.spec import SPEC_FILE
 
@@ -53,7 +53,9 @@ class PyfuncModel:
                 f"expected images as a uint8 array (N, H, W, C) with C in 1, 3, 4; got "
                 f"shape {images.shape}"
             )
-        resized = np.stack([_resize(im, spec.image_size, spec.in_chans) for im in images])
+        resized = np.stack(
+            [_resize(im, spec.image_size, spec.in_chans, spec.resize) for im in images]
+        )
         members = self.model.member_probabilities(resized)
         probs = members.mean(axis=0)
         _, threshold = spec.threshold((params or {}).get("operating_point"))
@@ -67,11 +69,11 @@ class PyfuncModel:
         )
 
 
-def _resize(image: np.ndarray, size: int, channels: int) -> np.ndarray:
+def _resize(image: np.ndarray, size: int, channels: int, resize: str) -> np.ndarray:
     """As `fus2net.data.cache.load_resized` does to a file, to an (H, W, 1|3|4) array."""
     image = np.clip(image, 0, 255).astype(np.uint8)
     pil = Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)  # L, RGB or RGBA
-    return resize_image(image_pixels(pil, channels), size, channels)
+    return resize_image(image_pixels(pil, channels), size, channels, resize)
 
 
 def _load_pyfunc(data_path: str) -> PyfuncModel:

@@ -56,6 +56,7 @@ class ModelSpec:
     # None: the paper's per-image standardisation
     normalization: dict[str, list[float]] | None = None
     tta: str = "none"  # test-time augmentation of every member (fus2net.inference.tta)
+    resize: str = "stretch"  # how an image is fitted to the input (fus2net.data.resizing)
 
     @property
     def input_normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
@@ -74,7 +75,11 @@ class ModelSpec:
         return {
             "image_size": self.image_size,
             "channels": self.in_chans,
-            "resize": "bilinear to image_size x image_size, aspect ratio not kept",
+            "resize": (
+                "bilinear to image_size x image_size, aspect ratio not kept"
+                if self.resize == "stretch"
+                else "bilinear, aspect ratio kept (longer side to image_size), padded black"
+            ),
             "normalization": (
                 "per-image standardization (x - mean) / std"
                 if self.normalization is None
@@ -155,6 +160,7 @@ def spec_from_config(cfg: Any, class_names: list[str], members: list[Member]) ->
         drop_rate=float(cfg.regularization.dropout),
         cam_layer=str(gradcam.get("layer") or "auto"),
         tta=str(cfg.get("evaluation", {}).get("tta", "none")),
+        resize=str(cfg.data.get("resize", "stretch")),
         normalization=(
             None
             if normalization is None

@@ -68,7 +68,7 @@ def evaluate_external(
     limits = limits or ImageLimits()
     for record in records:  # decoded once; an unreadable image is skipped, not fatal
         try:
-            images.append(load_resized(record.image, size, channels, limits))
+            images.append(load_resized(record.image, size, channels, limits, model.spec.resize))
             kept.append(record)
         except ImageReadError as err:
             bad.append(str(err))

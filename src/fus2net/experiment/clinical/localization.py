@@ -51,7 +51,8 @@ def localize(
         return {}, []
     images = np.asarray(data.cache.images[picked])
     cams = model.grad_cams(images, str(gradcam.get("target", "predicted")))
-    masks = [resized_mask(data.records[i].masks, model.spec.image_size) for i in picked]
+    size, fit = model.spec.image_size, model.spec.resize
+    masks = [resized_mask(data.records[i].masks, size, fit) for i in picked]
     paths = [str(data.records[i].image) for i in picked]
     scored = [m.any() for m in masks]
     table = pd.DataFrame(
