@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -17,6 +18,7 @@ from fus2net.data.imageio import resized_mask
 from fus2net.data.records import Record
 from fus2net.data.resizing import RESIZE_MODES, content_box, resize_image, resize_mask, unfit
 from fus2net.experiment import config_groups
+from fus2net.experiment.clinical.external import evaluate_external
 from fus2net.experiment.config_schema import config_problems
 from fus2net.inference import Member, ModelSpec, load_package, predict_files
 from fus2net.inference.pyfunc import PyfuncModel
@@ -180,3 +182,24 @@ def test_prediction_fits_images_as_training_did(padded_package: Path, tmp_path: 
     assert overlay.size == (120, 50)  # drawn on the original, the padding cut off
     served = PyfuncModel(model).predict(wide[None])
     assert served.prob_malignant[0] == pytest.approx(expected, abs=1e-6)
+
+
+def test_an_external_set_is_scored_with_the_models_fit(
+    padded_package: Path, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(4)
+    for label in ("benign", "malignant"):
+        (tmp_path / "ext" / label).mkdir(parents=True)
+        for i in range(2):
+            pixels = rng.integers(0, 256, (90, 40), dtype=np.uint8)  # taller than wide
+            Image.fromarray(pixels).save(tmp_path / "ext" / label / f"{i}.png")
+    dataset = {
+        "_target_": "fus2net.data.sources.FolderSource",
+        "root": str(tmp_path / "ext"),
+        "classes": ["benign", "malignant"],
+    }
+    model = load_package(padded_package)
+    evaluate_external("ext", dataset, model, [], tmp_path / "out")
+    scored = pd.read_csv(tmp_path / "out" / "predictions.csv")
+    images = np.stack([load_resized(Path(p), SIZE, 3, resize="pad") for p in scored.path])
+    assert scored.prob.to_numpy() == pytest.approx(model.probabilities(images), abs=1e-6)
