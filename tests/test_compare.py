@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import time
@@ -721,3 +722,33 @@ def test_per_fold_labels_do_not_overlap_with_ten_folds_and_long_names() -> None:
             assert fig.bbox.contains(box.x0, box.y0) and fig.bbox.contains(box.x1, box.y1)
             for other in boxes[i + 1 :]:
                 assert not box.overlaps(other), (box, other)
+
+
+def test_a_change_inside_a_list_of_transforms_names_the_element_not_the_list() -> None:
+    """`augmentation.transforms.0.scale=[0.9,1.1],[0.75,1.33]` is logged as the whole list
+    (one JSON param); the rows are named by the element's key that changed."""
+
+    def cell(scale: list[float], given: bool) -> CellRun:
+        transforms = [
+            {"_target_": "albumentations.Affine", "scale": scale, "p": 0.7},
+            {"_target_": "albumentations.HorizontalFlip", "p": 0.5},
+        ]
+        params = {"augmentation._target_": "albumentations.Compose"}
+        params["augmentation.transforms"] = json.dumps(transforms)
+        tags = {"choice.augmentation": "ultrasound"}
+        if given:
+            tags["override.augmentation.transforms.0.scale"] = json.dumps(scale)
+        return CellRun(SimpleNamespace(data=SimpleNamespace(tags=tags, params=params)))
+
+    cells = [cell([0.9, 1.1], given=True), cell([0.75, 1.33], given=True)]
+    keys, settings = variant_settings(cells)
+    assert keys == ["augmentation.transforms.0.scale"]
+    assert settings == [
+        {"augmentation.transforms.0.scale": "[0.9, 1.1]"},
+        {"augmentation.transforms.0.scale": "[0.75, 1.33]"},
+    ]
+    by = ["augmentation.transforms.0.scale", "augmentation.transforms.1.p"]
+    assert variant_settings(cells, by=by)[1][1] == {
+        "augmentation.transforms.0.scale": "[0.75, 1.33]",
+        "augmentation.transforms.1.p": "0.5",
+    }

@@ -16,6 +16,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -41,7 +42,7 @@ from fus2net.reporting.compare.runs import (
 from fus2net.tracking import schema
 from fus2net.tracking.mlflow_tracker import MlflowTracker
 from fus2net.tracking.predictions import patient_groups
-from fus2net.tracking.provenance import KEYED_ONLY_WHEN_SET, NON_RESULT_KEYS
+from fus2net.tracking.provenance import KEYED_ONLY_WHEN_SET, NON_RESULT_KEYS, flatten
 from fus2net.tracking.uris import without_credentials
 
 THRESHOLD = 0.5  # the operating point every logged metric uses
@@ -141,15 +142,41 @@ def _settings_table(cells: list[CellRun]) -> pd.DataFrame:
     for cell in cells:
         row = {k: str(v) for k, v in KEYED_ONLY_WHEN_SET.items()}
         row.update({k[len(CHOICE) :]: v for k, v in cell.tags.items() if k.startswith(CHOICE)})
-        row.update(
-            {
-                k: v
-                for k, v in cell.params.items()
-                if not any(k == p or k.startswith(p + ".") for p in IGNORED_PARAMS)
-            }
-        )
+        params = {
+            k: v
+            for k, v in cell.params.items()
+            if not any(k == p or k.startswith(p + ".") for p in IGNORED_PARAMS)
+        }
+        row.update(_list_elements(params))
         rows.append(row)
     return pd.DataFrame(rows).fillna("-").astype(str)
+
+
+def _list_elements(params: dict[str, Any]) -> dict[str, Any]:
+    """A param that holds a list of mappings (`augmentation.transforms`, logged as JSON) as one
+    column per element's key (`augmentation.transforms.0.scale`), so that a row is named by what
+    changed in the list (as the command line's `augmentation.transforms.0.scale=...` says),
+    not by the whole list."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        items = _json_list(value)
+        if items is None or not any(isinstance(item, dict) for item in items):
+            out[key] = value
+            continue
+        for i, item in enumerate(items):
+            element = flatten(item, f"{key}.{i}.") if isinstance(item, dict) else {}
+            out.update(_list_elements(element) if element else {f"{key}.{i}": json.dumps(item)})
+    return out
+
+
+def _json_list(value: Any) -> list | None:
+    if not isinstance(value, str) or not value.startswith("["):
+        return None
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        return None
+    return parsed if isinstance(parsed, list) else None
 
 
 def _determined(table: pd.DataFrame, keys: list[str], column: str) -> bool:
