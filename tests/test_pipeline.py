@@ -16,7 +16,12 @@ from fus2net.data.balance import AS_IS, HORIZONTAL, VERTICAL, balance_indices, c
 from fus2net.data.cache import ImageCache, load_resized
 from fus2net.data.datamodule import FoldDataModule
 from fus2net.data.records import Record
-from fus2net.data.transforms import DepthAttenuation, build_augmentation, standardize
+from fus2net.data.transforms import (
+    DepthAttenuation,
+    ScannerMarks,
+    build_augmentation,
+    standardize,
+)
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -113,7 +118,7 @@ def test_none_preset_is_null():
     assert cfg is None and hydra.utils.instantiate(cfg) is None and build_augmentation(cfg) is None
 
 
-@pytest.mark.parametrize("preset", ["paper", "ultrasound"])
+@pytest.mark.parametrize("preset", ["paper", "ultrasound", "ultrasound_marks"])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_presets_instantiate_and_keep_shape_and_dtype(preset, channels):
     pipeline = hydra.utils.instantiate(_augmentation_cfg(preset))
@@ -133,6 +138,33 @@ def test_depth_attenuation_darkens_with_depth():
     assert np.all(np.diff(out[:, 0, 0].astype(int)) <= 0)
     with pytest.raises(ValueError):
         DepthAttenuation(attenuation=(0.5, 1.2))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_scanner_marks_are_bright_pixels_laid_over_the_image(channels):
+    image = np.full((128, 128, channels), 60, np.uint8)
+    marks = ScannerMarks(p=1.0)
+    marks.set_random_seed(0)
+    outputs = [marks(image=image)["image"] for _ in range(8)]
+    assert all(o.shape == image.shape and o.dtype == np.uint8 for o in outputs)
+    assert all((o >= image).all() for o in outputs)  # marks only add light, never darken
+    changed = [(o > image).any(axis=2) for o in outputs]
+    assert all(0 < c.mean() < 0.05 for c in changed)  # a few thin marks, not a veil
+    assert len({c.tobytes() for c in changed}) == len(changed)  # new marks in every image
+    assert all((o == o[:, :, :1]).all() for o in outputs)  # the same grey in every channel
+    again = ScannerMarks(p=1.0)
+    again.set_random_seed(0)
+    assert np.array_equal(again(image=image)["image"], outputs[0])  # seeded: reproducible
+    assert np.array_equal(ScannerMarks(p=0.0)(image=image)["image"], image)
+    with pytest.raises(ValueError):
+        ScannerMarks(frame_size=8)
+
+
+def test_the_marks_preset_is_the_ultrasound_preset_and_the_marks():
+    """The two presets differ by the marks alone: ablating them changes nothing else."""
+    plain, marked = _augmentation_cfg("ultrasound"), _augmentation_cfg("ultrasound_marks")
+    assert marked.transforms[:-1] == plain.transforms
+    assert marked.transforms[-1]._target_ == "fus2net.data.transforms.ScannerMarks"
 
 
 # ---- datamodule ----------------------------------------------------------------------------

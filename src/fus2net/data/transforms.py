@@ -2,7 +2,8 @@
 a pretrained network expects) and augmentation pipelines.
 
 Augmentations are albumentations pipelines described in `conf/augmentation/*.yaml` and built by
-`hydra.utils.instantiate`; this module adds the one ultrasound effect albumentations lacks.
+`hydra.utils.instantiate`; this module adds what albumentations lacks: an ultrasound effect
+(depth attenuation), and scanner marks drawn at random (a shortcut taken away).
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import hydra
 import numpy as np
 from albumentations.core.transforms_interface import BaseTransformInitSchema
 from omegaconf import DictConfig, OmegaConf
-from pydantic import field_validator
+from PIL import Image
+from pydantic import Field, field_validator
 
+from fus2net.data.synthetic_marks import draw_marks
 from fus2net.models.pretrained import Normalization
 
 
@@ -90,6 +93,51 @@ class DepthAttenuation(A.ImageOnlyTransform):
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
         return ("attenuation",)
+
+
+class ScannerMarks(A.ImageOnlyTransform):
+    """Scanner and sonographer annotations (text labels, caliper crosses with a dotted line,
+    depth ticks, a probe marker, a box) burned in at random, whatever the image's class.
+
+    Many BUSI images carry such marks, in both classes but not equally often, and other
+    hospitals' exports may have none (BrEaST's have none): a network that takes them for a
+    sign of a class fails there. Drawn at random they say nothing about the class. They are
+    the synthetic dataset's marks (`fus2net.data.synthetic_marks`), drawn on a `frame_size`
+    canvas (a scanner frame's size, so that text and crosses are as large as on a real frame
+    after resizing), scaled to the image and laid over it as bright pixels; the calipers
+    measure a random box, as a sonographer measures a lesion.
+    """
+
+    class InitSchema(BaseTransformInitSchema):
+        frame_size: int = Field(ge=32)
+
+    def __init__(self, frame_size: int = 320, p: float = 0.5):
+        super().__init__(p=p)
+        self.frame_size = frame_size
+
+    def get_params(self) -> dict[str, Any]:
+        return {"seed": self.py_random.randrange(2**32)}
+
+    def apply(self, img: np.ndarray, seed: int, **params: Any) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        size = self.frame_size
+        box = np.zeros((size, size), dtype=bool)  # the "lesion" the calipers measure
+        (height, width), (top, left) = rng.uniform(0.15, 0.45, 2), rng.uniform(0.2, 0.5, 2)
+        box[
+            int(top * size) : int((top + height) * size),
+            int(left * size) : int((left + width) * size),
+        ] = True
+        marks = draw_marks(np.zeros((size, size), dtype=np.uint8), box, rng)
+        layer = np.asarray(
+            Image.fromarray(marks).resize((img.shape[1], img.shape[0]), Image.Resampling.BILINEAR)
+        )
+        layer = layer.reshape(layer.shape + (1,) * (img.ndim - 2))
+        if img.dtype != np.uint8:
+            return np.maximum(img, (layer / 255.0).astype(img.dtype))
+        return np.maximum(img, layer)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("frame_size",)
 
 
 def build_augmentation(cfg: DictConfig | Mapping[str, Any] | None) -> A.BaseCompose | None:
