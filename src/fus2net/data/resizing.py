@@ -10,12 +10,9 @@ prediction, Grad-CAM masks and overlays) fits through this module, so they agree
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 from PIL import Image
 
-Resize = Literal["stretch", "pad"]
 RESIZE_MODES: tuple[str, ...] = ("stretch", "pad")
 
 
@@ -27,7 +24,7 @@ def _check(resize: str) -> None:
 def content_box(height: int, width: int, size: int, resize: str) -> tuple[int, int, int, int]:
     """(top, left, rows, cols) of a height x width image inside the size x size input."""
     _check(resize)
-    if resize == "stretch" or height == width:
+    if resize == "stretch":
         return 0, 0, size, size
     scale = size / max(height, width)
     rows, cols = max(1, round(height * scale)), max(1, round(width * scale))

@@ -164,8 +164,10 @@ def _list_elements(params: dict[str, Any]) -> dict[str, Any]:
             out[key] = value
             continue
         for i, item in enumerate(items):
-            element = flatten(item, f"{key}.{i}.") if isinstance(item, dict) else {}
-            out.update(_list_elements(element) if element else {f"{key}.{i}": json.dumps(item)})
+            if isinstance(item, dict):
+                out.update(_list_elements(flatten(item, f"{key}.{i}.")))
+            else:
+                out[f"{key}.{i}"] = json.dumps(item)
     return out
 
 
