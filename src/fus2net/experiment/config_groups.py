@@ -132,6 +132,7 @@ class CvSchema:
     fold: int | None = rule(None, ge=0)
     test_scoring: Scoring = MISSING
     checkpoint: Checkpoint = MISSING
+    holdout_source: str | None = rule(None, nonempty=True)  # a pooled member (holdout.py checks)
 
 
 @dataclass
@@ -177,6 +178,7 @@ class EvaluationSchema:
     target_sensitivity: float = rule(0.95, gt=0, le=1)
     bootstrap: int = rule(1000, ge=1)
     tta: Tta = Tta.none
+    adabn: bool = False  # external sets scored after AdaBN (the other score is logged too)
     gradcam: GradcamSchema = field(default_factory=GradcamSchema)
     register_model: bool = False
     model_name: str = rule(nonempty=True)
@@ -243,6 +245,11 @@ class ModelSource(Enum):
     timm = "timm"
 
 
+class PretrainedSource(Enum):  # = fus2net.models.timm_models.PRETRAINED_SOURCES (tested)
+    hub = "hub"
+    package = "package"
+
+
 @dataclass
 class TimmModelSchema:
     """Any timm network (`model.source: timm`)."""
@@ -250,6 +257,7 @@ class TimmModelSchema:
     name: str = rule(choices=timm_names, listed_by="timm.list_models()")
     source: ModelSource = ModelSource.timm
     pretrained: bool = False
+    pretrained_source: PretrainedSource = PretrainedSource.hub
     pretrained_path: str | None = None
 
 

@@ -163,8 +163,9 @@ def output_dir(cfg: DictConfig) -> Path:
         return Path(cfg.paths.root) / "outputs" / "adhoc"
 
 
-def build_context(cfg: DictConfig) -> JobContext:
-    """Prepare the data, open the store and name the cell: once per job, before any run."""
+def build_context(cfg: DictConfig, protocol: str | None = None) -> JobContext:
+    """Prepare the data, open the store and name the cell: once per job, before any run;
+    `protocol` is the leave-one-source-out key a held-out cell shares with its siblings."""
     data = prepare_data(cfg)
     tracker = MlflowTracker(
         cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.get("artifact_location")
@@ -179,6 +180,9 @@ def build_context(cfg: DictConfig) -> JobContext:
         **hydra_tags(cfg.tracking.sweep),
         **git_state(),
     }
+    if protocol is not None:
+        tags[schema.LOSO_KEY] = protocol
+        tags[schema.HOLDOUT_SOURCE] = str(cfg.cv.holdout_source)
     params = flatten(resolved_container(cfg))
     params.update({"dataset.fingerprint": data.fingerprint, "dataset.n_images": len(data.records)})
     n_folds = len(data.split.folds)

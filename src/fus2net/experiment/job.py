@@ -22,6 +22,7 @@ from fus2net.experiment.clinical.step import evaluate_clinically
 from fus2net.experiment.config_schema import validate_config
 from fus2net.experiment.context import JobContext, build_context, threads
 from fus2net.experiment.folds import train_folds
+from fus2net.experiment.holdout import holdout_config
 from fus2net.experiment.interrupts import stop_on_signals
 from fus2net.experiment.preflight import check_config, check_tracking
 from fus2net.experiment.scoring import score_cell
@@ -43,13 +44,14 @@ def run_job(cfg: DictConfig) -> CellSummary:
     diverged fold (non-finite loss) fails alone; the other folds and jobs go on.
     """
     validate_config(cfg)  # the typed schema: every key, before anything is read
+    cfg, protocol = holdout_config(cfg)  # leave-one-source-out: a member becomes external
     check_config(cfg)
     check_tracking(str(cfg.tracking.uri))  # before anything is prepared or written
     torch.set_num_threads(threads(cfg))
     quiet_lightning()
     try:
         with stop_on_signals():
-            return _run_cell(cfg)
+            return _run_cell(cfg, protocol)
     except Exception as exc:  # a full disk anywhere, runs already ended FAILED on the way
         full = as_disk_full(exc, store=cells.store_file(str(cfg.tracking.uri)))
         if full is None or full is exc:
@@ -57,9 +59,9 @@ def run_job(cfg: DictConfig) -> CellSummary:
         raise full from exc
 
 
-def _run_cell(cfg: DictConfig) -> CellSummary:
+def _run_cell(cfg: DictConfig, protocol: str | None = None) -> CellSummary:
     """Build the job's context, open its cell and train what the store lacks."""
-    ctx = build_context(cfg)
+    ctx = build_context(cfg, protocol)
     cell = cells.open_cell(ctx)
     summary = CellSummary(
         cell.run_id,

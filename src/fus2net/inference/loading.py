@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from fus2net.data.transforms import normalize
+from fus2net.inference.adabn import adapt_batch_norm, has_batch_norm
 from fus2net.inference.gradcam import CamTarget, ensemble_grad_cam, find_cam_layer
 from fus2net.inference.registry import download_version
 from fus2net.inference.spec import SPEC_FILE, Member, ModelSpec
@@ -61,6 +62,16 @@ class LoadedModel:
     def probabilities(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """The ensemble's malignant probability: the members' mean (as the test set is scored)."""
         return self.member_probabilities(images, batch_size).mean(axis=0)
+
+    def adapted_to(self, images: np.ndarray, batch_size: int = 32) -> LoadedModel:
+        """This ensemble with every member's batch-norm statistics re-estimated on `images`
+        (AdaBN, `fus2net.inference.adabn`); members without batch norm are kept as they are."""
+        batches = [
+            to_tensor(images[start : start + batch_size], self.spec)
+            for start in range(0, len(images), batch_size)
+        ]
+        members = [adapt_batch_norm(m, batches) if has_batch_norm(m) else m for m in self.members]
+        return replace(self, members=members, origin=f"{self.origin} (AdaBN)")
 
     def grad_cams(self, images: np.ndarray, target: CamTarget = "predicted") -> np.ndarray:
         """(N, S, S) Grad-CAM maps in [0, 1], averaged over the members."""

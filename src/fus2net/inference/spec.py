@@ -147,7 +147,8 @@ def spec_from_config(cfg: Any, class_names: list[str], members: list[Member]) ->
     model = OmegaConf.to_container(cfg.model, resolve=True)
     assert isinstance(model, dict)
     normalization = input_normalization(model, int(cfg.data.channels))
-    for starting_weights in ("pretrained_path", "pretrained"):  # the members' weights replace them
+    # The members' weights replace the starting weights.
+    for starting_weights in ("pretrained_path", "pretrained", "pretrained_source"):
         model.pop(starting_weights, None)
     gradcam = cfg.get("evaluation", {}).get("gradcam", {})
     return ModelSpec(

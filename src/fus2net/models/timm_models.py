@@ -14,10 +14,13 @@ from typing import Any, SupportsIndex
 from torch import nn
 
 from .baselines import LibraryModel
+from .packaged_weights import PACKAGE, PackagedWeightsError, timm_weights_file
 from .pretrained import PretrainedWeightsUnavailable, hf_cache_dir, timm_pretrained_tag
 from .registry import register_source
 
 TIMM = "timm"  # model.source of a timm network
+HUB = "hub"  # model.pretrained_source: timm's own weights (Hugging Face hub and cache)
+PRETRAINED_SOURCES = (HUB, PACKAGE)
 
 
 class TimmModel(LibraryModel):
@@ -58,14 +61,29 @@ def build_timm_model(
     num_classes: int = 2,
     drop_rate: float = 0.0,
     pretrained: bool = False,
+    pretrained_source: str = HUB,
 ) -> nn.Module:
-    """timm's `name` for `in_chans` and `num_classes`, from its pretrained weights if asked."""
+    """timm's `name` for `in_chans` and `num_classes`, from its pretrained weights if asked:
+    timm's own (`pretrained_source=hub`) or the checkpoint a package in the lock ships
+    (`package`, offline; `fus2net.models.packaged_weights`)."""
     import timm
 
     if not timm.is_model(name):
         raise ValueError(f"model.name={name!r}: not a timm model; see timm.list_models()")
+    if pretrained_source not in PRETRAINED_SOURCES:
+        raise ValueError(
+            f"model.pretrained_source={pretrained_source!r}: use one of "
+            f"{', '.join(PRETRAINED_SOURCES)}"
+        )
     options = {"in_chans": in_chans, "num_classes": num_classes, "drop_rate": drop_rate}
-    if pretrained:
+    if pretrained and pretrained_source == PACKAGE:
+        try:
+            file = timm_weights_file(name)
+        except (PackagedWeightsError, OSError) as err:
+            raise PretrainedWeightsUnavailable(f"model.pretrained_source=package: {err}") from err
+        overlay = {"file": str(file), "hf_hub_id": None, "url": None, "source": None}
+        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **options)
+    elif pretrained:
         tag = timm_pretrained_tag(name)
         try:
             model = timm.create_model(name, pretrained=True, **options)

@@ -48,7 +48,13 @@ KEYED_AT_FORMER_VALUE: dict[str, object] = {"trainer.compile": False}
 # Result keys added after cells had been keyed without them, each with the value that does what
 # the code did before it existed: at that value the key is left out of the hash, so earlier
 # cells keep their keys (and are found finished); any other value makes a new cell.
-KEYED_ONLY_WHEN_SET: dict[str, object] = {"evaluation.tta": "none", "data.resize": "stretch"}
+KEYED_ONLY_WHEN_SET: dict[str, object] = {
+    "evaluation.tta": "none",
+    "data.resize": "stretch",
+    "model.pretrained_source": "hub",
+    "cv.holdout_source": None,
+    "evaluation.adabn": False,
+}
 
 # The same location keys of each member of a pooled dataset (`dataset.members.<name>.root`):
 # the pooled records' fingerprint stands for every member's content.

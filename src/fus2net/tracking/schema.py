@@ -43,12 +43,15 @@ class Role(StrEnum):
     CELL = "cell"
     FOLD = "fold"
     COMPARISON = "comparison"
+    LOSO = "loso"  # a leave-one-source-out protocol: every held-out source and the mean
 
 
 # --- fus2net's tags ------------------------------------------------------------------------------
 ROLE = "fus2net.role"
 CELL_KEY = "fus2net.cell_key"
 FOLD = "fus2net.fold"  # 0-based fold index of a fold run (cv.fold); names say "fold k/n"
+LOSO_KEY = "fus2net.loso_key"  # the protocol a held-out cell belongs to (cv.holdout_source)
+HOLDOUT_SOURCE = "fus2net.holdout_source"  # the member a cell held out
 FOLDS_RUN = "fus2net.folds_run"  # comma-separated folds a cell was trained with
 ERROR = "fus2net.error"
 ATTEMPTS = "fus2net.attempts"
@@ -158,6 +161,9 @@ def external_dir(name: str) -> str:
 # --- Metric names --------------------------------------------------------------------------------
 CV, TEST, OOF = "cv", "test", "oof"  # cell metric prefixes: fold mean/sd, test set, pooled OOF
 BY_SOURCE = "by_source"  # a pooled dataset's members: by_source/<member>/{test,oof}/<metric>
+# The member a leave-one-source-out cell held out (cv.holdout_source), scored as external: its
+# external/<member>/<metric> again under one name for every source, heldout/<metric>.
+HELDOUT = "heldout"
 
 
 def by_source(source: str, prefix: str) -> str:

@@ -54,8 +54,13 @@ def evaluate_external(
     out_dir: Path,
     n_bins: int = 15,
     limits: ImageLimits | None = None,
+    adabn: bool = False,
 ) -> ExternalResult:
-    """Load, check and score one external dataset; unreadable images are skipped and counted."""
+    """Load, check and score one external dataset; unreadable images are skipped and counted.
+
+    The ensemble is also scored with its batch-norm statistics re-estimated on the set's own
+    images (AdaBN, no labels used): those scores are the primary ones with `adabn`, else
+    logged beside them under `adabn/` (`without_adabn/` the other way round)."""
     source = instantiate(dataset_cfg)
     if list(source.class_names) != list(model.spec.class_names):
         raise ValueError(
@@ -81,7 +86,11 @@ def evaluate_external(
         )
     if not kept:
         raise ValueError(f"eval_datasets.{name}: no readable images in {source!r}")
-    members = model.member_probabilities(np.stack(images))
+    stack = np.stack(images)
+    plain = model.member_probabilities(stack)
+    adapted = model.adapted_to(stack).member_probabilities(stack)
+    members, other = (adapted, plain) if adabn else (plain, adapted)
+    other_name = "without_adabn" if adabn else "adabn"
     probs = members.mean(axis=0)
     frame = pd.DataFrame(
         {
@@ -102,6 +111,12 @@ def evaluate_external(
         at = binary_metrics(frame.label, frame.prob, point.threshold)
         for metric in ("sensitivity", "specificity"):
             result.metrics[f"{point.name}_{metric}"] = at[metric]
+    labels, other_probs = frame.label.to_numpy(), other.mean(axis=0)
+    result.metrics[f"{other_name}/auc"] = binary_metrics(labels, other_probs)["auc"]
+    for point in points:
+        at = binary_metrics(labels, other_probs, point.threshold)
+        for metric in ("sensitivity", "specificity"):
+            result.metrics[f"{other_name}/{point.name}_{metric}"] = at[metric]
     result.metrics["n_images"] = float(len(kept))
     result.metrics["n_skipped"] = float(len(records) - len(kept))
     curves = {f"{name} images (n={len(frame)})": (frame.label.to_numpy(), frame.prob.to_numpy())}
@@ -135,7 +150,14 @@ def score_external_datasets(
         try:
             limits = ImageLimits.from_config(ctx.cfg.data)  # the training images' limits
             result = evaluate_external(
-                name, dataset_cfg, model, points, work / "external" / name, n_bins, limits
+                name,
+                dataset_cfg,
+                model,
+                points,
+                work / "external" / name,
+                n_bins,
+                limits,
+                adabn=bool(ctx.cfg.evaluation.get("adabn", False)),
             )
         except Exception as err:
             log.error("eval_datasets.%s could not be scored: %s", name, err)

@@ -88,6 +88,9 @@ def evaluate_clinically(
     metrics = {**schema.prefixed("calibration", calibration.metrics), **operating, **localization}
     for name, values in external.items():
         metrics.update(schema.prefixed(f"external/{name}", values))
+    held_out = ctx.cfg.cv.get("holdout_source")
+    if held_out in external:  # one name for every source held out (leave-one-source-out)
+        metrics.update(schema.prefixed(schema.HELDOUT, external[held_out]))
     tracker.log_metrics(cell_run, {k: v for k, v in metrics.items() if np.isfinite(v)})
     report.metrics = metrics
 
