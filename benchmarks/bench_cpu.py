@@ -69,16 +69,32 @@ def record(kind: str, **values: object) -> dict:
     return row
 
 
+def model_preset(name: str) -> dict:
+    """`create_model` options of the `conf/model/<name>.yaml` preset (`model=<name>`)."""
+    import yaml
+
+    from fus2net.cli import config_dir
+
+    return yaml.safe_load((Path(config_dir()) / "model" / f"{name}.yaml").read_text())
+
+
 def make_train_step(
-    image_size: int, batch_size: int, *, bf16: bool, channels_last: bool, compile: bool = False
+    image_size: int,
+    batch_size: int,
+    *,
+    bf16: bool,
+    channels_last: bool,
+    compile: bool = False,
+    model_options: dict | None = None,
 ) -> Callable[[], None]:
-    """One Fus2Net training step (forward, backward, Adam) on a fixed random batch; `compile`
-    compiles the network as `trainer.compile=true` does (fus2net.training.compiled)."""
+    """One training step (forward, backward, Adam) on a fixed random batch of Fus2Net, or of
+    the `model_options` network; `compile` compiles the network as `trainer.compile=true` does
+    (fus2net.training.compiled)."""
     from fus2net.models import create_model
     from fus2net.training.compiled import compile_network
 
     torch.manual_seed(0)
-    model = create_model("fus2net")
+    model = create_model(**(model_options or {"name": "fus2net"}))
     x = torch.randn(batch_size, 3, image_size, image_size)
     y = torch.randint(0, 2, (batch_size,))
     if channels_last:
@@ -431,13 +447,66 @@ def bench_augmentation(args: argparse.Namespace) -> None:
     )
 
 
+def bench_backbone(args: argparse.Namespace) -> None:
+    """One `model=<preset>` network's training step in each CPU mode (fp32; bf16 autocast with
+    and without channels_last; compiled), alternating rounds, medians: which of bf16,
+    channels_last and compile win for this backbone on this CPU, and Fus2Net beside it."""
+    torch.set_num_threads(os.cpu_count() or 1)
+    size, batch = args.image_size, args.batch_size
+    options = model_preset(args.model)
+    steps = {
+        "fp32": make_train_step(
+            size, batch, bf16=False, channels_last=False, model_options=options
+        ),
+        "fp32_channels_last": make_train_step(
+            size, batch, bf16=False, channels_last=True, model_options=options
+        ),
+        "bf16": make_train_step(size, batch, bf16=True, channels_last=False, model_options=options),
+        "bf16_channels_last": make_train_step(
+            size, batch, bf16=True, channels_last=True, model_options=options
+        ),
+        "bf16_channels_last_compiled": make_train_step(
+            size, batch, bf16=True, channels_last=True, compile=True, model_options=options
+        ),
+        "fus2net_bf16_channels_last_compiled": make_train_step(
+            args.fus2net_size, batch, bf16=True, channels_last=True, compile=True
+        ),
+    }
+    start = time.perf_counter()
+    for step in steps.values():  # warm-up; the compiled steps compile here
+        for _ in range(args.warmup):
+            step()
+    warmup_s = time.perf_counter() - start
+    rates = interleaved_rates(steps, batch, args.rounds, args.steps)
+    median = {name: round(float(np.median(r)), 2) for name, r in rates.items()}
+    own = {k: v for k, v in median.items() if not k.startswith("fus2net")}
+    best = max(own, key=own.__getitem__)
+    record(
+        "backbone",
+        machine=machine(),
+        model=args.model,
+        image_size=size,
+        fus2net_image_size=args.fus2net_size,
+        batch_size=batch,
+        images_per_s=median,
+        best=best,
+        best_vs_fp32=round(own[best] / own["fp32"], 2),
+        fus2net_vs_best=round(median["fus2net_bf16_channels_last_compiled"] / own[best], 2),
+        warmup_s_incl_compile=round(warmup_s, 1),
+        rounds_images_per_s={name: [round(r, 2) for r in rs] for name, rs in rates.items()},
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "what", choices=["throughput", "pipeline", "precision-auc", "augmentation", "all"]
+        "what",
+        choices=["throughput", "pipeline", "precision-auc", "augmentation", "backbone", "all"],
     )
+    parser.add_argument("--model", default="efficientnet_lite0_imagenet", help="backbone: preset")
+    parser.add_argument("--fus2net-size", type=int, default=128, help="backbone: Fus2Net's px")
     parser.add_argument("--image-size", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=5, help="throughput: steps per round")
@@ -449,6 +518,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.what in ("throughput", "all"):
         bench_throughput(argparse.Namespace(**{**vars(args), "image_size": args.image_size or 299}))
+    if args.what == "backbone":
+        bench_backbone(argparse.Namespace(**{**vars(args), "image_size": args.image_size or 160}))
     if args.what in ("augmentation", "all"):
         bench_augmentation(
             argparse.Namespace(**{**vars(args), "image_size": args.image_size or 299})
