@@ -30,6 +30,7 @@ from fus2net.training.checkpoints import SameFolderCheckpointIO, resumable, save
 from fus2net.training.compiled import compile_network
 from fus2net.training.module import BUSClassifier
 from fus2net.training.precision import effective_precision
+from fus2net.training.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +90,10 @@ def build_trainer(
     root: Path,
     validate: bool,
     show_progress: bool = True,
+    progress_label: str = "",
 ) -> L.Trainer:
-    """A Lightning Trainer from the `trainer` group (its extra keys removed)."""
+    """A Lightning Trainer from the `trainer` group (its extra keys removed), its progress bar
+    fus2net's (training.progress: `progress_label` and epochs from 1)."""
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     assert isinstance(kwargs, dict)
     for key in TRAINER_EXTRAS:
@@ -103,6 +106,8 @@ def build_trainer(
         kwargs["num_sanity_val_steps"] = 0
     kwargs.setdefault("num_sanity_val_steps", 0)
     kwargs.setdefault("plugins", [SameFolderCheckpointIO()])  # checkpoints never torn
+    if kwargs.get("enable_progress_bar", True):
+        callbacks = [*callbacks, progress_bar(progress_label)]
     return L.Trainer(
         logger=logger,
         callbacks=callbacks,
@@ -216,6 +221,7 @@ def train_model(
     checkpoint_dir: Path | None = None,
     resume: bool = False,
     callbacks: Sequence[Callback] = (),
+    progress_label: str = "",
 ) -> FoldResult:
     """Fit a fresh model, optimiser and trainer on `data`, then predict validation and test.
 
@@ -249,7 +255,9 @@ def train_model(
     ]
     if logger:  # the learning rate of every epoch, logged as schema.LEARNING_RATE
         all_callbacks.append(LearningRateMonitor(logging_interval="epoch"))
-    trainer = build_trainer(cfg, logger, all_callbacks, out_dir, validate=validate)
+    trainer = build_trainer(
+        cfg, logger, all_callbacks, out_dir, validate=validate, progress_label=progress_label
+    )
     if ckpt_path is not None:
         log.info("resuming from %s", ckpt_path)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
