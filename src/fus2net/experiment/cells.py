@@ -22,7 +22,8 @@ from fus2net.data.files import as_disk_full
 from fus2net.experiment.context import JobContext
 from fus2net.experiment.interrupts import JobInterrupted
 from fus2net.experiment.summary import CellSummary
-from fus2net.tracking import resume, schema
+from fus2net.inference.spec import SPEC_FILE
+from fus2net.tracking import descriptions, resume, schema
 from fus2net.tracking.mlflow_tracker import MlflowTracker
 from fus2net.tracking.provenance import NON_RESULT_KEYS
 
@@ -175,10 +176,36 @@ def all_finished(folds: Mapping[int, schema.FoldRun], n_folds: int) -> bool:
     return len(schema.finished_folds({f: r for f, r in folds.items() if f < n_folds})) == n_folds
 
 
+def describe_cell(tracker: MlflowTracker, summary: CellSummary) -> str:
+    """The scored cell's description (fus2net.tracking.descriptions), from what its run holds
+    now: CV and test AUC, the external sets the clinical step scored, model and dataset."""
+    run = schema.CellRun(tracker.get_run(summary.cell_run_id))
+    metrics = run.metrics
+    spec = f"{schema.MODEL_DIR}/{SPEC_FILE}"
+    logged = {f.path for f in tracker.list_artifacts(run.run_id, schema.MODEL_DIR)}
+    return descriptions.cell_description(
+        run.run_id,
+        model=run.params.get("model.name", "model"),
+        dataset=run.tags.get(schema.DATASET) or run.params.get("dataset.name", "dataset"),
+        n_folds=run.n_folds or summary.n_folds,
+        test_scoring=run.params.get("cv.test_scoring", "ensemble"),
+        cv_auc=(summary.cv.get("auc_mean"), summary.cv.get("auc_std")),
+        test_auc=summary.test.get("auc", metrics.get(f"{schema.TEST}/auc")),
+        test_ci=summary.test_auc_ci,
+        n_test=summary.n_test,
+        external=descriptions.external_aucs(metrics),
+        predictable=spec in logged,  # what fus2net-predict loads
+    )
+
+
 def close_finished(tracker: MlflowTracker, summary: CellSummary, folds: list[int]) -> None:
-    """Mark the scored cell FINISHED, with the folds it was scored from."""
+    """Mark the scored cell FINISHED, with the folds it was scored from and its description."""
     run_id = summary.cell_run_id
-    tracker.set_tags(run_id, {schema.FOLDS_RUN: ",".join(map(str, folds))})
+    tags = {
+        schema.FOLDS_RUN: ",".join(map(str, folds)),
+        schema.DESCRIPTION: describe_cell(tracker, summary),
+    }
+    tracker.set_tags(run_id, tags)
     tracker.delete_tag(run_id, schema.ERROR)
     tracker.end_run(run_id, "FINISHED")
     summary.status, summary.error = "FINISHED", ""

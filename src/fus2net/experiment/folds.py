@@ -21,7 +21,7 @@ from fus2net.experiment import cells
 from fus2net.experiment.artifacts import provenance_files, write_json, write_prediction_artifacts
 from fus2net.experiment.context import JobContext
 from fus2net.experiment.summary import CellSummary, FoldMetrics
-from fus2net.tracking import resume, schema
+from fus2net.tracking import descriptions, resume, schema
 from fus2net.tracking.lightning_logger import Heartbeat, MlflowRunLogger
 from fus2net.training.fold import FoldData, FoldResult, train_model
 
@@ -125,11 +125,13 @@ def run_fold(
                 checkpoint_dir=checkpoints,
                 resume=previous is not None,
                 callbacks=[Heartbeat(tracker, [run_id])],  # only fold runs are ever reaped
+                progress_label=ctx.fold_name(fold),
             )
         if result.start_epoch:
             tracker.set_tags(run_id, {schema.RESUMED_FROM_EPOCH: result.start_epoch})
         metrics = _log_fold(ctx, run_id, fold, result)
-        _log_fold_model(ctx, run_id, fold, result, metrics, image_sets)
+        _log_fold_model(ctx, cell.name, run_id, fold, result, metrics, image_sets)
+        tracker.set_tags(run_id, {schema.DESCRIPTION: _describe_fold(ctx, cell, fold, metrics)})
         tracker.end_run(run_id, "FINISHED")
     shutil.rmtree(checkpoints, ignore_errors=True)  # the store has it all now
     return result, metrics
@@ -144,8 +146,23 @@ def _system_metrics(ctx: JobContext, run_id: str, resume: bool) -> AbstractConte
     return ctx.tracker.system_metrics(run_id, interval, resume=resume)
 
 
+def _describe_fold(ctx: JobContext, cell: cells.OpenCell, fold: int, metrics: FoldMetrics) -> str:
+    """The fold run's description (fus2net.tracking.descriptions): fold k/n, its AUCs."""
+    val, test = metrics.get(schema.Split.VAL, {}), metrics.get(schema.Split.TEST, {})
+    return descriptions.fold_description(
+        cell.run_id,
+        ctx.fold_name(fold),
+        model=str(ctx.cfg.model.name),
+        dataset=str(ctx.data.description.get("name", "dataset")),
+        val_auc=val.get("auc"),
+        n_val=len(ctx.data.split.fold(fold)[1]),
+        test_auc=test.get("auc"),
+    )
+
+
 def _log_fold_model(
     ctx: JobContext,
+    cell_name: str,
     run_id: str,
     fold: int,
     result: FoldResult,
@@ -162,7 +179,7 @@ def _log_fold_model(
         schema.DATASET_FINGERPRINT: ctx.data.fingerprint,
     }
     params = {"model.name": ctx.cfg.model.name, "fold": fold, "epochs": result.epochs_run}
-    name = schema.model_name(str(ctx.cfg.model.name), ctx.key, fold, ctx.n_folds)
+    name = schema.model_name(cell_name, fold, ctx.n_folds)
     model_id = tracker.create_model(name, run_id, tags, params)
     if ctx.cfg.tracking.get("log_checkpoints", True):
         tracker.log_model_files(model_id, [result.weights])

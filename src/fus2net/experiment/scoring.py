@@ -17,10 +17,12 @@ import numpy as np
 import pandas as pd
 
 from fus2net.evaluation.metrics import binary_metrics, mean_std
+from fus2net.evaluation.stats import bootstrap_intervals
 from fus2net.experiment.artifacts import provenance_files, write_json, write_prediction_artifacts
 from fus2net.experiment.context import JobContext
 from fus2net.experiment.summary import CellSummary
 from fus2net.tracking import schema
+from fus2net.tracking.predictions import patient_groups
 from fus2net.training.fold import FoldData, FoldResult, train_model
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,7 @@ def _refit(ctx: JobContext) -> FoldResult:
         seed=int(ctx.cfg.seed) + 1000,
         num_classes=len(data.class_names),
         out_dir=ctx.out / "refit",
+        progress_label="refit",
     )
 
 
@@ -86,6 +89,8 @@ def score_cell(ctx: JobContext, summary: CellSummary, results: dict[int, FoldRes
     scores.oof = binary_metrics(oof["label"].to_numpy(), oof["prob"].to_numpy())
     summary.cv = mean_std(m["val"] for m in summary.folds.values() if "val" in m)
     summary.test = binary_metrics(data.cache.labels[test_idx], test_prob)
+    summary.n_test = len(test_idx)
+    summary.test_auc_ci = _test_auc_interval(ctx, scores.test_rows)
 
     metrics = {
         **schema.prefixed(schema.CV, summary.cv),
@@ -131,6 +136,18 @@ def by_source_metrics(preds: pd.DataFrame) -> dict[str, float]:
     return metrics
 
 
+def _test_auc_interval(ctx: JobContext, test: pd.DataFrame) -> tuple[float, float] | None:
+    """The test AUC's 95 % bootstrap CI for the cell's description: computed as the model card
+    and a registered version compute theirs (same resamples, a patient's images together), so
+    that all three show one interval."""
+    if not len(test):
+        return None
+    evaluation = ctx.cfg.get("evaluation") or {}
+    n_boot = int(evaluation.get("bootstrap", 1000))
+    labels, probs = test["label"].to_numpy(), test["prob"].to_numpy()
+    return bootstrap_intervals(labels, probs, patient_groups(test), n_boot=n_boot)["auc"]
+
+
 def _finite(metrics: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if np.isfinite(v)}
 
@@ -158,5 +175,5 @@ def ensemble_model(ctx: JobContext, cell_run: str) -> str:
         schema.MEMBERS: " ".join(members[f] for f in sorted(members)),
     }
     params = {"model.name": ctx.cfg.model.name, "cv.folds": ctx.n_folds, "test_scoring": scoring}
-    name = schema.model_name(str(ctx.cfg.model.name), ctx.key)
+    name = schema.model_name(tracker.get_run(cell_run).info.run_name or cell_run)
     return tracker.create_model(name, cell_run, tags, params)

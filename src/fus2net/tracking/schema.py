@@ -35,6 +35,7 @@ GIT_REPO_URL = "mlflow.source.git.repoURL"
 EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND_TRAINING = "custom_model_development"  # the UI's "Machine learning" type
 DATASET_CONTEXT = "mlflow.data.context"  # input tag: what a run used a dataset for
+DESCRIPTION = "mlflow.note.content"  # a run's description (Markdown), atop its Overview page
 
 
 class Role(StrEnum):
@@ -287,10 +288,17 @@ class ModelRole(StrEnum):
     ENSEMBLE = "ensemble"  # the cell's ensemble of its fold models, logged by the cell run
 
 
-def model_name(model: str, key: str, fold: int | None = None, n_folds: int = 0) -> str:
-    """`fus2net-3fa2c1-fold-1-of-5`, `fus2net-3fa2c1-ensemble` (MLflow refuses `/` and `.`)."""
-    what = "ensemble" if fold is None else f"fold-{fold + 1}-of-{n_folds}"
-    return f"{model}-{key[:KEY_IN_NAME]}-{what}"
+# What MLflow refuses in a logged model's name (`_validate_logged_model_name`): `.` becomes `_`
+# (`data.channels` -> `data_channels`), the others `-`.
+_MODEL_NAME_REFUSED = str.maketrans({".": "_", "/": "-", ":": "-", "%": "-", '"': "-", "'": "-"})
+
+
+def model_name(cell_name: str, fold: int | None = None, n_folds: int = 0) -> str:
+    """The Models tab's name of a cell's ensemble or fold model: the cell's run name, then
+    what it is (`optimizer=sgd data_channels=1 · 3fa2c1 · fold 1 of 5`, `... · ensemble`);
+    unique as the cell name is (its key's start), in the characters MLflow accepts."""
+    what = "ensemble" if fold is None else f"fold {fold + 1} of {n_folds}"
+    return f"{cell_name}{NAME_SEPARATOR}{what}".translate(_MODEL_NAME_REFUSED)
 
 
 def model_filter(role: ModelRole, run_id: str | None = None, **tags: str) -> str:
