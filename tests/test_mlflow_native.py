@@ -246,6 +246,32 @@ def test_fold_models_and_the_ensemble_are_logged_models_of_their_runs(job: Job) 
     assert job.cell.outputs.model_outputs[0].model_id == ensemble.model_id
 
 
+def test_runs_describe_themselves_and_models_are_named_by_their_cell(job: Job) -> None:
+    cell, metrics = job.cell.data.tags[schema.DESCRIPTION], job.cell.data.metrics
+    assert f"CV AUC: {metrics['cv/auc_mean']:.3f} ± {metrics['cv/auc_std']:.3f}" in cell
+    assert f"test AUC: {metrics['test/auc']:.3f} (95 % CI " in cell
+    assert f"external `ext` AUC: {metrics['external/ext/auc']:.3f}" in cell
+    assert f"`fus2net-predict {job.cell.info.run_id} IMAGES`" in cell
+    for k, fold in enumerate(job.folds):
+        note = fold.data.tags[schema.DESCRIPTION]
+        assert f"fold {k + 1}/2" in note
+        assert f"validation AUC: {fold.data.metrics['fold/val_auc']:.3f}" in note
+    name = job.cell.info.run_name
+    models = {m.name for m in job.client.search_logged_models([job.experiment_id])}
+    assert models == {schema.model_name(name), *(schema.model_name(name, k, 2) for k in (0, 1))}
+    assert f"{name.replace('.', '_')} · fold 1 of 2" in models
+
+
+def test_the_job_ends_with_where_its_results_are_and_no_raw_library_lines(job: Job) -> None:
+    end = job.output.split("Validation metrics per fold")[1]
+    assert "Job done in " in end and ": cell FINISHED" in end
+    assert "output folder" in end and "/clinical/model_card.md" in end
+    assert f"predict  fus2net-predict {job.cell.info.run_id} IMAGES" in end
+    assert " ± " in end and "+-" not in end
+    assert "mlflow.system_metrics" not in job.output  # MLflow's INFO lines, 4 per fold
+    assert "INFO mlflow" not in job.output and "Creating initial MLflow database" not in job.output
+
+
 def test_fold_runs_record_system_metrics_while_training(job: Job) -> None:
     system = [[k for k in f.data.metrics if k.startswith(schema.SYSTEM_PREFIX)] for f in job.folds]
     assert any("system/cpu_utilization_percentage" in keys for keys in system), system
