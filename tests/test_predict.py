@@ -227,7 +227,7 @@ def test_cli_predicts_and_reports(
         ]
     )
     captured = capsys.readouterr()
-    assert code == 0
+    assert code == 1, "an image that could not be predicted makes the exit code non-zero"
     lines = captured.out.splitlines()
     assert lines[0] == (
         f"model {package}: ensemble of 2 fold models (mean probability), fus2net, 64 px, "

@@ -7,8 +7,10 @@ files or folders (searched recursively; `*_mask*` files skipped).
 
 Prints the model, the operating point (its threshold and where it was chosen), the calibration,
 then a table: per image its raw malignant probability (prob_malignant, which the threshold
-decides on), the calibrated one (prob_calibrated) and the class. Unreadable files go to stderr;
-predictions.csv and predictions.json in --out hold the same and more.
+decides on), the calibrated one (prob_calibrated) and the class. Unreadable files, and images
+the model gives no finite probability for, go to stderr with their error; predictions.csv and
+predictions.json in --out hold the same and more. Exit code: 0 when every image was predicted,
+1 when any could not be, 2 when the model or the inputs cannot be used.
 
     fus2net-predict runs:/6408d6945c9746328776a934e81d2002 scans/ --out predictions/
 """
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         + ("" if args.no_gradcam else f", overlays in {args.out / 'overlays'}"),
         file=sys.stderr,
     )
-    return 1 if len(failed) and not len(done) else 0
+    return 1 if len(failed) else 0  # a script must not take a partial result for a whole one
 
 
 def describe_model(model: LoadedModel) -> str:

@@ -29,6 +29,7 @@ from fus2net.tracking.uris import (
     TrackingError,
     default_tracking_uri,
     normalize_tracking_uri,
+    redact_uri,
     require_existing_store,
 )
 
@@ -88,12 +89,17 @@ def to_tensor(images: np.ndarray, spec: ModelSpec) -> torch.Tensor:
 def build_member(spec: ModelSpec, weights: Path) -> nn.Module:
     """The registry model of `spec` with `weights` (a plain state dict), in eval mode; a bad
     file is a ValueError naming it (no pickled code runs: `load_weights`)."""
-    model = create_model(
-        **spec.model,
-        in_chans=spec.in_chans,
-        num_classes=spec.num_classes,
-        drop_rate=spec.drop_rate,
-    )
+    try:
+        model = create_model(
+            **spec.model,
+            in_chans=spec.in_chans,
+            num_classes=spec.num_classes,
+            drop_rate=spec.drop_rate,
+        )
+    except TypeError as err:  # an option the model does not take (a hand-edited spec)
+        raise ValueError(
+            f"the model options in {SPEC_FILE} ({spec.model}) do not build a model: {err}"
+        ) from None
     state = load_weights(weights)
     if not isinstance(state, dict):
         raise WeightsFileError(
@@ -199,12 +205,10 @@ def load_from_registry(tracking_uri: str, uri: str, folder: Path) -> LoadedModel
     return load_package(found[0].parent)
 
 
-def load_model(
-    ref: str, tracking_uri: str | None = None, experiment: str = "fus2net"
-) -> LoadedModel:
-    """Load `ref`: a path, an MLflow run id (`runs:/<id>` or the bare 32-hex id), or
-    `models:/<name>[/<version>]` (latest version when none is given). Reads only: a missing
-    store or experiment is an error, never created."""
+def load_model(ref: str, tracking_uri: str | None = None) -> LoadedModel:
+    """Load `ref`: a path, an MLflow run id (`runs:/<id>` or the bare 32-hex id, in any
+    experiment of the store: run ids are global), or `models:/<name>[/<version>]` (latest
+    version when none is given). Reads only: a missing store is an error, never created."""
     run = _RUN_ID.match(ref)
     registered = ref.startswith("models:/")
     if Path(ref).expanduser().exists() or not (run or registered):
@@ -216,7 +220,13 @@ def load_model(
         raise FileNotFoundError(f"no MLflow store for {ref}: {err}") from None
     with tempfile.TemporaryDirectory(prefix="fus2net-model-") as tmp:
         if run:
-            tracker = MlflowTracker.open_existing(uri, experiment)
+            tracker = MlflowTracker.open_store(uri)
+            if tracker.find_run(run.group(2)) is None:
+                raise FileNotFoundError(
+                    f"no run {run.group(2)} in any experiment of the MLflow store "
+                    f"{redact_uri(tracker.uri)}; name the store fus2net-train wrote it to with "
+                    "--tracking-uri (or MLFLOW_TRACKING_URI)"
+                )
             loaded = load_from_run(tracker, run.group(2), Path(tmp))
         else:
             loaded = load_from_registry(normalize_tracking_uri(uri, create=False), ref, Path(tmp))

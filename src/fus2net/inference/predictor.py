@@ -35,6 +35,11 @@ COLUMNS = [
     "overlay",
     "error",
 ]
+# A model whose weights hold NaN, or that overflows on an image, gives no class: never "benign".
+NOT_FINITE = (
+    "the model gave no usable probability (prob_malignant {prob}, prob_calibrated {cal}): no "
+    "class is given; check the model's weights (NaN or inf in them) and this image"
+)
 # Folders are searched recursively; BUSI-style lesion masks beside the images are not inputs.
 MASK_MARKER = "_mask"
 READ_ERRORS = (ValueError, OSError, Image.DecompressionBombError)
@@ -118,6 +123,9 @@ def predict_files(
         for path, prob, cal, cam, original in zip(
             batch, probs, calibrated, cams, originals, strict=True
         ):
+            if not (math.isfinite(prob) and math.isfinite(cal)):
+                results[path] = _row(path, error=NOT_FINITE.format(prob=prob, cal=cal))
+                continue
             overlay_path = ""
             if cam is not None:
                 overlay_dir.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import numpy as np
 
 from fus2net.data.files import write_text
 from fus2net.evaluation.calibration import calibrated_ensemble
+from fus2net.inference.spec_checks import spec_problems
 
 SPEC_FILE = "fus2net_model.json"
 FORMAT = "fus2net-model/1"
@@ -123,11 +124,25 @@ class ModelSpec:
             )
         data.pop("format")
         data.pop("preprocessing", None)
-        try:
-            data["members"] = [Member(**m) for m in data["members"]]
-            return cls(**data)
-        except (KeyError, TypeError) as err:
-            raise ValueError(f"{path}: missing or unknown field ({err})") from err
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        missing = sorted(
+            f.name for f in fields(cls) if f.name not in data and _is_required_field(f)
+        )
+        problems = [f"unknown field {name!r}" for name in unknown]
+        problems += [f"missing field {name!r}" for name in missing]
+        problems += spec_problems(data) if not missing else []
+        if problems:
+            raise ValueError(
+                f"{path}: cannot be used: " + "; ".join(problems) + ". It is written by "
+                "fus2net-train; export the model again rather than editing the file"
+            )
+        data["members"] = [Member(**m) for m in data["members"]]
+        return cls(**data)
+
+
+def _is_required_field(f: Field[Any]) -> bool:
+    return f.default is MISSING and f.default_factory is MISSING
 
 
 def _is_number(text: Any) -> bool:

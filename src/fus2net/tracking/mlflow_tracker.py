@@ -387,6 +387,24 @@ class MlflowTracker:
         """An experiment that must already exist: a reader creates no store and no experiment."""
         return cls(uri, experiment, create=False)
 
+    @classmethod
+    def open_store(cls, uri: str) -> MlflowTracker:
+        """A store that must already exist, read by run id only: run ids are global, so a run
+        is found in whichever experiment holds it (no experiment is looked up or searched)."""
+        return cls(uri, "", create=False)
+
+    @_guarded("reading a run")
+    def find_run(self, run_id: str) -> Run | None:
+        """The run with this id in any experiment of the store, None when there is none."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_run(run_id)
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise
+
     def _open_existing(self) -> None:
         from mlflow.tracking import MlflowClient
 
@@ -394,6 +412,9 @@ class MlflowTracker:
         try:
             self.uri = normalize_tracking_uri(self.uri, create=False)
             self.client = MlflowClient(tracking_uri=self.uri)
+            if not self.experiment_name:  # open_store: the store alone
+                self.experiment_id = ""
+                return
             found = self.client.get_experiment_by_name(self.experiment_name)
             names = sorted(e.name for e in self.client.search_experiments())
         except Exception as exc:
