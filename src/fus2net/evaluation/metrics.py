@@ -21,17 +21,24 @@ METRICS: tuple[str, ...] = ("accuracy", "sensitivity", "specificity", "precision
 def binary_metrics(
     labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5
 ) -> dict[str, float]:
-    """Accuracy, sensitivity, specificity, precision at `threshold`; ROC AUC (NaN if one class)."""
+    """Accuracy, sensitivity, specificity, precision at `threshold` and ROC AUC.
+
+    A metric with no cases to count is NaN, never 0: sensitivity without a malignant image,
+    specificity without a benign one, precision without a malignant call, AUC with one class
+    (and every metric of no images). A 0 there would read as "found none" when there was
+    nothing to find; callers leave NaN out of what they log and print it as n/a.
+    """
     labels = np.asarray(labels, dtype=int)
     probs = np.asarray(probs, dtype=float)
     pred = (probs >= threshold).astype(int)
-    both = len(np.unique(labels)) == 2
+    positives, negatives, called = (labels == 1).any(), (labels == 0).any(), pred.any()
+    nan = math.nan
     return {
-        "accuracy": float(accuracy_score(labels, pred)),
-        "sensitivity": float(recall_score(labels, pred, pos_label=1, zero_division=0)),
-        "specificity": float(recall_score(labels, pred, pos_label=0, zero_division=0)),
-        "precision": float(precision_score(labels, pred, pos_label=1, zero_division=0)),
-        "auc": float(roc_auc_score(labels, probs)) if both else math.nan,
+        "accuracy": float(accuracy_score(labels, pred)) if len(labels) else nan,
+        "sensitivity": float(recall_score(labels, pred, pos_label=1)) if positives else nan,
+        "specificity": float(recall_score(labels, pred, pos_label=0)) if negatives else nan,
+        "precision": float(precision_score(labels, pred, pos_label=1)) if called else nan,
+        "auc": float(roc_auc_score(labels, probs)) if positives and negatives else nan,
     }
 
 

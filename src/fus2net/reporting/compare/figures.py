@@ -57,7 +57,10 @@ def roc_figure(comparison: Comparison, path: Path) -> Path:
         ax.set_aspect("equal")
         ax.set_xlim(-0.01, 1.01)
         ax.set_ylim(-0.01, 1.01)
-        ax.legend(loc="lower right", fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="lower right", fontsize=8)
+        else:  # one class only: no ROC curve, and no AUC (n/a in the tables)
+            ax.text(0.5, 0.5, "no ROC curve: one class only", ha="center", va="center")
     fig.savefig(path, dpi=DPI)
     return path
 
