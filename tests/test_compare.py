@@ -311,14 +311,16 @@ def test_extra_cell_metrics_become_columns(store, tmp_path: Path) -> None:
         runs,
         tmp_path / "dl",
         n_boot=200,
-        extra_metrics=["operating/sens95_threshold", "no/such"],
+        extra_metrics=["operating/sens95_threshold"],
     )
     text = format_text(comparison)
     assert "Other metrics of the cell runs" in text and "operating/sens95_threshold" in text
     frame = table_frame(comparison)
     compared = frame[frame["status"] == "compared"].set_index("variant")
     assert compared.loc["optimizer=adam", "operating/sens95_threshold"] == pytest.approx(0.25)
-    assert compared["no/such"].isna().all()
+    # a name no cell logged is a typo, not a column of n/a (issue 24)
+    with pytest.raises(ValueError, match="--metrics no/such: no compared cell run logged"):
+        build_comparison(tracker, runs, tmp_path / "dl", n_boot=200, extra_metrics=["no/such"])
 
 
 def test_variant_names_are_the_fewest_keys_that_tell_cells_apart() -> None:

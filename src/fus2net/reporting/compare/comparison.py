@@ -406,6 +406,21 @@ def pick_reference(labels: list[str], reference: str | None) -> int:
     )
 
 
+def check_metric_names(cells: list[CellRun], names: list[str]) -> None:
+    """`--metrics` names each logged by at least one cell; a typo is an error with the closest
+    names, not a column of n/a that reads as "not logged"."""
+    logged = sorted({m for cell in cells for m in cell.metrics})
+    for name in names:
+        if name not in logged:
+            close = difflib.get_close_matches(name, logged, n=3)
+            raise ValueError(
+                f"--metrics {name}: no compared cell run logged a metric of that name"
+                + (f"; did you mean {', '.join(close)}?" if close else "")
+                + f" (the cells logged {len(logged)} metrics; a cell run's Metrics tab in "
+                "MLflow lists them)"
+            )
+
+
 def build_comparison(
     tracker: MlflowTracker,
     runs: SweepRuns,
@@ -421,6 +436,7 @@ def build_comparison(
     if not runs.cells:
         listed = "; ".join(f"{s.name}: {s.reason}" for s in runs.skipped)
         raise ValueError(f"no complete cell to compare ({runs.query}). Left out: {listed}")
+    check_metric_names(runs.cells, extra_metrics or [])
     boot = {"n_boot": n_boot, "level": level, "seed": seed}
     skipped = list(runs.skipped)
     variants = []

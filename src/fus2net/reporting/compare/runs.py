@@ -4,7 +4,8 @@ Everything comes from one paged search of the experiment (cell and fold runs sha
 tag), plus one for cells an explicitly named sweep shares with a later one, the folds of any
 finished cell a `--filter` left them out of, and one `predictions.csv` per cell, so hundreds of
 runs read in seconds. Cells that
-failed, were killed, are still running, ran only some folds or were re-run are not dropped
+failed, were killed, are still running, ran only some folds, lost fold runs (deleted from the
+store) or were re-run are not dropped
 silently: they come back as `Skipped` with the reason, for the report to list; so does a cell
 whose runs or files cannot be read back (odd params, missing predictions), never failing the
 comparison of the others.
@@ -73,6 +74,7 @@ def build_query(sweep: str | None, filter_string: str, tag: str = schema.SWEEP) 
 
 
 UNREADABLE = "UNREADABLE"  # the status of a cell whose run cannot be read back
+INCOMPLETE = "INCOMPLETE"  # finished, but fold runs it ran are gone from the store
 
 
 def _odd_records(cell: CellRun) -> str | None:
@@ -114,6 +116,14 @@ def _why_unusable(cell: CellRun) -> tuple[str, str] | None:
         return "PARTIAL", (
             f"ran fold(s) {cell.folds_run} of {cell.n_folds} (cv.fold): a single-fold job has no "
             "pooled out-of-fold or ensemble test predictions to compare"
+        )
+    ran = cell.folds_run or list(range(cell.n_folds))
+    gone = [f for f in ran if f not in cell.folds]
+    if gone:  # deleted or unfinished fold runs: a spread over the rest is not its CV
+        return INCOMPLETE, (
+            f"fold run(s) {gone} of the {len(ran)} it ran are not in the store as finished runs "
+            f"(deleted, or never finished); only {len(ran) - len(gone)} remain, and its "
+            "cross-validation is not computed over fewer folds than it ran"
         )
     return None
 

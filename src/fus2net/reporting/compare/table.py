@@ -354,7 +354,7 @@ def format_text(comparison: Comparison) -> str:
         out += [f"  {line}" for line in section.footer] + [""]
     skipped = skipped_lines(comparison)
     if skipped:
-        out += ["Not compared (failed, killed, unfinished, partial or superseded):"]
+        out += ["Not compared (failed, killed, unfinished, partial, incomplete or superseded):"]
         out += [f"  {s}" for s in skipped] + [""]
     return "\n".join(out)
 
