@@ -238,3 +238,14 @@ def test_any_failed_image_makes_the_exit_code_non_zero(
     assert main([str(package), str(image), str(empty), *args]) == 1
     captured = capsys.readouterr()
     assert "1 image(s) predicted at operating point sens95, 1 failed" in captured.err
+
+
+def test_a_registered_model_gives_no_class_for_a_nan_probability(tmp_path: Path) -> None:
+    """The pyfunc model a registered version loads answers as fus2net-predict does."""
+    from fus2net.inference.pyfunc import _load_pyfunc
+
+    folder = _write_package(tmp_path / "nan", nan_weights=True)
+    batch = np.random.default_rng(1).integers(0, 255, (2, 70, 90, 3), np.uint8)
+    out = _load_pyfunc(str(folder)).predict(batch)
+    assert out.prob_malignant.isna().all()
+    assert out.predicted_class.isna().all(), "no class, never benign"

@@ -63,7 +63,9 @@ class PyfuncModel:
             {
                 "prob_malignant": probs,
                 "prob_calibrated": spec.calibrated(members),
-                "predicted_class": [spec.class_names[int(p >= threshold)] for p in probs],
+                "predicted_class": [  # none for a NaN or inf probability, never "benign"
+                    spec.class_names[int(p >= threshold)] if np.isfinite(p) else None for p in probs
+                ],
                 "threshold": threshold,
             }
         )
