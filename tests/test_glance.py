@@ -129,11 +129,8 @@ def test_logged_models_are_named_by_their_cell_in_characters_mlflow_accepts() ->
 def loggers() -> Iterator[None]:
     """Put back what quiet_libraries changes in this process's logging."""
     names = [*terminal.LIBRARY_LEVELS, *terminal.OWN_HANDLERS]
-    saved = {
-        n: (lg.level, list(lg.handlers), lg.propagate)
-        for n in names
-        if (lg := logging.getLogger(n))
-    }
+    found = {name: logging.getLogger(name) for name in names}
+    saved = {n: (lg.level, list(lg.handlers), lg.propagate) for n, lg in found.items()}
     yield
     logging.captureWarnings(False)
     for name, (level, handlers, propagate) in saved.items():
