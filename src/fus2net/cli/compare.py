@@ -73,6 +73,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="show each operating point the cells logged (sens95 or another target, Youden): "
         "threshold, test sensitivity and specificity",
     )
+    table.add_argument(
+        "--loso",
+        action="store_true",
+        help="compare leave-one-source-out protocols (cv.holdout_source sweeps): each held-out "
+        "source's AUC, sensitivity and specificity at the sens95 point, and their mean",
+    )
     table.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
     table.add_argument("--level", type=float, default=0.95, help="confidence level")
     table.add_argument("--seed", type=int, default=0, help="bootstrap seed")
@@ -103,6 +109,9 @@ def main(argv: list[str] | None = None) -> None:
 
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # as fus2net-train
     redact_logs()  # an MLflow error may quote the store's URL, credentials included
+    if args.loso:
+        _compare_protocols(args)
+        return
     try:
         uri = args.tracking_uri or default_tracking_uri()
         tracker = MlflowTracker.open_existing(uri, args.experiment)
@@ -128,6 +137,30 @@ def main(argv: list[str] | None = None) -> None:
     print(f"Report: {files['report.html']}  (table.md, table.csv, figures beside it)")
     if run_id:
         print(f"Logged to MLflow as comparison run {run_id}; browse: {tracker.ui_command()}")
+
+
+def _compare_protocols(args: argparse.Namespace) -> None:
+    """`--loso`: the protocol runs of the sweep in one table, written beside the report."""
+    from fus2net.reporting.compare.loso_table import (
+        format_protocols,
+        protocol_table,
+        read_protocols,
+        write_protocols,
+    )
+    from fus2net.tracking.mlflow_tracker import MlflowTracker
+    from fus2net.tracking.uris import TrackingError, default_tracking_uri
+
+    try:
+        uri = args.tracking_uri or default_tracking_uri()
+        tracker = MlflowTracker.open_existing(uri, args.experiment)
+        table = protocol_table(read_protocols(tracker, args.sweep))
+    except (TrackingError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    out_dir = args.out or Path("outputs/compare") / f"{datetime.now():%Y-%m-%d_%H-%M-%S}"
+    files = write_protocols(table, out_dir)
+    print(format_protocols(table))
+    print(f"Table: {files[0]} ({files[1].name} beside it)")
 
 
 # What each operating point a cell logged shows with --operating-points, in this order.

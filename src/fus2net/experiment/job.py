@@ -24,6 +24,7 @@ from fus2net.experiment.context import JobContext, build_context, threads
 from fus2net.experiment.folds import train_folds
 from fus2net.experiment.holdout import holdout_config
 from fus2net.experiment.interrupts import stop_on_signals
+from fus2net.experiment.loso_summary import log_protocol_run
 from fus2net.experiment.preflight import check_config, check_tracking
 from fus2net.experiment.scoring import score_cell
 from fus2net.experiment.stored_folds import load_fold_result
@@ -74,6 +75,7 @@ def _run_cell(cfg: DictConfig, protocol: str | None = None) -> CellSummary:
         assert cell.run is not None
         if cfg.evaluation.get("register_model"):  # asked for now, after its training
             register_stored(ctx, cell.run_id)
+        log_protocol_run(ctx)  # a protocol whose last cell finished elsewhere
         return stored_summary(summary, cell.run.data.metrics, cell.folds)
     with cells.working_in(ctx.tracker, cell.run_id):
         _log_skipped_images(ctx, cell.run_id)
@@ -106,6 +108,7 @@ def complete_cell(ctx: JobContext, summary: CellSummary, results: dict[int, Fold
             scores = score_cell(ctx, summary, scored)
             evaluate_clinically(ctx, summary, scored, scores)
             cells.close_finished(ctx.tracker, summary, sorted(scored))
+            log_protocol_run(ctx)  # leave-one-source-out, once complete
             return
         if look:
             return

@@ -53,6 +53,7 @@ CELL_KEY = "fus2net.cell_key"
 FOLD = "fus2net.fold"  # 0-based fold index of a fold run (cv.fold); names say "fold k/n"
 LOSO_KEY = "fus2net.loso_key"  # the protocol a held-out cell belongs to (cv.holdout_source)
 HOLDOUT_SOURCE = "fus2net.holdout_source"  # the member a cell held out
+LOSO_CELLS = "fus2net.loso_cells"  # a protocol run's cells: `<member>:<run id>`, space-separated
 FOLDS_RUN = "fus2net.folds_run"  # comma-separated folds a cell was trained with
 ERROR = "fus2net.error"
 ATTEMPTS = "fus2net.attempts"
