@@ -13,6 +13,7 @@ from fus2net.evaluation.stats import (
     auc_standard_error,
     bootstrap_intervals,
     delong_covariance,
+    delong_interval,
     delong_placements,
     delong_test,
     exact_fallbacks,
@@ -115,6 +116,26 @@ def test_paired_test_uses_the_covariance_of_the_two_areas() -> None:
     swapped = delong_test(labels, scores[2], scores[0])
     assert swapped.z == pytest.approx(-result.z)
     assert swapped.p_value == pytest.approx(result.p_value)
+
+
+def test_delong_interval_of_the_difference_matches_brute_force() -> None:
+    labels, scores = delong_1988()
+    cov = brute_force_covariance(labels, scores[[0, 2]])
+    difference = roc_auc_score(labels, scores[0]) - roc_auc_score(labels, scores[2])
+    half = 1.959963984540054 * np.sqrt(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
+    result = delong_test(labels, scores[0], scores[2])
+    low, high = delong_interval(result, 0.95)
+    assert (low, high) == pytest.approx((difference - half, difference + half), abs=1e-12)
+    # the interval holds 0 exactly when the test does not reject at the matching level
+    for level in (0.5, 0.9, 0.95, 0.99):
+        low, high = delong_interval(result, level)
+        assert (low <= 0 <= high) == (result.p_value >= 1 - level)
+    wide = delong_test(labels, scores[0], -scores[0])  # far apart: cut at the range
+    assert delong_interval(wide, 0.999)[1] <= 1.0 and delong_interval(wide, 0.999)[0] >= -1.0
+    same = delong_test(labels, scores[0], scores[0])
+    assert delong_interval(same) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="level"):
+        delong_interval(result, 95)
 
 
 def test_identical_scores_give_p_one_and_a_strong_difference_is_detected() -> None:

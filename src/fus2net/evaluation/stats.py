@@ -123,6 +123,20 @@ def delong_test(labels: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray) 
     )
 
 
+def delong_interval(result: DelongResult, level: float = 0.95) -> tuple[float, float]:
+    """Wald interval of AUC(a) - AUC(b) from DeLong's paired standard error, cut at [-1, 1].
+
+    The same variance as the test, so the interval excludes 0 exactly when the unadjusted p is
+    below 1 - `level`: a reader sees how large the difference may be, not only whether it is
+    zero. A difference without variance (identical or perfect rankings) gives a zero-width
+    interval, which is no certainty: the caller says so.
+    """
+    if not 0 < level < 1:
+        raise ValueError(f"level={level}: give a coverage between 0 and 1, e.g. 0.95")
+    half = float(norm.ppf(0.5 + level / 2)) * result.se
+    return max(-1.0, result.difference - half), min(1.0, result.difference + half)
+
+
 def mcnemar_test(labels: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray) -> McNemarResult:
     """Exact (binomial) McNemar test of equal accuracy on the same cases.
 
