@@ -68,14 +68,22 @@ def test_torchvision_imagenet_weights_from_the_cache(torch_home: Path, name: str
     assert model.regularized_weight.shape[0] in (2, 1024, 1280)  # a Linear of the head
 
 
-def test_the_pretrained_row_of_table_3_builds_from_the_cache(torch_home: Path) -> None:
+def test_resnet18_imagenet_builds_from_the_cache(torch_home: Path) -> None:
     cfg = OmegaConf.load(REPO / "conf" / "model" / "resnet18_imagenet.yaml")
     state = write_imagenet_file("resnet18")
     model = create_model(**cfg, in_chans=3, num_classes=2)
     assert torch.equal(model.conv1.weight.detach(), state["conv1.weight"])
     assert input_normalization(cfg, 3) == (IMAGENET_MEAN, IMAGENET_STD)
+
+
+def test_the_pretrained_row_of_table_3_works_offline() -> None:
+    """Table 3's "fine-tuned pretrained CNN" is the packaged EfficientNet-Lite0 (no download),
+    and every model of the sweep is one the config group knows."""
     sweep = OmegaConf.load(REPO / "conf" / "experiment" / "paper_table3_baselines.yaml")
-    assert "resnet18_imagenet" in sweep.hydra.sweeper.params.model.split(",")
+    models = sweep.hydra.sweeper.params.model.split(",")
+    assert models[-1] == "efficientnet_lite0_imagenet"
+    for name in models:
+        assert (REPO / "conf" / "model" / f"{name}.yaml").is_file()
 
 
 def test_missing_imagenet_file_offline_names_the_file_and_folder(torch_home: Path) -> None:
