@@ -582,8 +582,10 @@ def test_report_states_what_the_variants_share(
     facts = {f.name: f for f in comparison.facts}
     assert facts["dataset"].shared and not facts["image size (px)"].shared
     text = format_text(comparison)
-    shared = text.split("\n\n")[0]
-    assert shared.startswith("What the variants share")
+    glance, shared = text.split("\n\n")[:2]  # the paragraph at a glance comes first
+    assert glance.startswith("Best on the primary metric") and shared.startswith(
+        "What the variants share"
+    )
     assert "  dataset: synthetic\n" in shared
     assert f"  dataset fingerprint: {'f' * 64}\n" in shared
     assert "  test set: 10 images: 5 benign (label 0), 5 malignant (label 1)" in shared

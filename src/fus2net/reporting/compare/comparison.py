@@ -296,13 +296,32 @@ def contrast(reference: VariantResult, variant: VariantResult) -> Contrast:
     return Contrast(test_auc, oof_auc, accuracy, tuple(notes))
 
 
-def _class_names(cell: CellRun) -> tuple[str, str]:
-    """The names of labels 0 and 1 where the dataset config lists them, else neutral ones."""
+def class_names_of(cell: CellRun) -> list[str] | None:
+    """The class names of labels 0 and 1 as the cell logged them: the dataset config's
+    `dataset.classes` where it lists them, else the per-class counts of the cell's MLflow
+    dataset inputs (logged in label order by every cell, whatever the source); None when
+    neither is there (a cell logged before either existed)."""
     try:
         names = json.loads(cell.params.get("dataset.classes", "null"))
     except json.JSONDecodeError:
         names = None
     if isinstance(names, list) and len(names) == 2:
+        return [str(n) for n in names]
+    inputs = getattr(cell.run, "inputs", None)
+    for dataset_input in getattr(inputs, "dataset_inputs", None) or []:
+        try:
+            per_class = json.loads(dataset_input.dataset.profile or "{}").get("per_class")
+        except (AttributeError, json.JSONDecodeError):
+            continue
+        if isinstance(per_class, dict) and len(per_class) == 2:
+            return [str(n) for n in per_class]
+    return None
+
+
+def _class_names(cell: CellRun) -> tuple[str, str]:
+    """The names of labels 0 and 1 where the cell logged them, else neutral ones."""
+    names = class_names_of(cell)
+    if names is not None:
         return f"{names[0]} (label 0)", f"{names[1]} (label 1)"
     return "label 0 (negative)", "label 1 (positive)"
 

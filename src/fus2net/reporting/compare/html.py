@@ -15,6 +15,7 @@ from fus2net.reporting.compare.comparison import Comparison
 from fus2net.reporting.compare.table import (
     BEST_LEGEND,
     Section,
+    glance,
     notes,
     sections,
     shared_lines,
@@ -46,6 +47,9 @@ figure { margin: 1em 0; }
 figure img { max-width: 100%; border: 1px solid #eaeef2; }
 figcaption { color: #57606a; font-size: 0.9em; }
 li { margin: 0.25em 0; }
+p.glance { font-size: 1.08em; background: #f6f8fa; border-left: 4px solid #0969da;
+           padding: 0.6em 1em; }
+p.warning { background: #fff8c5; border-left: 4px solid #9a6700; padding: 0.5em 1em; }
 """
 
 
@@ -87,6 +91,15 @@ def _facts(comparison: Comparison) -> str:
     return f'<h2>What the variants share</h2><table class="facts"><tbody>{body}</tbody></table>'
 
 
+def _glance(comparison: Comparison) -> list[str]:
+    """The first paragraph (best variant, what differs with evidence), then each degenerate
+    variant's warning, before any table: what a reader who reads nothing else should see."""
+    paragraph, warnings = glance(comparison)
+    return [f'<p class="glance">{html.escape(paragraph)}</p>'] + [
+        f'<p class="warning"><b>{html.escape(w)}</b></p>' for w in warnings
+    ]
+
+
 def _image(path: Path, alt: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
@@ -94,7 +107,9 @@ def _image(path: Path, alt: str) -> str:
 
 CAPTIONS = {
     "roc": "ROC curves of every variant (the paper's Figure 2): left, pooled out-of-fold "
-    "predictions of the training pool; right, the held-out test set.",
+    "predictions of the training pool; right, the held-out test set. The left legend's AUC is "
+    "that of all folds' predictions pooled into one curve, not the cross-validation table's "
+    "AUC (the mean of each fold's own AUC): see the notes on the statistics.",
     "metrics": "Cross-validation mean of accuracy, sensitivity, specificity and AUC per "
     "variant, error bars one standard deviation over folds, cut at 0 and 1 (the metrics' range; "
     "the sd itself is in the table) (the paper's Figure 1).",
@@ -131,6 +146,7 @@ def render_html(
         f"Written {datetime.now().astimezone():%Y-%m-%d %H:%M %Z}"
         + (f" by <code>{html.escape(command)}</code>" if command else ""),
         "</p>",
+        *_glance(comparison),
         _facts(comparison),
     ]
     for section in sections(comparison):

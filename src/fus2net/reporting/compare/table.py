@@ -9,14 +9,22 @@ same best-value marks, verdicts, notes and the same statement of what the varian
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pandas as pd
 
 from fus2net.evaluation.metrics import METRICS
-from fus2net.evaluation.stats import MIN_COUNT, DelongResult, McNemarResult
-from fus2net.reporting.compare.comparison import Comparison, Contrast, Fact, VariantResult
+from fus2net.evaluation.stats import MIN_COUNT, DelongResult, McNemarResult, delong_interval
+from fus2net.reporting.compare.comparison import (
+    THRESHOLD,
+    Comparison,
+    Contrast,
+    Fact,
+    VariantResult,
+    class_names_of,
+)
 
 HEADINGS = {
     "accuracy": "accuracy %",
@@ -87,9 +95,11 @@ def _test_cell(v: VariantResult, m: str) -> str:
 CONTRAST_COLUMNS = [
     "variant",
     "ΔAUC test",
+    "95% CI test",
     "p DeLong test",
     "Holm test",
     "ΔAUC OOF",
+    "95% CI OOF",
     "p DeLong OOF",
     "Holm OOF",
     "Δ accuracy test",
@@ -98,8 +108,42 @@ CONTRAST_COLUMNS = [
 ]
 
 
+def contrast_columns(level: float) -> list[str]:
+    """CONTRAST_COLUMNS with the intervals' coverage as `--level` sets it."""
+    return [c.replace("95% CI", f"{level:.0%} CI") for c in CONTRAST_COLUMNS]
+
+
+# A variant whose test sensitivity or specificity at the threshold is below this calls (nearly)
+# every image one class: its AUC may still be high (a ranking), but it is no classifier there.
+DEGENERATE_BELOW = 0.10
+
+
+def degenerate(v: VariantResult) -> str | None:
+    """Why `v` is degenerate at the threshold (test sensitivity or specificity below 10 %), in
+    words that name the classes; None when it is not (or the test set cannot tell)."""
+    names = class_names_of(v.cell) or ["label 0", "label 1"]
+    found = []
+    for metric, truth, called in (
+        ("sensitivity", names[1], names[0]),
+        ("specificity", names[0], names[1]),
+    ):
+        value = v.test.get(metric, math.nan)
+        if not math.isnan(value) and value < DEGENERATE_BELOW:
+            found.append(
+                f"test {metric} {fmt(metric, value)} %: (nearly) every {truth} image is called "
+                f"{called}"
+            )
+    if not found:
+        return None
+    return (
+        f"{v.label} is degenerate at threshold {THRESHOLD:g} ({'; '.join(found)}); read its AUC "
+        "as a ranking of the images only, not as a classifier that works at this threshold"
+    )
+
+
 def sections(comparison: Comparison) -> list[Section]:
     variants = comparison.variants
+    warnings = [w for w in (degenerate(v) for v in variants) if w]
     cv_rows = [
         [v.label, str(v.n_folds)]
         + [f"{fmt(m, v.cv.get(m + '_mean'))} ± {fmt(m, v.cv.get(m + '_std'))}" for m in METRICS]
@@ -124,12 +168,19 @@ def sections(comparison: Comparison) -> list[Section]:
             ["variant", "n", *[HEADINGS[m] for m in METRICS]],
             test_rows,
             _best_cells({m: [v.test[m] for v in variants] for m in METRICS}, 2),
+            footer=warnings,
+            footer_title=(
+                f"Warning: degenerate at threshold {THRESHOLD:g} (test sensitivity or "
+                f"specificity below {DEGENERATE_BELOW:.0%})"
+                if warnings
+                else ""
+            ),
         ),
         Section(
             f"Against the reference ({comparison.reference}), paired on the same images "
             "(test: held-out test set; OOF: pooled out-of-fold predictions; Holm: adjusted p)",
-            CONTRAST_COLUMNS,
-            [_contrast_row(v) for v in variants],
+            contrast_columns(comparison.level),
+            [_contrast_row(v, comparison.level) for v in variants],
             footer=verdicts(comparison),
             footer_title=f"Verdicts (a difference where the Holm p < {comparison.alpha:g})",
         ),
@@ -157,17 +208,23 @@ def _accuracy_difference(mc: McNemarResult) -> float:
     return (mc.only_a_correct - mc.only_b_correct) / mc.n
 
 
-def _contrast_row(v: VariantResult) -> list[str]:
+def auc_interval(result: DelongResult, level: float) -> str:
+    """`[low, high]` of a ΔAUC, signed as the difference is."""
+    low, high = delong_interval(result, level)
+    return f"[{_signed('auc', low)}, {_signed('auc', high)}]"
+
+
+def _contrast_row(v: VariantResult, level: float = 0.95) -> list[str]:
     c = v.contrast
     if c is None:
         return [v.label, "reference"] + [""] * (len(CONTRAST_COLUMNS) - 2)
     row = [v.label]
     for kind, result in (("test_auc", c.test_auc), ("oof_auc", c.oof_auc)):
         if result is None:
-            row += ["n/a", "n/a", "n/a"]
+            row += ["n/a", "n/a", "n/a", "n/a"]
         else:
-            row += [_signed("auc", result.difference), fmt_p(result.p_value)]
-            row.append(fmt_p(c.holm.get(kind)))
+            row += [_signed("auc", result.difference), auc_interval(result, level)]
+            row += [fmt_p(result.p_value), fmt_p(c.holm.get(kind))]
     if c.test_accuracy is None:
         row += ["n/a", "n/a", "n/a"]
     else:
@@ -249,6 +306,112 @@ def shared_lines(comparison: Comparison) -> list[tuple[str, str, bool]]:
     return [(fact.name, _fact_text(fact), fact.shared) for fact in comparison.facts]
 
 
+def _primary(comparison: Comparison) -> tuple[str, dict[str, float], dict[str, str]]:
+    """The metric the headline ranks by: test AUC where any variant has one, else the
+    cross-validation AUC (mean over folds); with each variant's value and its shown spread."""
+    test = {v.label: v.test.get("auc", math.nan) for v in comparison.variants}
+    if any(not math.isnan(x) for x in test.values()):
+        n = len(comparison.variants[0].split("test"))
+        level = f"{comparison.level:.0%} CI "
+        spread = {
+            v.label: f"[{level}{fmt('auc', v.test_ci['auc'][0])}, "
+            f"{fmt('auc', v.test_ci['auc'][1])}]"
+            for v in comparison.variants
+        }
+        return f"test AUC ({n} held-out images)", test, spread
+    cv = {v.label: v.cv.get("auc_mean", math.nan) for v in comparison.variants}
+    spread = {v.label: f"± {fmt('auc', v.cv.get('auc_std'))} sd" for v in comparison.variants}
+    return "cross-validation AUC (mean over folds; no test AUC)", cv, spread
+
+
+def _best_sentence(comparison: Comparison) -> str:
+    what, values, spread = _primary(comparison)
+    ranked = sorted(
+        (label for label in values if not math.isnan(values[label])),
+        key=lambda label: -values[label],
+    )
+    if not ranked:
+        return f"No variant has a {what.split(' (')[0]}: nothing to rank them by."
+    shown = {label: fmt("auc", values[label]) for label in ranked}
+    top = [label for label in ranked if shown[label] == shown[ranked[0]]]
+    head = f"{shown[top[0]]} {spread[top[0]]}"
+    if len(comparison.variants) == 1:
+        return f"One variant ({top[0]}): {what} {head}; nothing to compare it with."
+    rest = [f"{label} {shown[label]}" for label in ranked if label not in top]
+    if len(top) > 1:
+        best = f"{' and '.join(top)} tie for the best {what}, {shown[top[0]]}"
+    else:
+        best = f"Best on the primary metric, {what}: {top[0]}, {head}"
+    return best + (f" (then {', '.join(rest)})." if rest else ".")
+
+
+def _evidence_sentence(comparison: Comparison) -> str:
+    """What the Holm-adjusted verdicts found, in one sentence."""
+    if len(comparison.variants) == 1:
+        return ""
+    found = []
+    for v in comparison.variants:
+        c = v.contrast
+        if c is None:
+            continue
+        for kind, what in (
+            ("test_auc", "test AUC"),
+            ("oof_auc", "out-of-fold AUC"),
+            ("test_accuracy", "test accuracy"),
+        ):
+            result = c.result(kind)
+            p_holm = c.holm.get(kind, math.nan)
+            if result is None or math.isnan(p_holm) or p_holm >= comparison.alpha:
+                continue
+            if isinstance(result, DelongResult):
+                diff = result.difference
+                shown = f"{_signed('auc', diff)}, {comparison.level:.0%} CI "
+                shown += auc_interval(result, comparison.level)
+            else:
+                diff = _accuracy_difference(result)
+                shown = f"{_signed('accuracy', diff)} points"
+            side = "higher" if diff > 0 else "lower"
+            found.append(f"{v.label} has a {side} {what} ({shown}; Holm p {fmt_p(p_holm)})")
+    ref = comparison.reference
+    if not found:
+        return (
+            f"Nothing differs from the reference ({ref}) with evidence: no Holm-adjusted p is "
+            f"below {comparison.alpha:g} for test AUC, out-of-fold AUC or test accuracy, so "
+            "the ranking may be noise."
+        )
+    return (
+        f"With evidence against the reference ({ref}), Holm-adjusted p < {comparison.alpha:g}: "
+        + "; ".join(found)
+        + ". No other difference from it has evidence."
+    )
+
+
+def glance(comparison: Comparison) -> tuple[str, list[str]]:
+    """The report's first paragraph (best variant on the primary metric, what differs with
+    evidence) and a warning per variant that is degenerate at the threshold, whose high AUC
+    would otherwise be read as a usable classifier."""
+    sentences = (_best_sentence(comparison), _evidence_sentence(comparison))
+    warnings = [f"Warning: {w}." for w in (degenerate(v) for v in comparison.variants) if w]
+    return " ".join(x for x in sentences if x), warnings
+
+
+def pooled_auc_note(comparison: Comparison) -> str:
+    """Why the cross-validation AUC column and the out-of-fold ROC legend differ, with both
+    numbers of each variant."""
+    pairs = "; ".join(
+        f"{v.label} {fmt('auc', v.cv.get('auc_mean'))} vs {fmt('auc', v.oof.get('auc'))}"
+        for v in comparison.variants
+    )
+    return (
+        "Cross-validation AUC column vs the out-of-fold ROC curves (figure legend, ΔAUC OOF): "
+        "the column is the mean of each fold's own AUC; the legend pools every fold's "
+        "validation predictions into one ROC curve and computes one AUC. Pooling ranks images "
+        "scored by different fold models against each other, so a fold whose scores sit higher "
+        "or lower than another's moves the pooled AUC but not the mean; with few folds or few "
+        f"images they also differ by chance. Mean of folds vs pooled: {pairs}."
+    )
+
+
 def notes(comparison: Comparison) -> list[str]:
     """What each number is and what the tests do and do not claim."""
     k = len(comparison.variants) - 1
@@ -265,7 +428,10 @@ def notes(comparison: Comparison) -> list[str]:
         "(DeLong et al. 1988, fast algorithm of Sun & Xu 2014), two-sided, paired on the same "
         "test images (p DeLong test); and on the pooled out-of-fold predictions (p DeLong OOF: "
         "each training image scored once, by the fold model that did not train on it). Pooled "
-        "AUC mixes fold models, so it is not the mean of the fold AUCs.",
+        "AUC mixes fold models, so it is not the mean of the fold AUCs. ΔAUC's interval: "
+        f"{comparison.level:.0%} Wald interval from DeLong's paired standard error (it holds 0 "
+        "exactly when the unadjusted p is above the level; not Holm-adjusted).",
+        pooled_auc_note(comparison),
         "p McNemar: exact McNemar test on the test images that exactly one of the two "
         "classifies correctly at threshold 0.5 (this:ref. right = the counts of images only "
         "this variant and only the reference got right). Δ accuracy is their difference over "
@@ -329,8 +495,12 @@ def skipped_lines(comparison: Comparison) -> list[str]:
 
 
 def format_text(comparison: Comparison) -> str:
-    """Aligned plain-text tables for the terminal."""
-    out = ["What the variants share (from their cell runs and predictions)"]
+    """Aligned plain-text tables for the terminal, after the paragraph that says it at a
+    glance."""
+    paragraph, warnings = glance(comparison)
+    out = textwrap.wrap(paragraph, 100)
+    out += [line for w in warnings for line in textwrap.wrap(w, 100, subsequent_indent="  ")]
+    out += ["", "What the variants share (from their cell runs and predictions)"]
     out += [f"  {name}: {value}" for name, value, _ in shared_lines(comparison)] + [""]
     for section in sections(comparison):
         marked = [
@@ -371,6 +541,10 @@ def format_markdown(comparison: Comparison, title: str) -> str:
         f"`{source['sweep']}`; variants named by: {', '.join(comparison.keys) or '(one cell)'}.",
         "",
     ]
+    paragraph, warnings = glance(comparison)
+    out += [_escape_md(paragraph), ""]
+    for warning in warnings:  # each its own quote: consecutive lines would merge into one
+        out += [f"> **{_escape_md(warning)}**", ""]
     out += ["## What the variants share", ""]
     out += [f"- {name}: {_escape_md(value)}" for name, value, _ in shared_lines(comparison)]
     out.append("")
@@ -414,6 +588,7 @@ def table_frame(comparison: Comparison) -> pd.DataFrame:
         row["test_positive"] = int((v.split("test")["label"] == 1).sum())
         row["test_negative"] = int((v.split("test")["label"] == 0).sum())
         row.update({f"oof_{m}": v.oof[m] for m in METRICS})
+        row["degenerate"] = degenerate(v) or ""
         row.update({name: v.cell.metrics.get(name) for name in comparison.extra_metrics})
         row["reference"] = v.contrast is None
         c = v.contrast
@@ -421,6 +596,8 @@ def table_frame(comparison: Comparison) -> pd.DataFrame:
             for name, result in (("test", c.test_auc), ("oof", c.oof_auc)):
                 if result is not None:
                     row[f"delta_auc_{name}"] = result.difference
+                    low, high = delong_interval(result, comparison.level)
+                    row[f"delta_auc_{name}_low"], row[f"delta_auc_{name}_high"] = low, high
                     row[f"p_delong_{name}"] = result.p_value
                     row[f"p_holm_delong_{name}"] = c.holm.get(f"{name}_auc")
             if c.test_accuracy is not None:
