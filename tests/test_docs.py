@@ -197,3 +197,35 @@ def test_every_training_command_of_the_docs_composes_and_passes_the_schema(
         if problems:
             failures.append(f"{shown}\n    " + "\n    ".join(problems))
     assert not failures, "doc commands that do not compose:\n" + "\n".join(failures)
+
+
+# ------------------------------------------------------------------ README's links into docs/
+
+
+def _slug(heading: str) -> str:
+    """Python-Markdown's toc slug (what mkdocs gives a heading as its anchor)."""
+    import unicodedata
+
+    text = re.sub(r"`|\*", "", heading)
+    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    text = re.sub(r"[^\w\s-]", "", text).strip().lower()
+    return re.sub(r"[-\s]+", "-", text)
+
+
+def test_the_readme_links_to_pages_and_headings_that_exist(reference: str) -> None:
+    """README.md is read on GitHub, outside the mkdocs build that checks the docs' own links."""
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", (REPO / "README.md").read_text()):
+        if re.match(r"[a-z]+:", target):
+            continue  # http(s), mailto
+        path, _, anchor = target.partition("#")
+        page = REPO / path
+        if not page.exists():
+            broken.append(target)
+            continue
+        if anchor:
+            text = page.read_text() + (reference if page.name == "configuration.md" else "")
+            headings = re.findall(r"^#+ (.+)$", text, re.M)
+            if anchor not in {_slug(h) for h in headings}:
+                broken.append(target)
+    assert not broken, f"README links to nothing: {broken}"
