@@ -6,9 +6,11 @@ registered model `models:/<name>/<version>` (`models:/<name>` = latest version).
 files or folders (searched recursively; `*_mask*` files skipped).
 
 Prints the model, the operating point (its threshold and where it was chosen), the calibration,
+what the model was trained on (dataset, image count, fingerprint, dates, image sizes and modes),
 then a table: per image its raw malignant probability (prob_malignant, which the threshold
 decides on), the calibrated one (prob_calibrated) and the class. Unreadable files, and images
-the model gives no finite probability for, go to stderr with their error; predictions.csv and
+the model gives no finite probability for, go to stderr with their error, as does a notice for
+each image unlike every training image (another size or mode); predictions.csv and
 predictions.json in --out hold the same and more. Exit code: 0 when every image was predicted,
 1 when any could not be, 2 when the model or the inputs cannot be used.
 
@@ -93,11 +95,14 @@ def main(argv: list[str] | None = None) -> int:
     print(describe_model(model))
     print(describe_operating_point(point, threshold, given=args.operating_point is not None))
     print(describe_calibration(model.spec))
+    print(describe_training_data(model.spec))
     if len(done):
         print()
         print(table(done))
     for row in failed.itertuples():
         print(f"{row.path}\tERROR: {row.error}", file=sys.stderr)
+    for row in done[done["notice"] != ""].itertuples():
+        print(f"{row.path}\tNOTICE: {row.notice}", file=sys.stderr)
     print(
         f"{len(done)} image(s) predicted at operating point {point}, {len(failed)} failed; "
         f"{args.out / 'predictions.csv'}, {args.out / 'predictions.json'}"
@@ -155,6 +160,14 @@ def describe_calibration(spec: ModelSpec) -> str:
         f"fitted on {CHOSEN_ON}): prob_calibrated = the members' mean of "
         "sigmoid(logit(p) / T + bias); the class uses prob_malignant"
     )
+
+
+def describe_training_data(spec: ModelSpec) -> str:
+    """What the model was trained on: dataset, image count, fingerprint, dates, sizes and modes
+    ("not recorded" where an older package lacks them)."""
+    from fus2net.inference.data_record import TrainingData
+
+    return TrainingData.from_source(spec.source).describe()
 
 
 def table(done: pd.DataFrame) -> str:

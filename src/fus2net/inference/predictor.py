@@ -11,16 +11,19 @@ import json
 import logging
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-from fus2net.data.imageio import IMAGE_SUFFIXES, ImageLimits, load_image
+from fus2net.data.imageio import IMAGE_SUFFIXES, ImageLimits, image_pixels, open_image
 from fus2net.data.resizing import resize_image, unfit
 from fus2net.data.sources.base import is_image_file
-from fus2net.inference.gradcam import CamTarget, overlay
+from fus2net.inference.cam_panel import save_cam_panel
+from fus2net.inference.data_record import TrainingData
+from fus2net.inference.gradcam import CamTarget
 from fus2net.inference.loading import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -34,6 +37,7 @@ COLUMNS = [
     "predicted_class",
     "overlay",
     "error",
+    "notice",  # an image unlike every training image (size, mode): the model extrapolates
 ]
 # A model whose weights hold NaN, or that overflows on an image, gives no class: never "benign".
 NOT_FINITE = (
@@ -91,11 +95,12 @@ def predict_files(
 ) -> pd.DataFrame:
     """Predict every image of `inputs` (decoded within `limits`; default: the pixel limit and
     PREDICT_MIN_IMAGE_SIZE); write predictions.csv, predictions.json and
-    overlays/<name>_gradcam.png (on the original image, upright by its EXIF orientation)
-    under `out_dir`."""
+    overlays/<name>_gradcam.png (the original image, upright by its EXIF orientation, beside
+    its Grad-CAM, with a colour bar and a caption of the decision) under `out_dir`."""
     limits = limits or ImageLimits(min_size=PREDICT_MIN_IMAGE_SIZE)
     spec = model.spec
     point, threshold = spec.threshold(operating_point)
+    training = TrainingData.from_source(spec.source)
     files, problems = collect_images(inputs)
     out_dir.mkdir(parents=True, exist_ok=True)
     overlay_dir = out_dir / "overlays"
@@ -103,12 +108,16 @@ def predict_files(
     results: dict[Path, dict[str, object]] = {}  # by file, so rows keep the input order
     used: set[str] = set()
     for start in range(0, len(files), batch_size):
-        batch, resized, originals = [], [], []
+        batch, resized, originals, unlike = [], [], [], []
         for path in files[start : start + batch_size]:
             try:
-                original = load_image(path, 3 if gradcam else spec.in_chans, limits)
+                decoded = open_image(path, limits=limits)
+                for notice in decoded.notices:
+                    log.warning("%s: %s", path, notice)
+                original = image_pixels(decoded.image, 3 if gradcam else spec.in_chans)
                 resized.append(resize_image(original, spec.image_size, spec.in_chans, spec.resize))
                 originals.append(original if gradcam else None)  # overlays are drawn on it
+                unlike.append(training.unlike(decoded.size, decoded.mode) or "")
                 batch.append(path)
             except READ_ERRORS as err:
                 log.warning("skipping %s", err)
@@ -120,19 +129,22 @@ def predict_files(
         probs = members.mean(axis=0)
         calibrated = spec.calibrated(members)
         cams = model.grad_cams(images, cam_target) if gradcam else [None] * len(batch)
-        for path, prob, cal, cam, original in zip(
-            batch, probs, calibrated, cams, originals, strict=True
+        for path, prob, cal, cam, original, notice in zip(
+            batch, probs, calibrated, cams, originals, unlike, strict=True
         ):
             if not (math.isfinite(prob) and math.isfinite(cal)):
                 results[path] = _row(path, error=NOT_FINITE.format(prob=prob, cal=cal))
                 continue
+            predicted = spec.class_names[int(prob >= threshold)]
             overlay_path = ""
             if cam is not None:
                 overlay_dir.mkdir(parents=True, exist_ok=True)
                 target = overlay_dir / _unique_name(path.stem, used)
                 height, width = original.shape[:2]
                 cam = unfit(cam, height, width, spec.resize)
-                Image.fromarray(overlay(original, cam)).save(target)
+                caption = _caption(model, prob, cal, predicted, point, threshold, cam_target)
+                caption += f" Note: {notice}." if notice else ""
+                save_cam_panel(original, cam, target, path.name, caption)
                 overlay_path = str(target)
             results[path] = _row(
                 path,
@@ -140,8 +152,9 @@ def predict_files(
                 prob_calibrated=float(cal),
                 operating_point=point,
                 threshold=threshold,
-                predicted_class=spec.class_names[int(prob >= threshold)],
+                predicted_class=predicted,
                 overlay=overlay_path,
+                notice=notice,
             )
     rows += [results[path] for path in files]
     frame = pd.DataFrame(rows, columns=COLUMNS)
@@ -150,9 +163,32 @@ def predict_files(
     return frame
 
 
+def _caption(
+    model: LoadedModel,
+    prob: float,
+    cal: float,
+    predicted: str,
+    point: str,
+    threshold: float,
+    cam_target: CamTarget,
+) -> str:
+    """The decision under an overlay: probabilities, class, operating point, what the map is."""
+    names = model.spec.class_names
+    explained = (
+        f"the {names[1]} class"
+        if cam_target == "malignant"
+        else "the class each fold model predicts (at 0.5)"
+    )
+    return (
+        f"{names[1]} probability {prob:.3f} (calibrated {cal:.3f}): {predicted} at operating "
+        f"point {point} ({names[1]} when the probability >= {threshold:.4g}). "
+        f"The map shows the evidence for {explained}. Research model, not a medical device."
+    )
+
+
 def _row(path: str | Path, **values: object) -> dict[str, object]:
     row: dict[str, object] = dict.fromkeys(COLUMNS, None)
-    row.update({"path": str(path), "error": "", **values})
+    row.update({"path": str(path), "error": "", "notice": "", **values})
     return row
 
 
@@ -174,6 +210,7 @@ def _write_json(
         },
         "class_names": model.spec.class_names,
         "preprocessing": model.spec.preprocessing,
+        "training_data": asdict(TrainingData.from_source(model.spec.source)),
         "predictions": records,
     }
     path.write_text(json.dumps(data, indent=2, default=str))

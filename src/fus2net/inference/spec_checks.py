@@ -17,6 +17,7 @@ from typing import Any
 
 from fus2net.data.resizing import RESIZE_MODES
 from fus2net.evaluation.calibration import CALIBRATION_METHODS
+from fus2net.inference.data_record import training_data_problems
 from fus2net.inference.tta import TTA_MODES
 
 # What a trained model can have been trained at: data.channels and a sane input size (a
@@ -176,4 +177,6 @@ def spec_problems(data: Mapping[str, Any]) -> list[str]:
     source = data.get("source", {})
     if not isinstance(source, Mapping):
         problems.append(f"source is {source!r}; it must be an object")
+    else:
+        problems += training_data_problems(source)
     return problems

@@ -13,6 +13,7 @@ import numpy as np
 from fus2net.evaluation.operating_points import OperatingPoint
 from fus2net.evaluation.stats import bootstrap_intervals
 from fus2net.experiment.clinical.calibration import CalibrationResult
+from fus2net.experiment.clinical.train_images import training_data
 from fus2net.experiment.context import JobContext
 from fus2net.experiment.scoring import ensemble_model
 from fus2net.inference import pyfunc
@@ -68,6 +69,7 @@ def write_spec(
         "fingerprint": ctx.data.fingerprint,
         "test_scoring": str(ctx.cfg.cv.test_scoring),
         "thresholds_chosen_on": "out-of-fold validation predictions",
+        **training_data(ctx),  # what prediction prints and checks new images against
     }
     return spec.write(ctx.out)
 
