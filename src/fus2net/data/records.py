@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import re
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+# A config key in a message (`dataset.root`, `+dataset.allow_outside_root`), not a file name
+# such as `/data/dataset.csv`: what `scoped_keys` rewrites for a pool member or external set.
+_DATASET_KEY = re.compile(r"(?<![\w/.\\-])dataset\.(?=[A-Za-z_])")
+
+FIX_REPEATED = (
+    "Make each image one record: give every pool member its own files (members must not "
+    "overlap, nor one folder be two members), and replace a symlink to another image of the "
+    "dataset by a copy, or delete it."
+)
 
 
 @dataclass(frozen=True)
@@ -47,6 +59,29 @@ def empty_class_problems(
         for label, name in enumerate(class_names)
         if label not in present
     ]
+
+
+def scoped_keys(text: str, prefix: str) -> str:
+    """`text` with each `dataset.<key>` it names moved under `prefix` (`dataset.members.busi`,
+    `eval_datasets.breast`): a member's message then names the key to set on the command line."""
+    return _DATASET_KEY.sub(prefix + ".", text)
+
+
+def repeated_file_problems(records: Sequence[Record]) -> list[Problem]:
+    """One problem per file that more than one record points at (after symlinks are resolved):
+    a split would count it twice and a saved split then covers other images twice."""
+    by_file: dict[Path, list[Record]] = defaultdict(list)
+    for record in records:
+        by_file[record.image.resolve()].append(record)
+    problems = []
+    for real, reached in by_file.items():
+        if len(reached) > 1:
+            ways = "; ".join(
+                f"member {r.source}: {r.image}" if r.source is not None else str(r.image)
+                for r in reached
+            )
+            problems.append(Problem(str(real), f"one file reached {len(reached)} times ({ways})"))
+    return problems
 
 
 @dataclass

@@ -23,7 +23,13 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from fus2net.data.duplicates import connected_groups, find_duplicate_groups, near_pairs
 from fus2net.data.files import write_text
-from fus2net.data.records import DataError, Problem, Record
+from fus2net.data.records import (
+    FIX_REPEATED,
+    DataError,
+    Problem,
+    Record,
+    repeated_file_problems,
+)
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +143,12 @@ class Split:
 
 
 def _index_map(stored: list[list[Any]], records: Sequence[Record]) -> np.ndarray:
-    """stored index -> index in `records`, or ValueError when the record sets differ."""
-    current = {key: i for i, key in enumerate(record_keys(records))}
+    """stored index -> index in `records`, or ValueError when the record sets differ: each
+    record must be matched by exactly one stored entry."""
+    keys = record_keys(records)
+    current = {key: i for i, key in enumerate(keys)}
+    if len(current) != len(keys):
+        raise ValueError("the dataset lists one file more than once")
     if len(stored) != len(records):
         raise ValueError(f"split file has {len(stored)} records, dataset has {len(records)}")
     remap = np.empty(len(stored), dtype=np.int64)
@@ -147,7 +157,29 @@ def _index_map(stored: list[list[Any]], records: Sequence[Record]) -> np.ndarray
         if i is None or int(records[i].label) != int(label):
             raise ValueError(f"split file record {key!r} (label {label}) is not in the dataset")
         remap[j] = i
+    if len(np.unique(remap)) != len(remap):
+        raise ValueError("split file lists one record more than once")
     return remap
+
+
+def _coverage_problem(split: Split, labels: np.ndarray) -> str | None:
+    """Why `split` does not place each record exactly once across test and folds with the
+    records' own counts per class; None when it does."""
+    n = len(labels)
+    placed = np.concatenate([split.test, *split.folds]).astype(np.int64)
+    if placed.size and (placed.min() < 0 or placed.max() >= n):
+        return f"indices outside the {n} records"
+    seen = np.bincount(placed, minlength=n)
+    if (seen > 1).any():
+        return f"{int((seen > 1).sum())} records placed more than once across test and folds"
+    if (seen == 0).any():
+        return f"{int((seen == 0).sum())} records in neither the test set nor any fold"
+    n_classes = int(labels.max()) + 1 if n else 0
+    if not np.array_equal(
+        np.bincount(labels[placed], minlength=n_classes), np.bincount(labels, minlength=n_classes)
+    ):
+        return "counts per class differ from the records'"
+    return None
 
 
 def grouping_units(records: Sequence[Record], duplicate_groups: list[list[int]]) -> np.ndarray:
@@ -264,17 +296,26 @@ def _log_duplicates(groups: list[list[int]], records: Sequence[Record], distance
 def _stored_split(
     path: Path, records: Sequence[Record], fingerprint: str, params: dict[str, Any]
 ) -> Split | None:
-    """The split saved at `path` when it is there and was made for these records and params."""
+    """The split saved at `path` when it is there, verified against `records`: made for these
+    records and params, each record exactly once across test and folds, the counts per class
+    the records' own. A file that fails is an error naming it (never silently recomputed nor
+    used: a bad split would train every later job on part of the data)."""
     if not path.is_file():
         return None
+    labels = np.array([r.label for r in records], dtype=np.int64)
     try:
         split = Split.from_json(path.read_text(), records)
-    except (ValueError, KeyError, TypeError) as exc:
-        log.warning("split file %s unusable (%s); recomputing", path, exc)
-        return None
-    if split.fingerprint != fingerprint or split.params != params:
-        log.warning("split file %s does not match the records; recomputing", path)
-        return None
+        if split.fingerprint != fingerprint or split.params != params:
+            raise ValueError("it was made for other records or split settings")
+        reason = _coverage_problem(split, labels)
+        if reason is not None:
+            raise ValueError(reason)
+    except (ValueError, KeyError, TypeError, IndexError, OSError) as exc:
+        raise DataError(
+            [Problem(str(path), f"saved split does not fit the records it is reused for: {exc}")],
+            fix=f"Delete {path}; the next run computes the split again from the records.",
+            source="splits",
+        ) from None
     split.path = path
     log.info("reusing split %s", path)
     return split
@@ -302,6 +343,9 @@ def make_split(
     """
     if folds < 2:
         raise ValueError(f"cv.folds must be >= 2, got {folds}")
+    repeated = repeated_file_problems(records)
+    if repeated:  # the sources refuse these; a split must never count a file twice either
+        raise DataError(repeated, fix=FIX_REPEATED, source="splits")
     params = {
         "folds": int(folds),
         "seed": int(seed),

@@ -91,9 +91,9 @@ def is_image_file(path: Path) -> bool:
 def check_root(root: Path, log: ProblemLog, fix: str) -> bool:
     """Log a missing or non-directory root; True when the root can be scanned."""
     if not root.exists():
-        log.add(root, "dataset root does not exist", fix)
+        log.add(root, "dataset.root does not exist", fix)
         return False
     if not root.is_dir():
-        log.add(root, "dataset root is not a directory", fix)
+        log.add(root, "dataset.root is not a directory", fix)
         return False
     return True

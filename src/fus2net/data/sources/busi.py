@@ -28,8 +28,16 @@ class BusiSource(FolderSource):
         root: str | Path,
         classes: Sequence[str] = ("benign", "malignant"),
         name: str = "busi",
+        allow_outside_root: bool = False,
     ) -> None:
-        super().__init__(root, classes=classes, recursive=False, mask_suffix="_mask", name=name)
+        super().__init__(
+            root,
+            classes=classes,
+            recursive=False,
+            mask_suffix="_mask",
+            name=name,
+            allow_outside_root=allow_outside_root,
+        )
 
     def options(self) -> dict[str, Any]:
         return {"layout": "busi", **super().options()}

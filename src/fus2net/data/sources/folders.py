@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fus2net.data.imageio import IMAGE_SUFFIXES
-from fus2net.data.records import Record
+from fus2net.data.records import FIX_REPEATED, Record, repeated_file_problems
 from fus2net.data.sources.base import (
     DataSource,
     ProblemLog,
@@ -25,6 +25,10 @@ _FIX_EMPTY = "Put the class's images (" + ", ".join(IMAGE_SUFFIXES) + ") in its 
 _FIX_STRAY_MASK = "Add the image the mask belongs to, or delete the stray mask."
 _FIX_AMBIGUOUS = "Give each image a unique name (its masks are matched by name)."
 _FIX_GROUP = "Fix dataset.group_regex so it matches every path (relative to its class folder)."
+_FIX_OUTSIDE = (
+    "Replace the symlink by a copy of the file, point dataset.root at a folder that holds "
+    "every image and mask, or add +dataset.allow_outside_root=true to accept files outside it."
+)
 
 
 class FolderSource(DataSource):
@@ -35,6 +39,8 @@ class FolderSource(DataSource):
     `mask_suffix=None` turns this off.
     `group_regex` extracts a patient id from the path relative to the class folder (named group
     `group`, else the first group, else the whole match), e.g. `^([^/]+)/` for patient folders.
+    A symlink that resolves outside `root` is refused (as a manifest's `../` path is) unless
+    `allow_outside_root`; a file reached twice (a symlink to another image) is refused too.
     """
 
     root_fix = "Set dataset.root=PATH to a folder holding one sub-folder of images per class."
@@ -47,8 +53,10 @@ class FolderSource(DataSource):
         mask_suffix: str | None = "_mask",
         group_regex: str | None = None,
         name: str = "folder",
+        allow_outside_root: bool = False,
     ) -> None:
         self.name = name
+        self.allow_outside_root = bool(allow_outside_root)
         self.root = resolve_path(root)
         self._classes = [str(c) for c in classes] if classes is not None else None
         self.recursive = recursive
@@ -81,6 +89,7 @@ class FolderSource(DataSource):
             "recursive": self.recursive,
             "mask_suffix": self.mask_suffix,
             "group_regex": self.group_regex.pattern if self.group_regex else None,
+            "allow_outside_root": self.allow_outside_root,
         }
 
     def load(self) -> list[Record]:
@@ -100,6 +109,8 @@ class FolderSource(DataSource):
                 continue
             class_records = self._scan_class(class_dir, label, log)
             records.extend(class_records)
+        for problem in repeated_file_problems(records):
+            log.add(problem.path, problem.reason, FIX_REPEATED)
         log.raise_if_any()
         return sort_records(records)
 
@@ -117,9 +128,13 @@ class FolderSource(DataSource):
         images: dict[tuple[Path, str], list[Path]] = defaultdict(list)
         masks: dict[tuple[Path, str], list[tuple[int, Path]]] = defaultdict(list)
         other_suffixes: Counter[str] = Counter()
+        refused = 0
         for path in self._class_files(class_dir):
             if not is_image_file(path):
                 other_suffixes[path.suffix.lower() or "(no suffix)"] += 1
+                continue
+            if not self._inside_root(path, log):
+                refused += 1
                 continue
             match = self._mask_pattern.fullmatch(path.stem) if self._mask_pattern else None
             if match:
@@ -128,7 +143,7 @@ class FolderSource(DataSource):
             else:
                 images[(path.parent, path.stem)].append(path)
 
-        if not images:
+        if not images and not refused:  # refused files are named already
             reason = "class folder has no images"
             if other_suffixes:
                 listed = ", ".join(f"{n} {s}" for s, n in other_suffixes.most_common())
@@ -152,6 +167,15 @@ class FolderSource(DataSource):
                 group = self._group_of(path, class_dir, log)
                 records.append(Record(image=path, label=label, masks=mask_paths, group=group))
         return records
+
+    def _inside_root(self, path: Path, log: ProblemLog) -> bool:
+        """Whether the file, its symlinks resolved, lies under the (resolved) root; logs it when
+        not. A symlink must not reach files elsewhere unless the config allows it."""
+        real = path.resolve()
+        if self.allow_outside_root or real.is_relative_to(self.root):
+            return True
+        log.add(path, f"a symlink that resolves outside dataset.root (to {real})", _FIX_OUTSIDE)
+        return False
 
     def _group_of(self, path: Path, class_dir: Path, log: ProblemLog) -> str | None:
         if self.group_regex is None:

@@ -3,7 +3,9 @@
 Each member keeps its own source and options; the pool is their union, every record tagged with
 its member's name (`Record.source`), which splits stratify by, `predictions.csv` carries and
 metrics are reported by. Patient groups are namespaced by member (`busi:12` is not `breast:12`);
-near-duplicates are found across members like any others.
+near-duplicates are found across members like any others. A member's problems name its own keys
+(`dataset.members.<name>.root`); a file two members both reach (one folder in two members,
+overlapping members) is refused, not counted twice.
 """
 
 from __future__ import annotations
@@ -12,7 +14,14 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from fus2net.data.records import DataError, Problem, Record
+from fus2net.data.records import (
+    FIX_REPEATED,
+    DataError,
+    Problem,
+    Record,
+    repeated_file_problems,
+    scoped_keys,
+)
 from fus2net.data.sources.base import DataSource, sort_records
 
 _FIX_MEMBERS = (
@@ -29,10 +38,12 @@ class PooledSource(DataSource):
             raise ValueError(f"pooled: dataset.members is empty. {_FIX_MEMBERS}")
         self.name = name
         self.members = dict(members)
-        first_name, first = next(iter(self.members.items()))
-        self.class_names = list(first.class_names)
+        # A member whose classes come from its sub-folders has none while its root is missing:
+        # load() names that root; only members that know their classes are compared here.
+        known = {n: list(m.class_names) for n, m in self.members.items() if m.class_names}
+        first_name, self.class_names = next(iter(known.items()), (name, []))
         for member_name, member in self.members.items():
-            if list(member.class_names) != self.class_names:
+            if member_name in known and known[member_name] != self.class_names:
                 raise ValueError(
                     f"pooled: dataset.members.{member_name} has classes "
                     f"{list(member.class_names)}, dataset.members.{first_name} has "
@@ -41,7 +52,7 @@ class PooledSource(DataSource):
 
     def load(self) -> list[Record]:
         """Every member's records, tagged with the member's name; one error lists every
-        member's problems."""
+        member's problems (each naming the member's keys), and every file reached twice."""
         records: list[Record] = []
         problems: list[Problem] = []
         fixes: list[str] = []
@@ -49,10 +60,17 @@ class PooledSource(DataSource):
             try:
                 loaded = member.load()
             except DataError as err:
-                problems += [Problem(p.path, f"[{member_name}] {p.reason}") for p in err.problems]
-                fixes.append(err.fix)
+                scope = f"dataset.members.{member_name}"
+                problems += [
+                    Problem(p.path, f"[{member_name}] {scoped_keys(p.reason, scope)}")
+                    for p in err.problems
+                ]
+                fixes.append(scoped_keys(err.fix, scope))
                 continue
             records += [_tagged(record, member_name) for record in loaded]
+        if not problems:
+            problems = repeated_file_problems(records)
+            fixes = [FIX_REPEATED] if problems else []
         if problems:
             raise DataError(problems, fix=" ".join(dict.fromkeys(fixes)), source=self.name)
         return sort_records(records)
