@@ -428,7 +428,8 @@ def test_manifest_paths_outside_root_need_the_key(tmp_path: Path) -> None:
         (str(outside), "image listed in " + f"{csv}:row 3 is outside dataset.root"),
         (str(outside), "image listed in " + f"{csv}:row 4 is outside dataset.root"),
         (str(outside), "mask listed in " + f"{csv}:row 5 is outside dataset.root"),
-    ]  # linked/c.png (row 6): a symlink inside the root is the root owner's choice
+        (str(outside), "image listed in " + f"{csv}:row 6 is outside dataset.root"),
+    ]  # linked/c.png (row 6): a symlink inside the root that resolves outside it, refused too
     assert "dataset.allow_outside_root=true" in str(info.value)
     allowed = _manifest(csv, mask_column="mask", allow_outside_root=True)
     with pytest.raises(DataError, match="rows 3 and 6 give this image different label"):

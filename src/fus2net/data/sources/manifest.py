@@ -7,7 +7,6 @@ the label and how its values map to classes, the patient, the masks, and which r
 
 from __future__ import annotations
 
-import os
 import re
 import string
 import zipfile
@@ -19,6 +18,7 @@ import pandas as pd
 
 from fus2net.data.records import Record, empty_class_problems
 from fus2net.data.sources.base import DataSource, ProblemLog, resolve_path, sort_records
+from fus2net.data.sources.sheets import TableFileError, read_table
 
 _FIX_CSV = "Set dataset.csv=PATH to the manifest CSV (presets derive it from dataset.root)."
 _FIX_COLUMNS = "Set the dataset.*_column options to columns that exist in the CSV header."
@@ -39,8 +39,6 @@ _FIX_FILTERS = (
     "Set dataset.filters to {column: [values to keep]} with columns of the table, e.g. "
     "\"dataset.filters={Verification:['confirmed by biopsy']}\"."
 )
-# Spreadsheets pandas reads (through openpyxl); anything else is read as delimited text.
-_SPREADSHEET_SUFFIXES = (".xlsx", ".xlsm")
 # Delimiters a one-column header may hide, and how Hydra's command line takes each: quoted, in
 # the shell's double quotes (a tab as the two characters \t, which dataset.delimiter accepts).
 _DELIMITERS = {",": ",", ";": ";", "\t": "\\t", "|": "|"}
@@ -111,9 +109,6 @@ class ManifestSource(DataSource):
         self.allow_outside_root = bool(allow_outside_root)
         self.filters = self._check_filters(filters)
         self.sheet = sheet
-        # Both the root as given and as resolved: a CSV may name paths through a symlinked root.
-        given = Path(root).expanduser() if root is not None else Path(csv).expanduser().parent
-        self._roots = {self.root, Path(os.path.abspath(given))}
 
     def _check_label_map(self, label_map: Mapping[Any, Any] | None) -> dict[str, int | None] | None:
         """Resolve every label_map target to a class index now, so bad config fails early."""
@@ -170,13 +165,14 @@ class ManifestSource(DataSource):
 
     def load(self) -> list[Record]:
         log = ProblemLog(self.name)
-        table = self._read_table(log)
+        table, row_numbers = self._read_table(log)
         log.raise_if_any()
         if table.empty:
             log.add(self.csv, "the CSV has a header but no rows", _FIX_NO_ROWS)
             log.raise_if_any()
         by_image: dict[Path, tuple[Record, int]] = {}
-        for row_number, row in enumerate(table.to_dict("records"), start=2):  # 1 = header
+        # each row's number in the file itself (blank lines before it counted)
+        for row_number, row in zip(row_numbers, table.to_dict("records"), strict=True):
             if not self._kept_by_filters(row):
                 continue
             record = self._row_record(row, row_number, log)
@@ -208,38 +204,40 @@ class ManifestSource(DataSource):
     def _kept_by_filters(self, row: dict[str, str]) -> bool:
         return all(str(row[c]).strip() in kept for c, kept in self.filters.items())
 
-    def _read_rows(self) -> pd.DataFrame:
-        """The table as text cells (empty cells as ""): a spreadsheet by its suffix, else CSV."""
-        if self.csv.suffix.lower() in _SPREADSHEET_SUFFIXES:
-            sheet = 0 if self.sheet is None else self.sheet
-            table = pd.read_excel(self.csv, sheet_name=sheet, dtype=str, keep_default_na=False)
-            return table.fillna("")
-        return pd.read_csv(self.csv, sep=self.delimiter, dtype=str, keep_default_na=False)
-
-    def _read_table(self, log: ProblemLog) -> pd.DataFrame:
-        """Read the table as strings and check every configured column and template field."""
+    def _read_table(self, log: ProblemLog) -> tuple[pd.DataFrame, list[int]]:
+        """Read the table as strings, with each row's number in the file, and check every
+        configured column and template field."""
         if not self.csv.is_file():
             log.add(self.csv, "manifest CSV does not exist", _FIX_CSV)
-            return pd.DataFrame()
+            return pd.DataFrame(), []
         try:
-            table = self._read_rows()
-        except ImportError as exc:  # openpyxl is a dependency; a broken install lacks it
-            log.add(self.csv, f"cannot read the spreadsheet ({exc})", "pip install openpyxl")
-            return pd.DataFrame()
+            read = read_table(self.csv, self.delimiter, self.sheet)
+        except TableFileError as exc:
+            log.add(self.csv, exc.reason, exc.fix)
+            return pd.DataFrame(), []
         except pd.errors.EmptyDataError:
             log.add(self.csv, "the CSV is empty (no header, no rows)", _FIX_NO_ROWS)
-            return pd.DataFrame()
+            return pd.DataFrame(), []
         except (pd.errors.ParserError, UnicodeDecodeError, ValueError, KeyError) as exc:
             fix = "Fix the file, dataset.delimiter (CSV) or dataset.sheet (spreadsheet)."
             log.add(self.csv, f"cannot parse the table ({exc})", fix)
-            return pd.DataFrame()
+            return pd.DataFrame(), []
         except (OSError, zipfile.BadZipFile) as exc:  # a torn or mislabelled .xlsx
             log.add(self.csv, f"cannot read the file ({exc})", "Restore the file.")
-            return pd.DataFrame()
+            return pd.DataFrame(), []
+        for where, reason, fix in read.problems:
+            log.add(where, reason, fix)
+        table = read.frame
         table.columns = [str(c).strip() for c in table.columns]
-        if len(table.columns) == 1 and self._log_hidden_delimiter(table.columns[0], log):
-            return pd.DataFrame()
+        spreadsheet = read.sheet is not None
+        if (
+            not spreadsheet
+            and len(table.columns) == 1
+            and self._log_hidden_delimiter(table.columns[0], log)
+        ):
+            return pd.DataFrame(), []
         columns = set(table.columns)
+        n_problems = len(log.problems)
         wanted = {
             "label_column": self.label_column,
             "image_column": self.image_column,
@@ -264,7 +262,40 @@ class ManifestSource(DataSource):
             if unknown:
                 reason = f"dataset.{option} uses unknown field(s) {sorted(unknown)}"
                 log.add(self.csv, reason + f" (known: {sorted(known_fields)})", _FIX_COLUMNS)
-        return table
+        if spreadsheet and len(log.problems) > n_problems:
+            self._log_other_sheets(read.sheet, read.other_sheets, log)
+        return table, read.rows
+
+    def _log_other_sheets(self, sheet: str, others: dict[str, list[str]], log: ProblemLog) -> None:
+        """When the configured columns are not in the sheet read, name the sheets that hold
+        them: the table is on another sheet than the first (or than dataset.sheet)."""
+        wanted = {
+            c
+            for c in (
+                self.label_column,
+                self.image_column,
+                self.id_column,
+                self.group_column,
+                self.mask_column,
+                *self.filters,
+            )
+            if c is not None
+        }
+        holding = [name for name, header in others.items() if wanted <= set(header)]
+        which = "the first sheet" if self.sheet is None else "dataset.sheet"
+        if holding:
+            reason = (
+                f"{which} {sheet!r} is not the table: sheet {holding[0]!r} has the configured "
+                f"columns {sorted(wanted)}"
+            )
+            fix = f"Set dataset.sheet={holding[0]!r} (the sheet that holds the table)."
+        else:
+            reason = (
+                f"{which} {sheet!r} lacks the configured columns, and so does every other "
+                f"sheet ({sorted(others)})"
+            )
+            fix = "Set dataset.sheet to the sheet that holds the table, or fix the column options."
+        log.add(self.csv, reason, fix)
 
     def _log_hidden_delimiter(self, header: str, log: ProblemLog) -> bool:
         """Log a one-column header that holds another delimiter (a ';' or tab-separated file
@@ -374,11 +405,10 @@ class ManifestSource(DataSource):
         return (self.root / Path(path).expanduser()).resolve()
 
     def _inside_root(self, path: str) -> bool:
-        """Whether a listed path stays under `root` (as written, `..` collapsed, or once its
-        symlinks are resolved); always true with `allow_outside_root`. A CSV cannot reach
-        files elsewhere (`../../secret.png`, `/etc/...`) unless the config allows it."""
+        """Whether a listed path, its `..` collapsed and its symlinks resolved, lies under the
+        resolved `root`; always true with `allow_outside_root`. A CSV cannot reach files
+        elsewhere (`../../secret.png`, `/etc/...`, a symlink inside the root that points out)
+        unless the config allows it; a symlinked root and absolute paths through it are fine."""
         if self.allow_outside_root:
             return True
-        lexical = Path(os.path.normpath(self.root / Path(path).expanduser()))
-        candidates = (lexical, lexical.resolve())
-        return any(c.is_relative_to(root) for c in candidates for root in self._roots)
+        return self._absolute(path).is_relative_to(self.root)
