@@ -61,6 +61,27 @@ def near_pairs(hashes: np.ndarray, max_distance: int, chunk: int = 1024) -> np.n
     return np.concatenate(found) if found else np.empty((0, 2), dtype=np.int64)
 
 
+def nearest_distances(
+    queries: np.ndarray, pool: np.ndarray, chunk: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each query hash, the Hamming distance to its nearest hash of `pool` and that hash's
+    index (an external set against the training pool); distance 65 and index -1 when the pool
+    is empty."""
+    queries = np.asarray(queries, dtype=np.uint64)
+    best = np.full(len(queries), HASH_BITS + 1, dtype=np.int16)
+    where = np.full(len(queries), -1, dtype=np.int64)
+    if len(pool) == 0:
+        return best, where
+    pool_bytes = np.asarray(pool, dtype=np.uint64).astype(">u8").view(np.uint8).reshape(-1, 8)
+    query_bytes = queries.astype(">u8").view(np.uint8).reshape(-1, 8)
+    for start in range(0, len(queries), chunk):
+        xor = query_bytes[start : start + chunk, None, :] ^ pool_bytes[None, :, :]
+        distance = _POPCOUNT[xor].sum(axis=-1, dtype=np.int16)
+        where[start : start + chunk] = distance.argmin(axis=1)
+        best[start : start + chunk] = distance.min(axis=1)
+    return best, where
+
+
 def connected_groups(n: int, pairs: Sequence[tuple[int, int]] | np.ndarray) -> list[list[int]]:
     """Connected components (union-find) of n items under the given pairs; only sizes >= 2."""
     parent = list(range(n))

@@ -63,6 +63,11 @@ class Tta(Enum):  # = fus2net.inference.tta.TTA_MODES (tested)
     hflip = "hflip"
 
 
+class ExternalOverlap(Enum):  # an external set's images that the training pool holds too
+    drop = "drop"
+    keep = "keep"
+
+
 class CamTarget(Enum):
     predicted = "predicted"
     malignant = "malignant"
@@ -179,6 +184,7 @@ class EvaluationSchema:
     bootstrap: int = rule(1000, ge=1)
     tta: Tta = Tta.none
     adabn: bool = False  # external sets scored after AdaBN (the other score is logged too)
+    external_overlap: ExternalOverlap = ExternalOverlap.drop  # images shared with training
     gradcam: GradcamSchema = field(default_factory=GradcamSchema)
     register_model: bool = False
     model_name: str = rule(nonempty=True)
@@ -285,6 +291,7 @@ class BusiDatasetSchema:
         default_factory=lambda: ["benign", "malignant"], metadata={"nonempty": True}
     )
     name: str = rule("busi", nonempty=True)
+    allow_outside_root: bool = False  # accept symlinks that resolve outside root
 
 
 @dataclass
@@ -296,6 +303,7 @@ class FolderDatasetSchema:
     mask_suffix: str | None = rule("_mask", nonempty=True)
     group_regex: str | None = None
     name: str = rule("folder", nonempty=True)
+    allow_outside_root: bool = False  # accept symlinks that resolve outside root
 
 
 @dataclass

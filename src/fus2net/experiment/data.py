@@ -26,6 +26,7 @@ from fus2net.data.records import (
     Record,
     empty_class_problems,
     raise_if_problems,
+    scoped_keys,
 )
 from fus2net.data.splits import Split, make_split, records_fingerprint
 from fus2net.data.validation import ImageInfo, drop_bad_records, inspect_records
@@ -45,6 +46,10 @@ class JobData:
     fingerprint: str
     description: dict[str, Any]
     skipped: list[Problem] = field(default_factory=list)  # bad files left out (on_bad_image=skip)
+    # Per record, for finding an external set's images in the training pool: the content hash,
+    # and the perceptual hash (None when not computed: data.dedupe off and no eval_datasets).
+    sha256: list[str] = field(default_factory=list)
+    phashes: np.ndarray | None = None
 
 
 def image_limits(cfg: DictConfig) -> ImageLimits:
@@ -73,7 +78,7 @@ def _read_images(
         records,
         channels,
         image_size=size,
-        phash=bool(cfg.data.dedupe),
+        phash=bool(cfg.data.dedupe) or bool(cfg.get("eval_datasets")),
         progress=True,
         limits=image_limits(cfg),
         resize=str(cfg.data.get("resize", "stretch")),
@@ -131,7 +136,10 @@ def prepare_data(cfg: DictConfig) -> JobData:
             what=f"the image cache of {len(records)} images (data.cache=disk)",
             fix="free some space, point paths.cache_dir elsewhere, or use data.cache=memory",
         )
-    fingerprint = records_fingerprint(records, [str(info.sha256) for info in infos])
+    sha256 = [str(info.sha256) for info in infos]
+    fingerprint = records_fingerprint(records, sha256)
+    hashed = bool(infos) and all(info.phash is not None for info in infos)
+    phashes = np.array([info.phash or 0 for info in infos], dtype=np.uint64)
     split = make_split(
         records,
         folds=int(cfg.cv.folds),
@@ -142,7 +150,7 @@ def prepare_data(cfg: DictConfig) -> JobData:
         duplicate_distance=int(cfg.data.duplicate_distance),
         cache_dir=Path(cfg.paths.cache_dir),
         fingerprint=fingerprint,
-        phashes=np.array([info.phash or 0 for info in infos], dtype=np.uint64),
+        phashes=phashes,
     )
     cache = ImageCache.build(
         records,
@@ -165,7 +173,15 @@ def prepare_data(cfg: DictConfig) -> JobData:
         "skipped_bad_files": len(skipped),
     }
     return JobData(
-        records, list(source.class_names), split, cache, fingerprint, description, skipped
+        records,
+        list(source.class_names),
+        split,
+        cache,
+        fingerprint,
+        description,
+        skipped,
+        sha256,
+        phashes if hashed else None,
     )
 
 
@@ -189,9 +205,12 @@ def check_external_datasets(entries: Any, class_names: list[str]) -> list[Proble
                 )
             elif not records:
                 problems.append(Problem(where, f"no images found by {source!r}"))
-        except DataError as err:  # the source's own problems, its fix pointed at this entry
-            fix = err.fix.replace("dataset.", f"{where}.")
-            problems += [Problem(f"{where}: {p.path}", f"{p.reason}; {fix}") for p in err.problems]
+        except DataError as err:  # the source's own problems, its keys pointed at this entry
+            fix = scoped_keys(err.fix, where)
+            problems += [
+                Problem(f"{where}: {p.path}", f"{scoped_keys(p.reason, where)}; {fix}")
+                for p in err.problems
+            ]
         except Exception as err:  # any reason it cannot be read: report them all at once
             problems.append(Problem(where, str(err).replace("\n", " ")))
     return problems

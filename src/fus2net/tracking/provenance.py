@@ -54,6 +54,7 @@ KEYED_ONLY_WHEN_SET: dict[str, object] = {
     "model.pretrained_source": "hub",
     "cv.holdout_source": None,
     "evaluation.adabn": False,
+    "evaluation.external_overlap": "drop",
 }
 
 # The same location keys of each member of a pooled dataset (`dataset.members.<name>.root`):
