@@ -52,7 +52,8 @@ def holdout_config(cfg: DictConfig) -> tuple[DictConfig, str | None]:
         raise ConfigError(
             f"cv.holdout_source={member}: holds out a member of a pooled dataset, and "
             f"dataset={cfg.dataset.get('name', '?')} is not pooled; use dataset=busi_breast or "
-            "dataset=pooled '+dataset@dataset.members.NAME=...' (README, 'Leave-one-source-out')"
+            "dataset=pooled '+dataset@dataset.members.NAME=...' "
+            "(docs/real-data.md, 'Leave-one-source-out')"
         )
     if member not in members:
         raise ConfigError(

@@ -50,7 +50,7 @@ def read_protocols(tracker: MlflowTracker, sweep: str | None) -> list[Run]:
             f"no leave-one-source-out protocol runs in experiment {tracker.experiment_name!r}"
             + (f" for sweep {sweep!r}" if sweep not in (None, "all") else "")
             + ": run fus2net-train -m ... dataset=<pooled> cv.holdout_source=<each member>, "
-            "one cell per member (README, 'Leave-one-source-out')"
+            "one cell per member (docs/real-data.md, 'Leave-one-source-out')"
         )
     return [r for r in runs if r.info.status == "FINISHED"]
 
