@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -9,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
+from PIL import Image
 
 from fus2net.data.imageio import resized_mask
 from fus2net.evaluation.localization import localization_scores
@@ -121,7 +123,9 @@ def test_prediction_by_run_id_and_registry_reproduces_the_test_scores(
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # set_tracking_uri would leak to later tests
     pyfunc = mlflow.pyfunc.load_model("models:/fus2net-synthetic/1")
-    out = pyfunc.predict(np.full((1, 50, 70, 3), 90, np.uint8))
+    grey = io.BytesIO()
+    Image.new("RGB", (70, 50), (90, 90, 90)).save(grey, format="PNG")
+    out = pyfunc.predict(pd.DataFrame({"image": [grey.getvalue()]}))  # image file bytes
     assert out.loc[0, "predicted_class"] in ("benign", "malignant")
 
 

@@ -144,6 +144,8 @@ def test_exported_package_and_pyfunc_match(package: Path, tmp_path: Path) -> Non
         "prob_calibrated",
         "predicted_class",
         "threshold",
+        "operating_point",
+        "error",
     ]
     resized = np.stack(
         [

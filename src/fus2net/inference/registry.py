@@ -13,7 +13,7 @@ as unset, so MLFLOW_TRACKING_URI keeps working afterwards).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +32,9 @@ class PyfuncPackage:
 
     folder: Path
     loader_module: str
-    examples: tuple[np.ndarray, Any]
+    examples: tuple[Any, Any]  # (input: a DataFrame of image bytes, or an image array; output)
     pip_requirements: list[str]
+    params: dict[str, str] = field(default_factory=dict)  # inference params and their defaults
 
 
 def register_package(
@@ -51,8 +52,9 @@ def register_package(
 
     A model not yet packaged first gets `package`, with the signature of its examples; one already
     packaged (registered before) is registered again as it is, nothing copied. The input is a
-    uint8 image array whose dimensions but the channels may vary (any batch and image size),
-    so the signature's tensor shape is (-1, -1, -1, C).
+    DataFrame column of image file bytes (the signature's `binary` column: base64 strings in
+    JSON, decoded by MLflow's scoring server), or, in older packages, a uint8 image array whose
+    dimensions but the channels may vary, whose tensor shape is then (-1, -1, -1, C).
     """
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
@@ -78,10 +80,11 @@ def _log_pyfunc(tracker: MlflowTracker, model_id: str, name: str, package: Pyfun
     from mlflow.types import Schema, TensorSpec
 
     example = package.examples[0]
-    signature = infer_signature(*package.examples)
-    signature.inputs = Schema(
-        [TensorSpec(example.dtype, (-1,) * (example.ndim - 1) + (example.shape[-1],))]
-    )
+    signature = infer_signature(*package.examples, params=package.params or None)
+    if isinstance(example, np.ndarray):  # any batch and image size, fixed channels
+        signature.inputs = Schema(
+            [TensorSpec(example.dtype, (-1,) * (example.ndim - 1) + (example.shape[-1],))]
+        )
     try:
         with _use_tracking_uri(tracker.uri):
             mlflow.pyfunc.log_model(

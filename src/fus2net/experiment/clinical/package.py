@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
+import pandas as pd
 
 from fus2net.evaluation.operating_points import OperatingPoint
 from fus2net.evaluation.stats import bootstrap_intervals
@@ -79,11 +79,11 @@ def register(ctx: JobContext, cell_run: str, spec_file: Path, model: LoadedModel
     (pyfunc: weights, spec, signature) into the cell's ensemble logged model, described by its
     headline test metrics with bootstrap CIs, the dataset and the commit.
 
-    The input example is a mid-grey image, not a patient's: the registry is often shared more
+    The input example is one mid-grey PNG's bytes in the `image` column (what `mlflow models
+    serve` takes as a base64 string), not a patient's: the registry is often shared more
     widely than the data.
     """
-    size, chans = model.spec.image_size, model.spec.in_chans
-    example = np.full((1, size, size, chans), 128, dtype=np.uint8)
+    example = pd.DataFrame({pyfunc.IMAGE_COLUMN: [pyfunc.example_image(model.spec.image_size)]})
     output = pyfunc.PyfuncModel(model).predict(example)
     with tempfile.TemporaryDirectory(prefix="fus2net-package-") as tmp:
         package = Path(tmp) / "model_package"
@@ -112,7 +112,7 @@ def _register(
     ctx: JobContext,
     cell_run: str,
     package: Path | None,
-    examples: tuple[np.ndarray, Any] | None,
+    examples: tuple[Any, Any] | None,
 ) -> str:
     tracker, name = ctx.tracker, str(ctx.cfg.evaluation.model_name)
     model_id = ensemble_model(ctx, cell_run)
@@ -120,7 +120,11 @@ def _register(
     pyfunc_package = None
     if package is not None and examples is not None:
         pyfunc_package = PyfuncPackage(
-            package, pyfunc.LOADER_MODULE, examples, pyfunc.pip_requirements()
+            package,
+            pyfunc.LOADER_MODULE,
+            examples,
+            pyfunc.pip_requirements(),
+            {"operating_point": ""},  # "": the model's own; sens95, youden, default or 0..1
         )
     version = register_package(
         tracker, model_id, cell_run, name, pyfunc_package, description=description, tags=tags
