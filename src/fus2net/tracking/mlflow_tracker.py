@@ -21,6 +21,7 @@ from urllib.request import url2pathname
 
 from fus2net.tracking import schema
 from fus2net.tracking.store_lock import store_open_lock
+from fus2net.tracking.store_open import open_when_ready
 from fus2net.tracking.uris import (
     TrackingError,
     normalize_tracking_uri,
@@ -31,7 +32,7 @@ from fus2net.tracking.uris import (
 )
 
 if TYPE_CHECKING:
-    from mlflow.entities import FileInfo, LoggedModel, Run
+    from mlflow.entities import Experiment, FileInfo, LoggedModel, Run
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +90,13 @@ class MlflowTracker:
         artifact_location: str | None = None,
         *,
         create: bool = True,
+        wait_s: float | None = None,
     ) -> None:
         """Open `experiment` in the store at `uri`; with `create` (a job), create or restore
-        it; without (a reader), it must exist and nothing is written."""
+        it, waiting up to `wait_s` (default `FUS2NET_STORE_WAIT_S`, 60 s) for another client
+        creating a local store; without (a reader), it must exist and nothing is written."""
         self.uri = uri
+        self.wait_s = wait_s
         self.experiment_name = experiment
         if create:
             self._connect(artifact_location)
@@ -104,9 +108,14 @@ class MlflowTracker:
         from mlflow.tracking import MlflowClient
 
         self.uri = normalize_tracking_uri(self.uri)
-        with store_open_lock(self.uri):  # a fresh SQLite store is migrated by one job only
-            self.client = MlflowClient(tracking_uri=self.uri)
-            found = self.client.get_experiment_by_name(self.experiment_name)
+
+        def open_store() -> Experiment | None:
+            with store_open_lock(self.uri):  # a fresh SQLite store is migrated by one job only
+                self.client = MlflowClient(tracking_uri=self.uri)
+                return self.client.get_experiment_by_name(self.experiment_name)
+
+        # ... and not while another MLflow client (`mlflow ui`, a script) is creating it.
+        found = open_when_ready(self.uri, open_store, bound_s=self.wait_s)
         if found is None:
             location = None
             if artifact_location:
