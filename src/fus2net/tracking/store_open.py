@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from fus2net.tracking.uris import TrackingError, sqlite_path, ui_command
+from fus2net.tracking.uris import TrackingError, sqlite_path
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class StoreState:
 
     def describe(self) -> str:
         return {
-            "locked": f"the database is locked by another process ({self.detail})",
+            "locked": "another process holds the database locked",
             "creating": "its tables are being created (no schema revision recorded yet)",
             "migrating": f"its schema is at revision {self.revision}, not yet MLflow's head",
         }.get(self.what, self.what)
@@ -87,7 +87,7 @@ def head_revision() -> str:
 
 def look(database: Path, head: str) -> StoreState:
     """The state of the SQLite file `database`, read-only: never creates or locks it."""
-    if not database.is_file() or database.stat().st_size == 0:
+    if not database.is_file():  # an empty file is read: another writer may hold its lock
         return StoreState("absent")
     try:
         read_only = f"{database.resolve().as_uri()}?mode=ro"
@@ -147,7 +147,7 @@ def open_when_ready(
                 log.info("tracking store %s changed while opening it (%s): retrying", database, exc)
                 seen, since = after, clock()
         if clock() - start >= bound:
-            raise TrackingError(_busy_message(uri, database, seen, bound, last_error))
+            raise TrackingError(_busy_message(database, seen, bound, last_error))
         if delay == FIRST_DELAY_S:
             log.warning(
                 "tracking store %s: %s; another MLflow client seems to be creating it, waiting "
@@ -160,16 +160,14 @@ def open_when_ready(
         delay = min(delay * 2, MAX_DELAY_S)
 
 
-def _busy_message(
-    uri: str, database: Path, state: StoreState, bound: float, error: Exception | None
-) -> str:
-    reason = f"; opening it failed with {type(error).__name__}: {error}" if error else ""
-    first_line = reason.splitlines()[0] if reason else ""
+def _busy_message(database: Path, state: StoreState, bound: float, error: Exception | None) -> str:
+    first_line = str(error).splitlines()[0] if error and str(error) else ""
+    reason = f"; opening it failed with {type(error).__name__}: {first_line}" if error else ""
     return (
         f"the tracking store {database} was still not ready after {bound:.0f} s: "
-        f"{state.describe()}{first_line}. Another MLflow client (an `mlflow ui`, a script or "
+        f"{state.describe()}{reason}. Another MLflow client (an `mlflow ui`, a script or "
         "notebook opening the same store) seems to be creating or migrating it. Let it finish "
-        f"(or stop it), check that `{ui_command(uri)}` opens the store, then run the same "
-        f"command again; or give this job a store of its own (tracking.uri=sqlite:///<file>). "
-        f"{WAIT_ENV} sets how long a job waits (seconds)."
+        "(or stop it) and run the same command again, or give this job a store of its own "
+        f"(tracking.uri=sqlite:///<another file>). {WAIT_ENV} sets how long a job waits for "
+        f"another client (seconds; now {bound:.0f})."
     )
