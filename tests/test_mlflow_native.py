@@ -55,7 +55,7 @@ def test_a_cell_is_named_by_what_its_sweep_varies_and_its_key() -> None:
     assert cell_name(tags, KEY) == "optimizer=sgd cv.folds=2 · 3fa2c1"
     assert cell_name({}, KEY) == "default · 3fa2c1"
     long = cell_name({f"override.key{i}": "x" * 40 for i in range(20)}, KEY)
-    assert long.endswith("… · 3fa2c1")
+    assert long.endswith(" … +15 · 3fa2c1")  # whole items, and how many were left out
     assert len(schema.fold_run_name(long, 99, 100)) <= schema.MAX_RUN_NAME
 
 

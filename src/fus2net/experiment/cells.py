@@ -25,7 +25,7 @@ from fus2net.experiment.summary import CellSummary
 from fus2net.inference.spec import SPEC_FILE
 from fus2net.tracking import descriptions, resume, schema
 from fus2net.tracking.mlflow_tracker import MlflowTracker
-from fus2net.tracking.provenance import NON_RESULT_KEYS
+from fus2net.tracking.provenance import named_overrides
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -47,16 +47,14 @@ class OpenCell:
 def cell_name(tags: Mapping[str, str], key: str) -> str:
     """What this cell chose among those its sweep varies (outside a sweep: every override
     that changes results), then the cell key's start: `optimizer=sgd data.channels=1 · 3fa2c1`,
-    short in the runs table and distinct in chart legends."""
-    swept = set(tags.get(schema.SWEPT, "").split())
-    changed = []
-    for tag, value in tags.items():
-        name = tag.removeprefix(schema.OVERRIDE_PREFIX)
-        if name == tag or any(name == p or name.startswith(p + ".") for p in NON_RESULT_KEYS):
-            continue
-        if not swept or name in swept:
-            changed.append(f"{name}={value}")
-    return schema.cell_run_name(" ".join(changed) or "default", key)
+    short in the runs table and distinct in chart legends. Overrides naming a place on disk
+    (a dataset's root, a manifest's csv) are left out: a name holds no local path."""
+    swept = {schema.tag_key(k) for k in tags.get(schema.SWEPT, "").split()}
+    chosen = [o for o in named_overrides(tags) if not swept or o.tag in swept]
+    if not chosen:
+        return schema.cell_run_name(["default"], key)
+    groups = [o.item for o in chosen if o.group]
+    return schema.cell_run_name([o.item for o in chosen], key, keep_longest=groups)
 
 
 def _sweep_tags(run: Run, tags: Mapping[str, str]) -> dict[str, str]:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import shlex
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -199,6 +201,83 @@ def hydra_tags(cfg_sweep: str | None) -> dict[str, str]:
 def _override_key(item: str) -> str:
     """The key of a command-line override as the `override.<key>` tags spell it."""
     return item.lstrip("+~").partition("=")[0]
+
+
+# Keys whose values are places on disk (`dataset.root`, `dataset.members.a.csv`,
+# `model.checkpoint_path`, `eval_datasets.x.image_dir`): a run's name never shows them.
+PATH_KEYS = ("root", "csv", "path", "dir", "file")
+PATH_KEY_ENDINGS = tuple(f"_{name}" for name in PATH_KEYS)
+# A value that reads as a place: absolute, home, `./`, `../`, any with a separator
+# (`data/busi`, `${paths.data_dir}/x`, `C:\\x`), a URL, or a file name with a data or model suffix.
+_PATH_VALUE = re.compile(
+    r"^~|[/\\]|://"
+    r"|\.(csv|tsv|json|ya?ml|txt|db|sqlite|pt|pth|ckpt|safetensors|onnx|png|jpe?g|xlsx?)$",
+    re.IGNORECASE,
+)
+
+
+def is_path_override(key: str, value: str) -> bool:
+    """Whether a command-line override names a place on disk (by its key or its value)."""
+    last = key.rsplit(".", 1)[-1].lower()
+    return last in PATH_KEYS or last.endswith(PATH_KEY_ENDINGS) or bool(_PATH_VALUE.search(value))
+
+
+def readable_key(key: str) -> str:
+    """How a run name shows an override's key: a group placed elsewhere by Hydra's `@`
+    (`+dataset@dataset.members.a`, `+dataset@eval_datasets.busbra`) by where it goes, without
+    the group's own name leading it (`members.a`, `eval_datasets.busbra`); others as given."""
+    group, at, package = key.partition("@")
+    if not at:
+        return key
+    package = package.removeprefix("_global_.")
+    if not package or package.startswith("_"):  # `_global_`, `_here_`, `_group_`
+        return group
+    return package.removeprefix(group.replace("/", ".") + ".") or group
+
+
+def readable_keys(overrides: str) -> dict[str, str]:
+    """The readable key (`readable_key`) of each override of an `overrides` tag, by the name
+    its `override.<name>` tag has (`dataset_dataset.members.a` -> `members.a`)."""
+    try:
+        items = shlex.split(overrides)
+    except ValueError:  # an unbalanced quote: the keys still stand before each `=`
+        items = overrides.split()
+    keys = [_override_key(item) for item in items if "=" in item]
+    return {_tag_name(key): readable_key(key) for key in keys}
+
+
+def _tag_name(key: str) -> str:
+    """The `<name>` of the `override.<name>` tag of override key `key`."""
+    return schema.tag_key(f"{schema.OVERRIDE_PREFIX}{key}").removeprefix(schema.OVERRIDE_PREFIX)
+
+
+class NamedOverride(NamedTuple):
+    """An override as a run's name shows it."""
+
+    tag: str  # `<name>` of its `override.<name>` tag, as `fus2net.swept` keys are compared
+    key: str  # readable: `members.a` for `+dataset@dataset.members.a`
+    value: str
+    group: bool  # a config group's choice (`dataset=pooled`): what a name keeps longest
+
+    @property
+    def item(self) -> str:
+        return f"{self.key}={self.value}"
+
+
+def named_overrides(tags: Mapping[str, str]) -> list[NamedOverride]:
+    """Each override in `tags` that a run's name shows: those that change results and name no
+    place on disk, in the tags' order."""
+    readable = readable_keys(tags.get(schema.OVERRIDES, ""))
+    named = []
+    for tag, value in tags.items():
+        name = tag.removeprefix(schema.OVERRIDE_PREFIX)
+        if name == tag or not _is_result_key(name):
+            continue
+        key = readable.get(name, name)
+        if not is_path_override(key, value) and not is_path_override(name, value):
+            group = f"{schema.CHOICE_PREFIX}{name}" in tags
+            named.append(NamedOverride(name, key, value, group))
+    return named
 
 
 def swept_keys(hc: Any) -> list[str]:

@@ -97,14 +97,28 @@ def fold_label(fold: int, n_folds: int) -> str:
     return f"fold {fold + 1}/{n_folds}"
 
 
-def cell_run_name(choices: str, key: str) -> str:
-    """`optimizer=sgd data.channels=1 · 3fa2c1`: what varies, then the cell key's start, the
-    choices shortened so that a fold's name (`fold_run_name`) still fits the store."""
+def cell_run_name(choices: Sequence[str], key: str, keep_longest: Iterable[str] = ()) -> str:
+    """`optimizer=sgd data.channels=1 · 3fa2c1`: what varies (`key=value` items), then the cell
+    key's start, short enough that a fold's name (`fold_run_name`) still fits the store.
+
+    Items are kept whole: those in `keep_longest` (a config group's choice) go last, the others
+    longest value first, and `… +2` says how many went."""
     suffix = f"{NAME_SEPARATOR}{key[:KEY_IN_NAME]}"
     room = MAX_RUN_NAME - len(suffix) - len(f"{NAME_SEPARATOR}fold 100/100")
-    if len(choices) > room:
-        choices = choices[: room - 1] + "…"
-    return choices + suffix
+    kept, important = list(range(len(choices))), set(keep_longest)
+
+    def text() -> str:
+        shown = " ".join(choices[i] for i in kept)
+        left = len(choices) - len(kept)
+        return f"{shown} … +{left}".lstrip() if left else shown
+
+    def least_informative(i: int) -> tuple[bool, int, int, int]:
+        item = choices[i]
+        return item not in important, len(item.partition("=")[2]), len(item), i
+
+    while kept and len(text()) > room:
+        kept.remove(max(kept, key=least_informative))
+    return text() + suffix
 
 
 def fold_run_name(cell_name: str, fold: int, n_folds: int) -> str:
