@@ -189,10 +189,12 @@ def test_leave_one_source_out_sweep_logs_each_source_and_the_mean(tmp_path: Path
     """Through the real entry points: a sweep over the held-out member trains one cell per
     member, then logs the protocol run; `fus2net-compare --loso` prints it."""
     members = (
+        "experiment=transfer",  # the preset itself: packaged Lite0 weights, offline
         *POOL,
         f"dataset.members.one.root={tmp_path / 'one'}",
         f"dataset.members.two.root={tmp_path / 'two'}",
         "evaluation.gradcam.enabled=false",
+        "trainer.max_epochs=2",  # the preset's 1-epoch warmup needs a second epoch
     )
     args = tiny(*members, drop=["dataset.n_images", "dataset.image_size"])
     run_train(["-m", *args, "cv.holdout_source=one,two"], tmp_path)
@@ -207,6 +209,7 @@ def test_leave_one_source_out_sweep_logs_each_source_and_the_mean(tmp_path: Path
         assert metrics[f"external/{held}/n_images"] == {"one": 48, "two": 44}[held]
         assert f"external/{held}/adabn/auc" in metrics  # AdaBN measured beside it
         assert 0 <= metrics["heldout/sens95_sensitivity"] <= 1
+    assert all(c.data.params["model.name"] == "tf_efficientnet_lite0" for c in cells)
     (protocol,) = client.search_runs(ids, "tags.`fus2net.role` = 'loso'")
     m = protocol.data.metrics
     assert m["heldout/mean/auc"] == pytest.approx((m["heldout/one/auc"] + m["heldout/two/auc"]) / 2)
