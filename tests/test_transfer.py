@@ -218,7 +218,10 @@ def test_leave_one_source_out_sweep_logs_each_source_and_the_mean(tmp_path: Path
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     out = run_module(
         "fus2net.cli.compare",
-        ["--tracking-uri", uri, "--loso", "--sweep", "all", "--out", str(tmp_path / "cmp")],
+        [
+            *("--tracking-uri", uri, "--experiment", "fus2net-transfer", "--loso"),
+            *("--sweep", "all", "--out", str(tmp_path / "cmp")),
+        ],
         tmp_path,
     ).stdout
     assert "one AUC" in out and "two AUC" in out and "mean AUC" in out
