@@ -230,7 +230,8 @@ def test_leave_one_source_out_sweep_logs_each_source_and_the_mean(tmp_path: Path
 
 
 def test_compare_loso_without_protocol_runs_exits_2(tmp_path: Path) -> None:
-    run_train(tiny(), tmp_path)
+    (tmp_path / "mlruns").mkdir()
+    sqlite_client(tmp_path).create_experiment("fus2net")  # a store with no protocol run
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     proc = run_module(
         "fus2net.cli.compare", ["--tracking-uri", uri, "--loso"], tmp_path, check=False
