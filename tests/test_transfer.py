@@ -127,7 +127,7 @@ def test_the_transfer_preset_composes_as_documented() -> None:
     cfg = compose_train("experiment=transfer", "dataset=busi")
     assert cfg.model.name == "tf_efficientnet_lite0" and cfg.model.pretrained_source == "package"
     assert cfg.tracking.experiment == "fus2net-transfer"
-    assert cfg.cv.holdout_source is None and cfg.evaluation.adabn is False
+    assert cfg.cv.holdout_source is None and cfg.evaluation.adabn is True  # chosen by LOSO
     from fus2net.experiment.config_groups import PretrainedSource
     from fus2net.models.timm_models import PRETRAINED_SOURCES
 
