@@ -28,7 +28,8 @@ COLUMNS = (
     ("auc", "AUC"),
     ("sens95_sensitivity", "sens@sens95"),
     ("sens95_specificity", "spec@sens95"),
-    ("adabn/auc", "AdaBN AUC"),
+    ("adabn/auc", "AdaBN AUC"),  # logged beside the AUC when evaluation.adabn is off ...
+    ("without_adabn/auc", "AUC w/o AdaBN"),  # ... and this one when it is on (AUC is AdaBN's)
     ("cv_auc", "CV AUC"),
 )
 
