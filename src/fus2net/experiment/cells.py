@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from fus2net.data.files import as_disk_full
+from fus2net.data.files import as_disk_full, locked
 from fus2net.experiment.context import JobContext
 from fus2net.experiment.interrupts import JobInterrupted
 from fus2net.experiment.summary import CellSummary
@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
 
 log = logging.getLogger(__name__)
+
+CELL_LOCK = "cell.lock"  # in the cell's folder: held while a job finds or creates its run
 
 
 @dataclass
@@ -80,11 +82,15 @@ def open_cell(ctx: JobContext) -> OpenCell:
         schema.FOLDS_RUN: ",".join(map(str, ctx.folds)),
     }
     params = {**ctx.params, "cv.fold": None}  # the cell is all folds, whichever this job runs
-    found = resume.find_cells(tracker, key)
+    # Jobs of one cell started at once (`cv.fold=0,1`) find-or-create under the cell's lock, so
+    # that they share one run; claim_cell's own check covers jobs on nodes without a shared disk.
+    with locked(ctx.cell_dir / CELL_LOCK):
+        found = resume.find_cells(tracker, key)
+        if not found:
+            owned = {**tags, **resume.owner_tags()}
+            name = cell_name(ctx.tags, key)
+            run_id = resume.claim_cell(tracker, key, name, owned, params)
     if not found:
-        owned = {**tags, **resume.owner_tags()}
-        name = cell_name(ctx.tags, key)
-        run_id = resume.claim_cell(tracker, key, name, owned, params)
         tracker.log_datasets(run_id, ctx.cell_image_sets())
         folds = resume.current_fold_runs(tracker, run_id, ctx.stale_after_s)
         return OpenCell(run_id, folds, False, name)

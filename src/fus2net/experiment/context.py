@@ -63,12 +63,16 @@ class JobContext:
     def fold_dir(self, fold: int) -> Path:
         return self.out / f"fold_{fold}"
 
-    def checkpoint_dir(self, fold: int) -> Path:
-        """Where fold `fold` keeps last.ckpt: the same for every re-run of the cell (per
-        experiment: the same cell may be tracked in two at once)."""
+    @property
+    def cell_dir(self) -> Path:
+        """The cell's own folder, the same for every job and re-run of it (per experiment: the
+        same cell may be tracked in two at once); its locks and checkpoints live here."""
         experiment = re.sub(r"[^\w.-]", "_", str(self.cfg.tracking.experiment))
-        cells = Path(self.cfg.paths.root) / "outputs" / "cells"
-        return cells / experiment / self.key / f"fold_{fold}" / "checkpoints"
+        return Path(self.cfg.paths.root) / "outputs" / "cells" / experiment / self.key
+
+    def checkpoint_dir(self, fold: int) -> Path:
+        """Where fold `fold` keeps last.ckpt: the same for every re-run of the cell."""
+        return self.cell_dir / f"fold_{fold}" / "checkpoints"
 
     def fold_name(self, fold: int) -> str:
         """`fold k/n`: how logs, run names and plots number the folds (tags and cv.fold: k-1)."""

@@ -36,7 +36,7 @@ def train_folds(
     and a diverged fold (non-finite loss) fails alone."""
     results: dict[int, FoldResult] = {}
     for fold in ctx.folds:
-        lock = ctx.checkpoint_dir(fold).parent / "fold.lock"
+        lock = ctx.cell_dir / f"fold_{fold}" / "fold.lock"
         with locked(lock, wait=False) as mine:
             if not mine:
                 log.warning(
