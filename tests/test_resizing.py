@@ -29,6 +29,7 @@ from fus2net.tracking.provenance import (
     _is_result_key,
     cell_key,
     flatten,
+    is_evaluation_only,
     resolved_container,
 )
 from jobs import compose_train
@@ -132,7 +133,12 @@ def test_resize_enters_the_cell_key_only_when_it_is_set() -> None:
     # Keys added after this cell was keyed stay out of the key at their former value.
     later = {k for k, former in KEYED_ONLY_WHEN_SET.items() if flat.get(k, former) == former}
     assert "data.resize" in later
-    kept = {k: v for k, v in flat.items() if _is_result_key(k) and k not in later}
+    # evaluation-only keys were result keys then, as they are hashed now: at their defaults
+    kept = {
+        k: v
+        for k, v in flat.items()
+        if (_is_result_key(k) or is_evaluation_only(k)) and k not in later
+    }
     kept["trainer.compile"] = False  # provenance.KEYED_AT_FORMER_VALUE
     assert KEYED_ONLY_WHEN_SET["evaluation.tta"] != kept["evaluation.tta"]  # hflip: keyed
     former = hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()

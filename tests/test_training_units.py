@@ -22,6 +22,7 @@ from fus2net.tracking.provenance import (
     _is_result_key,
     cell_key,
     flatten,
+    is_evaluation_only,
     resolved_container,
 )
 from fus2net.tracking.uris import TrackingError, redact_uri
@@ -76,7 +77,11 @@ def test_cells_keyed_while_compile_was_a_result_key_keep_their_keys() -> None:
     cfg = compose_train("experiment=improved", "trainer.compile=false")
     flat = flatten(resolved_container(cfg))
     flat["dataset.fingerprint"] = "data"
-    kept = {k: v for k, v in flat.items() if k == "trainer.compile" or _is_result_key(k)}
+    kept = {
+        k: v
+        for k, v in flat.items()
+        if k == "trainer.compile" or _is_result_key(k) or is_evaluation_only(k)
+    }  # evaluation-only keys were result keys then, as they are hashed now: at their defaults
     for key, default in KEYED_ONLY_WHEN_SET.items():  # keys added later, at their defaults
         if kept.get(key) == default:
             del kept[key]

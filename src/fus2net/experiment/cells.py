@@ -12,6 +12,7 @@ One cell run per cell key. A job joins the run a previous or parallel job made (
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -23,9 +24,14 @@ from fus2net.experiment.context import JobContext
 from fus2net.experiment.interrupts import JobInterrupted
 from fus2net.experiment.summary import CellSummary
 from fus2net.inference.spec import SPEC_FILE
-from fus2net.tracking import descriptions, resume, schema
+from fus2net.tracking import descriptions, provenance, resume, schema
 from fus2net.tracking.mlflow_tracker import MlflowTracker
-from fus2net.tracking.provenance import named_overrides
+from fus2net.tracking.provenance import (
+    KEY_ALIAS_TAG,
+    SCORED_WITH_TAG,
+    evaluation_settings,
+    named_overrides,
+)
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -75,7 +81,7 @@ def open_cell(ctx: JobContext) -> OpenCell:
     A reopened cell gets the params it lacks (the job that created it may have died first);
     those it has are kept, since MLflow params cannot change.
     """
-    tracker, key = ctx.tracker, ctx.key
+    tracker = ctx.tracker
     tags = {
         **ctx.tags,
         schema.ROLE: schema.Role.CELL.value,
@@ -85,7 +91,8 @@ def open_cell(ctx: JobContext) -> OpenCell:
     # Jobs of one cell started at once (`cv.fold=0,1`) find-or-create under the cell's lock, so
     # that they share one run; claim_cell's own check covers jobs on nodes without a shared disk.
     with locked(ctx.cell_dir / CELL_LOCK):
-        found = resume.find_cells(tracker, key)
+        found = find_cell(ctx)
+        key = ctx.key  # an earlier version's, when its cell was found by that
         if not found:
             owned = {**tags, **resume.owner_tags()}
             name = cell_name(ctx.tags, key)
@@ -115,6 +122,61 @@ def open_cell(ctx: JobContext) -> OpenCell:
     tracker.log_params(run_id, {k: v for k, v in params.items() if k not in logged})
     tracker.log_datasets(run_id, ctx.cell_image_sets())  # those the job that died had not
     return OpenCell(run_id, folds, False, name, cell)
+
+
+def find_cell(ctx: JobContext) -> list[Run]:
+    """The cell runs of the job's key, else the cell an earlier version keyed otherwise (its
+    evaluation-only settings hashed, `provenance.legacy_cell_key`), found by the key that
+    version gives this config or by an alias an earlier job set. Such a cell keeps its key: the
+    job takes it (and the protocol key of a held-out cell), and the cell is tagged with this
+    version's key, so that a job with other evaluation-only settings finds it too."""
+    tracker = ctx.tracker
+    found = resume.find_cells(tracker, ctx.key)
+    if found:
+        return found
+    found = resume.find_cells(tracker, ctx.key, KEY_ALIAS_TAG)
+    if not found and ctx.legacy_key and ctx.legacy_key != ctx.key:
+        found = resume.find_cells(tracker, ctx.legacy_key)
+        if found:
+            tracker.set_tags(found[0].info.run_id, {KEY_ALIAS_TAG: ctx.key})
+    if found:
+        tags = found[0].data.tags
+        kept = tags[schema.CELL_KEY]
+        log.info(
+            "cell %s is run %s, keyed %s by an earlier version: it keeps that key",
+            ctx.key,
+            found[0].info.run_id,
+            kept,
+        )
+        ctx.key = ctx.tags[schema.CELL_KEY] = kept
+        if schema.LOSO_KEY in ctx.tags and schema.LOSO_KEY in tags:
+            ctx.tags[schema.LOSO_KEY] = tags[schema.LOSO_KEY]
+    return found
+
+
+def scored_with(run: Run) -> dict[str, str]:
+    """The evaluation-only settings finished cell `run` was last scored with: its
+    `fus2net.scored_with` tag, or, scored before that tag existed, its params."""
+    recorded = run.data.tags.get(SCORED_WITH_TAG)
+    if recorded is None:
+        return evaluation_settings(run.data.params)
+    try:
+        return dict(json.loads(recorded))
+    except ValueError:  # cut short (a tag holds 5000 characters): everything is asked again
+        return {}
+
+
+def evaluation_asked(ctx: JobContext, run: Run) -> dict[str, str]:
+    """What the job's evaluation-only settings ask of finished cell `run` that it was not
+    scored with (a new external set, another Grad-CAM setting...): scored again for them."""
+    return provenance.evaluation_asked(evaluation_settings(ctx.params), scored_with(run))
+
+
+def record_scoring(ctx: JobContext, run_id: str) -> None:
+    """Tag the cell run with the evaluation-only settings that just scored it: the cell's params
+    keep the first ones (MLflow params cannot change), a re-scoring's are read here."""
+    settings = evaluation_settings(ctx.params)
+    ctx.tracker.set_tags(run_id, {SCORED_WITH_TAG: json.dumps(settings, sort_keys=True)})
 
 
 def reopen(tracker: MlflowTracker, run: Run, tags: Mapping[str, Any]) -> None:

@@ -31,6 +31,7 @@ from fus2net.tracking.provenance import (
     flatten,
     git_state,
     hydra_tags,
+    legacy_cell_key,
     resolved_container,
 )
 
@@ -50,6 +51,7 @@ class JobContext:
     params: dict[str, Any]  # the flattened config, logged once per run
     folds: list[int]  # the folds this job trains (all, or cv.fold)
     stale_after_s: float  # when a RUNNING run of another host counts as orphaned
+    legacy_key: str = ""  # the key earlier versions gave the cell (provenance.legacy_cell_key)
 
     @property
     def n_folds(self) -> int:
@@ -192,7 +194,8 @@ def build_context(cfg: DictConfig, protocol: str | None = None) -> JobContext:
     n_folds = len(data.split.folds)
     folds = [int(cfg.cv.fold)] if cfg.cv.fold is not None else list(range(n_folds))
     stale = float(cfg.tracking.get("stale_after_s") or resume.STALE_AFTER_S)
-    return JobContext(cfg, data, tracker, out, key, tags, params, folds, stale)
+    legacy = legacy_cell_key(cfg, data.fingerprint)
+    return JobContext(cfg, data, tracker, out, key, tags, params, folds, stale, legacy)
 
 
 def threads(cfg: DictConfig) -> int:

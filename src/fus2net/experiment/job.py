@@ -27,9 +27,9 @@ from fus2net.experiment.interrupts import stop_on_signals
 from fus2net.experiment.loso_summary import log_protocol_run
 from fus2net.experiment.preflight import check_config, check_tracking
 from fus2net.experiment.scoring import score_cell
-from fus2net.experiment.stored_folds import load_fold_result
+from fus2net.experiment.stored_folds import load_fold_result, missing_models
 from fus2net.experiment.summary import CellSummary, stored_summary
-from fus2net.tracking import resume
+from fus2net.tracking import resume, schema
 from fus2net.training.fold import FoldResult, quiet_lightning
 
 log = logging.getLogger(__name__)
@@ -41,8 +41,9 @@ def run_job(cfg: DictConfig) -> CellSummary:
 
     A re-run finds the cell by its key: finished folds are skipped, an interrupted fold resumes
     from its last checkpoint, a finished cell is not trained again (fus2net.experiment.cells),
-    though its ensemble is registered when `evaluation.register_model` asks for it now. A
-    diverged fold (non-finite loss) fails alone; the other folds and jobs go on.
+    though it is scored again from its stored models when evaluation-only settings ask for
+    more (`_rescore`), and its ensemble is registered when `evaluation.register_model` asks
+    for it now. A diverged fold (non-finite loss) fails alone; the other folds and jobs go on.
     """
     validate_config(cfg)  # the typed schema: every key, before anything is read
     cfg, protocol = holdout_config(cfg)  # leave-one-source-out: a member becomes external
@@ -73,6 +74,8 @@ def _run_cell(cfg: DictConfig, protocol: str | None = None) -> CellSummary:
     )
     if cell.finished:
         assert cell.run is not None
+        if _rescore(ctx, cell, summary):
+            return summary
         if cfg.evaluation.get("register_model"):  # asked for now, after its training
             register_stored(ctx, cell.run_id)
         log_protocol_run(ctx)  # a protocol whose last cell finished elsewhere
@@ -82,6 +85,35 @@ def _run_cell(cfg: DictConfig, protocol: str | None = None) -> CellSummary:
         results = train_folds(ctx, cell, summary)
         complete_cell(ctx, summary, results)
     return summary
+
+
+def _rescore(ctx: JobContext, cell: cells.OpenCell, summary: CellSummary) -> bool:
+    """Score finished `cell` again, from the models its runs hold, when the job's
+    evaluation-only settings ask for what it was not scored with (an external set, Grad-CAM):
+    no fold is trained, and the new scores are logged to the same cell run. False when
+    nothing is asked, or the store lacks its models (`tracking.log_checkpoints=false`)."""
+    assert cell.run is not None
+    asked = cells.evaluation_asked(ctx, cell.run)
+    if not asked:
+        return False
+    what = ", ".join(  # an external set by its name (its value is a digest of its keys)
+        k if k.startswith("eval_datasets.") else f"{k}={v}" for k, v in asked.items()
+    )
+    missing = missing_models(ctx, cell.run, cell.folds)
+    if missing:
+        log.warning(
+            "cell %s is not scored again for %s: the store lacks the models of %s (trained "
+            "with tracking.log_checkpoints=false); its stored scores are shown",
+            ctx.key,
+            what,
+            ", ".join(missing),
+        )
+        return False
+    log.info("cell %s: scoring it again from its stored models for %s", ctx.key, what)
+    cells.reopen(ctx.tracker, cell.run, {schema.RESUMED_FROM: cell.run.info.status})
+    with cells.working_in(ctx.tracker, cell.run_id):
+        complete_cell(ctx, summary, {})
+    return True
 
 
 def _log_skipped_images(ctx: JobContext, cell_run: str) -> None:
@@ -107,6 +139,7 @@ def complete_cell(ctx: JobContext, summary: CellSummary, results: dict[int, Fold
             scored = dict(sorted(results.items()))
             scores = score_cell(ctx, summary, scored)
             evaluate_clinically(ctx, summary, scored, scores)
+            cells.record_scoring(ctx, summary.cell_run_id)
             cells.close_finished(ctx.tracker, summary, sorted(scored))
             log_protocol_run(ctx)  # leave-one-source-out, once complete
             return

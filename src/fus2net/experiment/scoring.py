@@ -20,6 +20,7 @@ from fus2net.evaluation.metrics import binary_metrics, mean_std
 from fus2net.evaluation.stats import bootstrap_intervals
 from fus2net.experiment.artifacts import provenance_files, write_json, write_prediction_artifacts
 from fus2net.experiment.context import JobContext
+from fus2net.experiment.stored_folds import load_refit_result
 from fus2net.experiment.summary import CellSummary
 from fus2net.tracking import schema
 from fus2net.tracking.predictions import patient_groups
@@ -67,7 +68,12 @@ def _refit(ctx: JobContext) -> FoldResult:
 def score_cell(ctx: JobContext, summary: CellSummary, results: dict[int, FoldResult]) -> CellScores:
     """Score the cell from every fold's results; log its metrics and files to the cell run."""
     data, test_idx = ctx.data, ctx.data.split.test
-    refit = _refit(ctx) if ctx.cfg.cv.test_scoring == "refit" else None
+    cell_run = summary.cell_run_id
+    refit, refit_stored = None, False
+    if ctx.cfg.cv.test_scoring == "refit":  # one the cell run holds (a re-scoring) is read back
+        refit = load_refit_result(ctx, ctx.tracker.get_run(cell_run))
+        refit_stored = refit is not None
+        refit = refit or _refit(ctx)
     if refit is not None:
         members = refit.test_prob[None]
     else:
@@ -98,7 +104,6 @@ def score_cell(ctx: JobContext, summary: CellSummary, results: dict[int, FoldRes
         **by_source_metrics(scores.preds),
         schema.FOLDS_COMPLETED: len(results),
     }
-    cell_run = summary.cell_run_id
     ctx.tracker.log_metrics(cell_run, _finite(metrics))
     scores.model_id = ensemble_model(ctx, cell_run)
     ctx.tracker.log_metrics(
@@ -118,6 +123,8 @@ def score_cell(ctx: JobContext, summary: CellSummary, results: dict[int, FoldRes
     }
     files.append(write_json(results_json, report / "results.json"))
     ctx.tracker.log_artifacts(cell_run, files)
+    if refit is not None and not refit_stored and ctx.cfg.tracking.get("log_checkpoints", True):
+        ctx.tracker.log_artifacts(cell_run, [refit.weights], schema.REFIT_DIR)
     provenance = provenance_files(ctx.cell_cfg, data.description, data.split.path, ctx.out)
     ctx.tracker.log_artifacts(cell_run, provenance, schema.PROVENANCE_DIR)
     return scores

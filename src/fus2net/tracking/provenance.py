@@ -23,7 +23,7 @@ from fus2net.tracking.uris import redact_uri, redact_values
 # Dataset locations are left out too: the dataset's content fingerprint stands for them.
 # Every other key is one something reads: the typed schema (fus2net.experiment.config_schema)
 # refuses unknown keys, `+new.key=1` included, and its open namespaces take only what is passed
-# on (a target's own arguments, an `eval_datasets` entry, which is scored).
+# on (a target's own arguments, an `eval_datasets` entry).
 NON_RESULT_KEYS: tuple[str, ...] = (
     "cv.fold",
     "paths",
@@ -42,10 +42,39 @@ NON_RESULT_KEYS: tuple[str, ...] = (
     "hydra",
 )
 
+# Keys read only when a cell is scored, after every fold is trained (fus2net.experiment.clinical):
+# external sets, Grad-CAM, the ECE's bins, the operating point's target, the bootstrap, the
+# clinical step itself. They leave the cell key, so that asking a finished cell for more of them
+# scores it again from its stored models instead of training it (`evaluation_asked`). Those
+# that change what a cell's models are or what its scores mean stay keyed: `evaluation.tta`
+# (validation scores checkpoints), `evaluation.calibration` (the package's probabilities),
+# `evaluation.adabn` and `evaluation.external_overlap` (what an external AUC measures).
+EVALUATION_ONLY_KEYS: tuple[str, ...] = (
+    "eval_datasets",
+    "evaluation.enabled",
+    "evaluation.calibration_bins",
+    "evaluation.target_sensitivity",
+    "evaluation.bootstrap",
+    "evaluation.gradcam",
+)
+
 # Keys that left the result set after cells had been keyed with them, each with the one value it
-# held then: the key hashes that value whatever the config says, so those cells keep their keys
-# (and are found finished, not retrained) across the upgrade.
-KEYED_AT_FORMER_VALUE: dict[str, object] = {"trainer.compile": False}
+# held then (for the evaluation-only keys, their default: `eval_datasets`, empty, hashed nothing):
+# the key hashes that value whatever the config says, so those cells keep their keys (and are
+# found finished, not retrained) across the upgrade. A cell keyed at another value is found by
+# its former key instead (`legacy_cell_key`).
+KEYED_AT_FORMER_VALUE: dict[str, object] = {
+    "trainer.compile": False,
+    "evaluation.enabled": True,
+    "evaluation.calibration_bins": 15,
+    "evaluation.target_sensitivity": 0.95,
+    "evaluation.bootstrap": 1000,
+    "evaluation.gradcam.enabled": True,
+    "evaluation.gradcam.n_images": 32,
+    "evaluation.gradcam.layer": "auto",
+    "evaluation.gradcam.target": "predicted",
+    "evaluation.gradcam.pointing_tolerance": 0,
+}
 
 # Result keys added after cells had been keyed without them, each with the value that does what
 # the code did before it existed: at that value the key is left out of the hash, so earlier
@@ -64,8 +93,17 @@ KEYED_ONLY_WHEN_SET: dict[str, object] = {
 NON_RESULT_MEMBER_KEYS: tuple[str, ...] = ("root", "csv", "progress")
 
 
+def _under(key: str, prefixes: tuple[str, ...]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def is_evaluation_only(key: str) -> bool:
+    """Whether `key` is read only when a finished cell is scored (`EVALUATION_ONLY_KEYS`)."""
+    return _under(key, EVALUATION_ONLY_KEYS)
+
+
 def _is_result_key(key: str) -> bool:
-    if any(key == p or key.startswith(p + ".") for p in NON_RESULT_KEYS):
+    if _under(key, NON_RESULT_KEYS) or is_evaluation_only(key):
         return False
     parts = key.split(".")
     return not (
@@ -116,16 +154,77 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def cell_key(cfg: DictConfig, dataset_fingerprint: str = "") -> str:
-    """A deterministic key of the resolved configuration and data, folds and places aside."""
+    """A deterministic key of the resolved configuration and data, folds, places and
+    evaluation-only settings aside."""
     flat = flatten(resolved_container(cfg))
     flat["dataset.fingerprint"] = dataset_fingerprint
     kept = {k: v for k, v in flat.items() if _is_result_key(k)}
     kept.update({k: v for k, v in KEYED_AT_FORMER_VALUE.items() if k in flat})
+    return _hashed(kept)
+
+
+def legacy_cell_key(cfg: DictConfig, dataset_fingerprint: str = "") -> str:
+    """The key versions before `EVALUATION_ONLY_KEYS` left the key gave this configuration
+    (those keys hashed at their values): a cell they trained is found by it, and keeps it."""
+    flat = flatten(resolved_container(cfg))
+    flat["dataset.fingerprint"] = dataset_fingerprint
+    kept = {k: v for k, v in flat.items() if _is_result_key(k) or is_evaluation_only(k)}
+    former = {k: v for k, v in KEYED_AT_FORMER_VALUE.items() if not is_evaluation_only(k)}
+    kept.update({k: v for k, v in former.items() if k in flat})
+    return _hashed(kept)
+
+
+def _hashed(kept: dict[str, Any]) -> str:
     for key, former in KEYED_ONLY_WHEN_SET.items():
         if kept.get(key, former) == former:
             kept.pop(key, None)
     blob = json.dumps(kept, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# The tag of a cell run holding the evaluation-only settings it was last scored with (JSON of
+# `evaluation_settings`); a cell scored before it existed is read from its params instead.
+SCORED_WITH_TAG = "fus2net.scored_with"
+# The tag of a cell found by its `legacy_cell_key`: the key this version gives it, so that later
+# jobs (whatever their evaluation-only settings) find it by that too, while it keeps its own.
+KEY_ALIAS_TAG = "fus2net.cell_key_alias"
+
+
+def evaluation_settings(values: Mapping[str, Any]) -> dict[str, str]:
+    """The evaluation-only settings among flattened config `values` (a job's, or a cell run's
+    params), each as its param reads, an `eval_datasets` entry as one digest of its keys: what
+    a finished cell records it was scored with, and a re-run compares (`evaluation_asked`)."""
+    settings: dict[str, str] = {}
+    external: dict[str, dict[str, str]] = {}
+    for key, value in values.items():
+        if not is_evaluation_only(key):
+            continue
+        text = redact_uri(str(value))
+        parts = key.split(".", 2)
+        if parts[0] == "eval_datasets" and len(parts) == 3:
+            if parts[2] != "progress":  # a generator's progress bar changes no score
+                external.setdefault(parts[1], {})[parts[2]] = text
+        else:
+            settings[key] = text
+    for name, entry in external.items():
+        blob = json.dumps(entry, sort_keys=True).encode()
+        settings[f"eval_datasets.{name}"] = hashlib.sha256(blob).hexdigest()[:16]
+    return settings
+
+
+def evaluation_asked(now: Mapping[str, str], scored: Mapping[str, str]) -> dict[str, str]:
+    """The settings of `now` that a cell scored with `scored` lacks (both `evaluation_settings`):
+    a new or changed external set or setting. Nothing while the clinical step is off
+    (`evaluation.enabled=false`), no Grad-CAM setting while Grad-CAM is, and an external set
+    left out asks nothing (its scores stay on the cell)."""
+    if now.get("evaluation.enabled") == "False":
+        return {}
+    gradcam_off = now.get("evaluation.gradcam.enabled") == "False"
+    return {
+        k: v
+        for k, v in now.items()
+        if scored.get(k) != v and not (gradcam_off and k.startswith("evaluation.gradcam."))
+    }
 
 
 def git_state(start: Path | None = None) -> dict[str, str]:

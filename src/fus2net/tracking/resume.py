@@ -116,9 +116,9 @@ def working_on(run_id: str) -> Iterator[None]:
         _ACTIVE.discard(run_id)
 
 
-def find_cells(tracker: MlflowTracker, key: str) -> list[Run]:
-    """The cell runs of `key` in the experiment, oldest first (normally one)."""
-    query = schema.role_filter(schema.Role.CELL, **{schema.CELL_KEY: key})
+def find_cells(tracker: MlflowTracker, key: str, tag: str = schema.CELL_KEY) -> list[Run]:
+    """The cell runs of `key` (their `tag`) in the experiment, oldest first (normally one)."""
+    query = schema.role_filter(schema.Role.CELL, **{tag: key})
     return schema.oldest_first(tracker.search_runs(query))
 
 

@@ -74,8 +74,6 @@ def evaluate_clinically(
 
     report.spec_file = write_spec(ctx, cell_run, results, scores.refit_weights, calibration, points)
     tracker.log_artifacts(cell_run, [report.spec_file], schema.MODEL_DIR)
-    if scores.refit_weights is not None and ctx.cfg.tracking.get("log_checkpoints", True):
-        tracker.log_artifacts(cell_run, [scores.refit_weights], schema.REFIT_DIR)
     model = load_package(report.spec_file)
 
     localization: dict[str, float] = {}
