@@ -182,3 +182,18 @@ def test_a_cell_keyed_by_an_earlier_version_is_found_and_keeps_its_key(
     assert rescored.info.run_id == cell.info.run_id and folds_now == folds
     assert rescored.data.tags[schema.CELL_KEY] == old
     assert rescored.data.metrics["localization/n_images"] == 4
+
+
+def test_a_refit_cell_is_scored_again_with_its_stored_refit_model(tmp_path: Path) -> None:
+    args = [*TINY, "cv.test_scoring=refit"]
+    first = run_train(args, tmp_path)
+    assert "refit on all" in first.stdout + first.stderr
+    again = run_train([*args, *GRADCAM], tmp_path)
+    said = again.stdout + again.stderr
+    assert RESCORED in said and "refit model read back" in said, said
+    assert "refit on all" not in said  # not fitted again
+    client, cell, folds = cell_and_folds(tmp_path)
+    assert len(folds) == 2 and cell.data.metrics["localization/n_images"] == 4
+    assert schema.REFIT_WEIGHTS in {
+        a.path for a in client.list_artifacts(cell.info.run_id, schema.REFIT_DIR)
+    }
