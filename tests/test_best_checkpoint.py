@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as L
 import torch
-from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
 from fus2net.training.fold import FoldData, quiet_lightning, train_model
+from fus2net.training.module import BUSClassifier
 from jobs import compose_train
 
 
@@ -21,9 +22,9 @@ class Snapshots(Callback):
         self.seen: list[tuple[float, dict[str, torch.Tensor]]] = []
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.sanity_checking and "val/auc" in trainer.callback_metrics:
+        if not trainer.sanity_checking and "auc/val" in trainer.callback_metrics:
             state = {k: v.detach().clone() for k, v in pl_module.net.state_dict().items()}
-            self.seen.append((float(trainer.callback_metrics["val/auc"]), state))
+            self.seen.append((float(trainer.callback_metrics["auc/val"]), state))
 
 
 def _fit(
@@ -79,6 +80,20 @@ def test_last_ckpt_holds_this_epochs_best_for_a_resumed_fold(tmp_path: Path) -> 
     it was written after, or a later, worse epoch could overwrite best.ckpt."""
     _, snapshots = _fit(tmp_path, "best", epochs=2)
     last = torch.load(tmp_path / "best" / "checkpoints" / "last.ckpt", weights_only=False)
-    states = [s for k, s in last["callbacks"].items() if "val/auc" in k]
+    states = [s for k, s in last["callbacks"].items() if "auc/val" in k]
     assert len(states) == 1
     assert float(states[0]["best_model_score"]) == max(auc for auc, _ in snapshots.seen)
+
+
+def test_a_last_ckpt_written_under_the_old_monitor_name_resumes_with_its_best_score() -> None:
+    """A fold interrupted before `val/auc` became `auc/val`: Lightning finds the best
+    checkpoint's state by its monitor's name, so the old key is moved to the new one."""
+    old = ModelCheckpoint(monitor="val/auc", mode="max", save_top_k=1)
+    new = ModelCheckpoint(monitor="auc/val", mode="max", save_top_k=1)
+    state = {"monitor": "val/auc", "best_model_score": torch.tensor(0.8)}
+    last = ModelCheckpoint(save_top_k=1)
+    checkpoint = {"callbacks": {old.state_key: state, last.state_key: {"monitor": None}}}
+    BUSClassifier.on_load_checkpoint(None, checkpoint)  # type: ignore[arg-type]
+    assert set(checkpoint["callbacks"]) == {new.state_key, last.state_key}
+    assert checkpoint["callbacks"][new.state_key]["monitor"] == "auc/val"
+    assert checkpoint["callbacks"][new.state_key]["best_model_score"] is state["best_model_score"]

@@ -178,7 +178,7 @@ class _Tiny(L.LightningModule):
 
     def training_step(self, batch: list[torch.Tensor], _: int) -> torch.Tensor:
         loss = self.layer(batch[0]).pow(2).mean()
-        self.log("train/loss", loss, prog_bar=True)
+        self.log("loss/train", loss, prog_bar=True)
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:

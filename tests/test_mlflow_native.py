@@ -88,9 +88,48 @@ def test_the_learning_rate_is_logged_at_its_epoch_under_one_name() -> None:
     logger = MlflowRunLogger(tracker, "run")  # type: ignore[arg-type]
     logger.log_metrics({"lr-SGD": 0.01}, step=40)  # LearningRateMonitor, as epoch 3 starts
     assert logged == []
-    logger.log_metrics({"val/auc": 0.7, "epoch": 3}, step=44)
-    logger.log_metrics({"train/loss": 0.5, "epoch": 3}, step=44)
-    assert logged == [(3, {"train/lr": 0.01, "val/auc": 0.7}), (3, {"train/loss": 0.5})]
+    logger.log_metrics({"auc/val": 0.7, "epoch": 3}, step=44)
+    logger.log_metrics({"loss/train": 0.5, "epoch": 3}, step=44)
+    assert logged == [(3, {"lr": 0.01, "auc/val": 0.7}), (3, {"loss/train": 0.5})]
+
+
+def test_one_quantitys_train_and_val_curves_share_a_section_of_the_run_page() -> None:
+    """MLflow's run page puts the charts of one name before the last `/` in one section, and
+    shows a "Model metrics" section for names without one: the learning rate fills it."""
+    names = [schema.TRAIN_LOSS, schema.VAL_LOSS]
+    names += [schema.epoch_metric(stage, "auc") for stage in (schema.TRAIN_STAGE, schema.VAL_STAGE)]
+    assert names == ["loss/train", "loss/val", "auc/train", "auc/val"]
+    assert "/" not in schema.LEARNING_RATE
+
+
+def test_a_fold_run_of_a_store_written_before_the_rename_reads_and_resumes_under_its_names(
+    tmp_path: Path,
+) -> None:
+    client = sqlite_client(tmp_path)
+    experiment = client.create_experiment("old")
+    run_id = client.create_run(experiment, tags={schema.ROLE: "fold", schema.FOLD: "0"}).info.run_id
+    for epoch, (loss, auc) in enumerate([(0.7, 0.6), (0.5, 0.8)]):
+        for key, value in {"train/loss": loss, "val/auc": auc, "train/lr": 1e-3}.items():
+            client.log_metric(run_id, key, value, step=epoch)
+    old = schema.FoldRun(client.get_run(run_id))
+    assert old.epoch_key(schema.TRAIN_LOSS) == "train/loss"
+    assert old.epoch_key(schema.epoch_metric(schema.VAL_STAGE, "auc")) == "val/auc"
+    assert old.epoch_key(schema.LEARNING_RATE) == "train/lr"
+    assert history(client, old.run, old.epoch_key(schema.TRAIN_LOSS)) == {0: 0.7, 1: 0.5}
+    assert schema.uses_legacy_epoch_names(old.run.data.metrics)
+    # resumed, its fold goes on under the names it holds: one curve per quantity
+    logged: list[tuple[int, dict[str, float]]] = []
+    tracker = SimpleNamespace(log_metrics=lambda run, metrics, step: logged.append((step, metrics)))
+    logger = MlflowRunLogger(tracker, run_id, legacy_names=True)  # type: ignore[arg-type]
+    logger.log_metrics({"lr-Adam": 1e-3}, step=20)
+    logger.log_metrics({"auc/val": 0.9, "loss/train": 0.4, "epoch": 2}, step=30)
+    assert logged == [(2, {"train/lr": 1e-3, "val/auc": 0.9, "train/loss": 0.4})]
+    # a run of the current layout reads under the current names
+    new = client.create_run(experiment).info.run_id
+    client.log_metric(new, schema.TRAIN_LOSS, 0.3, step=0)
+    current = schema.FoldRun(client.get_run(new))
+    assert current.epoch_key(schema.TRAIN_LOSS) == "loss/train"
+    assert not schema.uses_legacy_epoch_names(current.run.data.metrics)
 
 
 def test_the_ui_command_names_the_store_absolutely_and_the_link_opens_the_runs_table(
@@ -180,7 +219,7 @@ def test_train_loss_is_the_cross_entropy_and_the_penalty_and_total_are_logged_ap
         assert history(job.client, fold, schema.LEARNING_RATE) == {0: 1e-3, 1: 1e-3}  # Adam
         assert all(
             isinstance(m.step, int)
-            for m in job.client.get_metric_history(fold.info.run_id, "val/auc")
+            for m in job.client.get_metric_history(fold.info.run_id, "auc/val")
         )
 
 

@@ -59,7 +59,7 @@ def test_improved_recipe_runs_and_logs_its_schedule(tmp_path: Path) -> None:
         [e.experiment_id for e in client.search_experiments()], "tags.`fus2net.role` = 'fold'"
     )
     assert runs and all(r.info.status == "FINISHED" for r in runs)
-    history = client.get_metric_history(runs[0].info.run_id, "train/lr")
+    history = client.get_metric_history(runs[0].info.run_id, "lr")
     rates = [m.value for m in sorted(history, key=lambda m: m.step)]
     assert rates == pytest.approx([0.0005, 0.001, 0.00001])
     params = runs[0].data.params

@@ -51,7 +51,7 @@ def epochs_logged(root: Path, fold: int) -> int:
     client = sqlite_client(root)
     _, folds = runs(root)
     mine = [f for f in folds if f.data.tags["fus2net.fold"] == str(fold)]
-    return len(client.get_metric_history(mine[-1].info.run_id, "train/loss")) if mine else 0
+    return len(client.get_metric_history(mine[-1].info.run_id, "loss/train")) if mine else 0
 
 
 def stop_in_next_epoch(proc: subprocess.Popen, root: Path, fold: int, sig: int) -> int:
@@ -240,7 +240,7 @@ def test_killed_runs_are_marked_and_the_same_command_resumes(tmp_path: Path) -> 
     assert folds[0].data.tags["fus2net.attempts"] == "2"
     epochs = [
         m.step
-        for m in sqlite_client(tmp_path).get_metric_history(folds[0].info.run_id, "train/loss")
+        for m in sqlite_client(tmp_path).get_metric_history(folds[0].info.run_id, "loss/train")
     ]
     assert sorted(set(epochs)) == [0, 1, 2, 3, 4], "the resumed fold's curve has every epoch"
     assert checkpoint(tmp_path, 0) is None, "a finished fold's checkpoints are removed"

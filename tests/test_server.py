@@ -90,7 +90,7 @@ def test_parallel_sweep_lands_every_run_in_the_server(tmp_path: Path) -> None:
         config = client.download_artifacts(cell.info.run_id, "provenance/config.yaml", tmp_path)
         assert SECRET not in Path(config).read_text()
         for fold in children:
-            history = client.get_metric_history(fold.info.run_id, "train/loss")
+            history = client.get_metric_history(fold.info.run_id, "loss/train")
             assert [m.step for m in history] == [0]
             assert "fold/test_auc" in fold.data.metrics
             dst = tmp_path / fold.info.run_id

@@ -58,7 +58,7 @@ def test_fold_runs_have_epoch_metrics_predictions_and_checkpoint(optimizer_sweep
     exp = client.get_experiment_by_name("fus2net")
     folds = client.search_runs([exp.experiment_id], "tags.`fus2net.role` = 'fold'")
     fold = folds[0]
-    for key in ("train/loss", "val/loss", "train/auc", "val/auc", "val/sensitivity"):
+    for key in ("loss/train", "loss/val", "auc/train", "auc/val", "sensitivity/val", "lr"):
         history = client.get_metric_history(fold.info.run_id, key)
         assert [m.step for m in history] == [0], key
     assert "fold/val_auc" in fold.data.metrics and "fold/test_accuracy" in fold.data.metrics

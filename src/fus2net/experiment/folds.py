@@ -121,7 +121,12 @@ def run_fold(
                 seed=int(ctx.cfg.seed) + fold,
                 num_classes=len(data.class_names),
                 out_dir=fold_dir,
-                logger=MlflowRunLogger(tracker, run_id),
+                logger=MlflowRunLogger(
+                    tracker,
+                    run_id,
+                    legacy_names=previous is not None
+                    and schema.uses_legacy_epoch_names(previous.run.data.metrics),
+                ),
                 checkpoint_dir=checkpoints,
                 resume=previous is not None,
                 callbacks=[Heartbeat(tracker, [run_id])],  # only fold runs are ever reaped

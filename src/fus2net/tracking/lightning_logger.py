@@ -29,13 +29,17 @@ class MlflowRunLogger(Logger):
     epoch's start) carry only the batch count and are named after the optimiser class; they
     wait for that epoch's metrics and are logged with them, as `schema.LEARNING_RATE`, so
     that every cell's learning rate is one chart on the epoch axis, resumed folds included.
+
+    With `legacy_names` (a fold of a store written before the per-epoch metrics were renamed,
+    resumed) the metrics keep the names the run already holds, so that its curves go on.
     """
 
-    def __init__(self, tracker: MlflowTracker, run_id: str) -> None:
+    def __init__(self, tracker: MlflowTracker, run_id: str, *, legacy_names: bool = False) -> None:
         super().__init__()
         self._tracker = tracker
         self._run_id = run_id
         self._pending: dict[str, float] = {}
+        self._renamed = dict(schema.LEGACY_EPOCH_METRICS) if legacy_names else {}
 
     @property
     def name(self) -> str:
@@ -53,7 +57,7 @@ class MlflowRunLogger(Logger):
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         metrics = dict(metrics)
         epoch = metrics.pop("epoch", None)
-        clean = {_metric_name(k): float(v) for k, v in metrics.items()}
+        clean = {self._name(k): float(v) for k, v in metrics.items()}
         if epoch is None:
             self._pending.update(clean)
             return
@@ -61,6 +65,10 @@ class MlflowRunLogger(Logger):
         self._pending.clear()
         if clean:
             self._tracker.log_metrics(self._run_id, clean, step=int(epoch))
+
+    def _name(self, key: str) -> str:
+        name = _metric_name(key)
+        return self._renamed.get(name, name)
 
 
 def _metric_name(key: str) -> str:

@@ -189,22 +189,54 @@ def by_source(source: str, prefix: str) -> str:
 
 FOLDS_COMPLETED = "cv/folds_completed"
 VAL_ECE = "calibration/val_ece"  # a fold run's validation ECE
-# A fold run's per-epoch metrics (step = epoch): `<stage>/<name>` for the paper's metrics, and
-# the loss split in what the overfitting check compares and what the optimiser minimises.
+# A fold run's per-epoch metrics (step = epoch): `<quantity>/<stage>` (`auc/val`), because
+# MLflow's run page puts the charts of one name before its last `/` in one section: a
+# quantity's train and validation curves sit side by side, overfitting in view. The loss is
+# split in what the overfitting check compares (`loss/*`, the cross-entropy) and what the
+# optimiser minimises (`objective/*`). The learning rate has no `/`: it fills the section the
+# page shows for such names ("Model metrics"), which would otherwise show empty.
 TRAIN_STAGE, VAL_STAGE = "train", "val"
-TRAIN_LOSS = "train/loss"  # cross-entropy, comparable with VAL_LOSS
-VAL_LOSS = "val/loss"
-L2_PENALTY = "train/l2_penalty"  # regularization.l2 * sum(w^2) of the first dense kernel
-TOTAL_LOSS = "train/total_loss"  # TRAIN_LOSS + L2_PENALTY: what the optimiser minimises
-LEARNING_RATE = "train/lr"  # at the start of each epoch
+TRAIN_LOSS = "loss/train"  # cross-entropy, comparable with VAL_LOSS
+VAL_LOSS = "loss/val"
+L2_PENALTY = "objective/l2_penalty"  # regularization.l2 * sum(w^2) of the first dense kernel
+TOTAL_LOSS = "objective/total"  # TRAIN_LOSS + L2_PENALTY: what the optimiser minimises
+LEARNING_RATE = "lr"  # at the start of each epoch
 EPOCH_SECONDS = "perf/train_epoch_seconds"
 IMAGES_PER_S = "perf/train_images_per_s"
 SYSTEM_PREFIX = "system/"  # MLflow's system metrics (fold runs)
 
 
 def epoch_metric(stage: str, name: str) -> str:
-    """A per-epoch metric of a fold run, e.g. `val/auc`."""
-    return f"{stage}/{name}"
+    """A per-epoch metric of a fold run, e.g. `auc/val`."""
+    return f"{name}/{stage}"
+
+
+# The names stores written before the rename hold (`<stage>/<quantity>`): current -> old.
+LEGACY_EPOCH_METRICS: dict[str, str] = {
+    **{
+        epoch_metric(stage, name): f"{stage}/{name}"
+        for stage in (TRAIN_STAGE, VAL_STAGE)
+        for name in (*METRICS, "loss")
+    },
+    L2_PENALTY: "train/l2_penalty",
+    TOTAL_LOSS: "train/total_loss",
+    LEARNING_RATE: "train/lr",
+}
+
+
+def uses_legacy_epoch_names(logged: Iterable[str]) -> bool:
+    """Whether a fold run with metrics `logged` has its per-epoch ones under the old names
+    (a store written before the rename), so that a resumed fold goes on under them."""
+    old = set(LEGACY_EPOCH_METRICS.values())
+    return any(name in old for name in logged)
+
+
+def epoch_metric_key(logged: Iterable[str], name: str) -> str:
+    """The name a fold run with metrics `logged` holds per-epoch metric `name` (a current name,
+    e.g. `TRAIN_LOSS`) under: `name`, or its old name in a store written before the rename."""
+    legacy = LEGACY_EPOCH_METRICS.get(name)
+    logged = set(logged)
+    return legacy if legacy and name not in logged and legacy in logged else name
 
 
 def fold_metric(split: str, name: str) -> str:
@@ -369,6 +401,11 @@ class FoldRun:
     @property
     def error(self) -> str:
         return self.run.data.tags.get(ERROR, "")
+
+    def epoch_key(self, name: str) -> str:
+        """The name this run holds per-epoch metric `name` under (`epoch_metric_key`): read
+        its history by it, and a fold from a store written before the rename reads too."""
+        return epoch_metric_key(self.run.data.metrics, name)
 
     def metrics(self, split: str = "val") -> dict[str, float]:
         """The paper's metrics of this fold on `split`, as logged."""

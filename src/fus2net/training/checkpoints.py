@@ -106,3 +106,22 @@ def resumable(checkpoint: Path, module: torch.nn.Module | None = None) -> bool:
         )
         return False
     return True
+
+
+def rename_monitors(checkpoint: dict[str, Any], renamed: Mapping[str, str]) -> None:
+    """Give the state of each callback that monitored a metric since renamed (`renamed`: old ->
+    new name) the key Lightning looks it up by now, in place. Lightning keys a ModelCheckpoint's
+    state by its monitor's name: a last.ckpt written before the rename would otherwise resume
+    without its best score (a worse epoch could then overwrite best.ckpt), with a warning."""
+    states = checkpoint.get("callbacks")
+    if not isinstance(states, dict):
+        return
+    for key in [k for k in states if isinstance(k, str)]:
+        for old, new in renamed.items():
+            was, now = f"'monitor': {old!r}", f"'monitor': {new!r}"
+            if was in key:
+                state = states.pop(key)
+                if isinstance(state, dict) and state.get("monitor") == old:
+                    state["monitor"] = new
+                states.setdefault(key.replace(was, now), state)
+                break

@@ -20,13 +20,15 @@ from torchmetrics.classification import (
 from fus2net.inference.tta import TTA_MODES, malignant_probability
 from fus2net.models import create_model
 from fus2net.tracking import schema
+from fus2net.training.checkpoints import rename_monitors
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
 
 
-def epoch_metrics(prefix: str) -> MetricCollection:
-    """The paper's five metrics with malignant as the positive class, accumulated over an epoch."""
+def epoch_metrics(stage: str) -> MetricCollection:
+    """The paper's five metrics with malignant as the positive class, accumulated over an epoch
+    and named `schema.epoch_metric(stage, name)` (`auc/val`)."""
     return MetricCollection(
         {
             "accuracy": BinaryAccuracy(),
@@ -35,7 +37,7 @@ def epoch_metrics(prefix: str) -> MetricCollection:
             "precision": BinaryPrecision(),
             "auc": BinaryAUROC(),
         },
-        prefix=f"{prefix}/",  # schema.epoch_metric(prefix, name)
+        postfix=f"/{stage}",
     )
 
 
@@ -160,6 +162,12 @@ class BUSClassifier(L.LightningModule):
         x, y, idx = batch
         prob = malignant_probability(self, x, self.tta)
         return {"index": idx.cpu(), "label": y.cpu(), "prob": prob.cpu()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A last.ckpt written before the per-epoch metrics were renamed (`val/auc`, now
+        `auc/val`) resumes with its best checkpoint's state (`rename_monitors`)."""
+        renamed = {old: new for new, old in schema.LEGACY_EPOCH_METRICS.items()}
+        rename_monitors(checkpoint, renamed)
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.net.parameters())
