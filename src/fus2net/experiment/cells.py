@@ -172,13 +172,6 @@ def evaluation_asked(ctx: JobContext, run: Run) -> dict[str, str]:
     return provenance.evaluation_asked(evaluation_settings(ctx.params), scored_with(run))
 
 
-def record_scoring(ctx: JobContext, run_id: str) -> None:
-    """Tag the cell run with the evaluation-only settings that just scored it: the cell's params
-    keep the first ones (MLflow params cannot change), a re-scoring's are read here."""
-    settings = evaluation_settings(ctx.params)
-    ctx.tracker.set_tags(run_id, {SCORED_WITH_TAG: json.dumps(settings, sort_keys=True)})
-
-
 def reopen(tracker: MlflowTracker, run: Run, tags: Mapping[str, Any]) -> None:
     """Mark `run` RUNNING again, owned by this process, its old error cleared."""
     run_id = run.info.run_id

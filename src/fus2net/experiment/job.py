@@ -139,7 +139,6 @@ def complete_cell(ctx: JobContext, summary: CellSummary, results: dict[int, Fold
             scored = dict(sorted(results.items()))
             scores = score_cell(ctx, summary, scored)
             evaluate_clinically(ctx, summary, scored, scores)
-            cells.record_scoring(ctx, summary.cell_run_id)
             cells.close_finished(ctx.tracker, summary, sorted(scored))
             log_protocol_run(ctx)  # leave-one-source-out, once complete
             return
