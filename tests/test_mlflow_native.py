@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 import pytest
 from omegaconf import OmegaConf
 
-from fus2net.experiment.cells import cell_name
+from fus2net.experiment.cells import OpenCell, cell_name
+from fus2net.experiment.folds import _legacy_names
 from fus2net.tracking import schema
 from fus2net.tracking.lightning_logger import MlflowRunLogger
 from fus2net.tracking.provenance import swept_keys
@@ -130,6 +131,10 @@ def test_a_fold_run_of_a_store_written_before_the_rename_reads_and_resumes_under
     current = schema.FoldRun(client.get_run(new))
     assert current.epoch_key(schema.TRAIN_LOSS) == "loss/train"
     assert not schema.uses_legacy_epoch_names(current.run.data.metrics)
+    # every fold of that cell goes on under them, a fresh cell's under the current ones
+    assert _legacy_names(OpenCell("cell", {0: old}, finished=False, name="cell"))
+    assert not _legacy_names(OpenCell("cell", {0: current}, finished=False, name="cell"))
+    assert not _legacy_names(OpenCell("cell", {}, finished=False, name="cell"))
 
 
 def test_the_ui_command_names_the_store_absolutely_and_the_link_opens_the_runs_table(

@@ -121,12 +121,7 @@ def run_fold(
                 seed=int(ctx.cfg.seed) + fold,
                 num_classes=len(data.class_names),
                 out_dir=fold_dir,
-                logger=MlflowRunLogger(
-                    tracker,
-                    run_id,
-                    legacy_names=previous is not None
-                    and schema.uses_legacy_epoch_names(previous.run.data.metrics),
-                ),
+                logger=MlflowRunLogger(tracker, run_id, legacy_names=_legacy_names(cell)),
                 checkpoint_dir=checkpoints,
                 resume=previous is not None,
                 callbacks=[Heartbeat(tracker, [run_id])],  # only fold runs are ever reaped
@@ -140,6 +135,13 @@ def run_fold(
         tracker.end_run(run_id, "FINISHED")
     shutil.rmtree(checkpoints, ignore_errors=True)  # the store has it all now
     return result, metrics
+
+
+def _legacy_names(cell: cells.OpenCell) -> bool:
+    """Whether this fold logs its per-epoch metrics under their old names: its cell is from a
+    store written before they were renamed (a fold of it logged them so), and all the folds of
+    one cell chart alike, a resumed one's curves each one line."""
+    return any(schema.uses_legacy_epoch_names(f.run.data.metrics) for f in cell.folds.values())
 
 
 def _system_metrics(ctx: JobContext, run_id: str, resume: bool) -> AbstractContextManager[None]:
