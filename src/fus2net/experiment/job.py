@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from fus2net.data.files import as_disk_full
+from fus2net.data.files import as_disk_full, locked
 from fus2net.experiment import cells
 from fus2net.experiment.clinical.package import register_stored
 from fus2net.experiment.clinical.step import evaluate_clinically
@@ -33,6 +33,8 @@ from fus2net.tracking import resume, schema
 from fus2net.training.fold import FoldResult, quiet_lightning
 
 log = logging.getLogger(__name__)
+
+RESCORE_LOCK = "rescore.lock"  # in the cell's folder: held while a job scores a finished cell again
 
 
 def run_job(cfg: DictConfig) -> CellSummary:
@@ -93,26 +95,32 @@ def _rescore(ctx: JobContext, cell: cells.OpenCell, summary: CellSummary) -> boo
     no fold is trained, and the new scores are logged to the same cell run. False when
     nothing is asked, or the store lacks its models (`tracking.log_checkpoints=false`)."""
     assert cell.run is not None
-    asked = cells.evaluation_asked(ctx, cell.run)
-    if not asked:
+    if not cells.evaluation_asked(ctx, cell.run):
         return False
-    what = ", ".join(  # an external set by its name (its value is a digest of its keys)
-        k if k.startswith("eval_datasets.") else f"{k}={v}" for k, v in asked.items()
-    )
-    missing = missing_models(ctx, cell.run, cell.folds)
-    if missing:
-        log.warning(
-            "cell %s is not scored again for %s: the store lacks the models of %s (trained "
-            "with tracking.log_checkpoints=false); its stored scores are shown",
-            ctx.key,
-            what,
-            ", ".join(missing),
+    # One job at a time (jobs of a sweep over such a key, `cv.fold=0,1` jobs of the cell): the
+    # next one looks again once it is done, at what that one scored.
+    with locked(ctx.cell_dir / RESCORE_LOCK):
+        cell.run = ctx.tracker.get_run(cell.run_id)
+        asked = cells.evaluation_asked(ctx, cell.run)
+        if not asked:
+            return False
+        what = ", ".join(  # an external set by its name (its value is a digest of its keys)
+            k if k.startswith("eval_datasets.") else f"{k}={v}" for k, v in asked.items()
         )
-        return False
-    log.info("cell %s: scoring it again from its stored models for %s", ctx.key, what)
-    cells.reopen(ctx.tracker, cell.run, {schema.RESUMED_FROM: cell.run.info.status})
-    with cells.working_in(ctx.tracker, cell.run_id):
-        complete_cell(ctx, summary, {})
+        missing = missing_models(ctx, cell.run, cell.folds)
+        if missing:
+            log.warning(
+                "cell %s is not scored again for %s: the store lacks the models of %s (trained "
+                "with tracking.log_checkpoints=false); its stored scores are shown",
+                ctx.key,
+                what,
+                ", ".join(missing),
+            )
+            return False
+        log.info("cell %s: scoring it again from its stored models for %s", ctx.key, what)
+        cells.reopen(ctx.tracker, cell.run, {schema.RESUMED_FROM: cell.run.info.status})
+        with cells.working_in(ctx.tracker, cell.run_id):
+            complete_cell(ctx, summary, {})
     return True
 
 
