@@ -197,3 +197,18 @@ def test_a_refit_cell_is_scored_again_with_its_stored_refit_model(tmp_path: Path
     assert schema.REFIT_WEIGHTS in {
         a.path for a in client.list_artifacts(cell.info.run_id, schema.REFIT_DIR)
     }
+
+
+def test_a_cell_without_stored_models_is_not_scored_again_nor_trained(tmp_path: Path) -> None:
+    args = [*TINY, "tracking.log_checkpoints=false"]
+    run_train(args, tmp_path)
+    _, cell, folds = cell_and_folds(tmp_path)
+    again = run_train([*args, *GRADCAM], tmp_path)
+    said = again.stdout + again.stderr
+    assert "nothing to train" in said and RESCORED not in said, said
+    key = cell.data.tags[schema.CELL_KEY]
+    assert f"cell {key} is not scored again for evaluation.gradcam.enabled=True" in said
+    assert "tracking.log_checkpoints=false" in said and "Traceback" not in said
+    _, same, folds_now = cell_and_folds(tmp_path)
+    assert folds_now == folds and same.info.status == "FINISHED"
+    assert "localization/n_images" not in same.data.metrics

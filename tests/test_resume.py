@@ -142,7 +142,7 @@ def complete_cell(
     scored: list[list[int]] | None = None,
 ) -> None:
     """`job.complete_cell` of a 2-fold cell, with loading a fold and scoring stood in for."""
-    ctx = SimpleNamespace(tracker=tracker, stale_after_s=900, n_folds=2, tags={})
+    ctx = SimpleNamespace(tracker=tracker, stale_after_s=900, n_folds=2, tags={}, params={})
     monkeypatch.setattr(
         job, "load_fold_result", lambda ctx, run: (schema.FoldRun(run).fold, {"val": {}})
     )

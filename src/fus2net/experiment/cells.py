@@ -172,6 +172,14 @@ def evaluation_asked(ctx: JobContext, run: Run) -> dict[str, str]:
     return provenance.evaluation_asked(evaluation_settings(ctx.params), scored_with(run))
 
 
+def record_scoring(ctx: JobContext, run_id: str) -> None:
+    """Tag the cell run with the evaluation-only settings that scored it, what a re-run compares
+    its own with (`evaluation_asked`): its params keep the first ones (MLflow params never
+    change), a re-scoring's are read here."""
+    settings = json.dumps(evaluation_settings(ctx.params), sort_keys=True)
+    ctx.tracker.set_tags(run_id, {SCORED_WITH_TAG: settings})
+
+
 def reopen(tracker: MlflowTracker, run: Run, tags: Mapping[str, Any]) -> None:
     """Mark `run` RUNNING again, owned by this process, its old error cleared."""
     run_id = run.info.run_id

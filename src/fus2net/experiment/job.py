@@ -110,8 +110,9 @@ def _rescore(ctx: JobContext, cell: cells.OpenCell, summary: CellSummary) -> boo
         missing = missing_models(ctx, cell.run, cell.folds)
         if missing:
             log.warning(
-                "cell %s is not scored again for %s: the store lacks the models of %s (trained "
-                "with tracking.log_checkpoints=false); its stored scores are shown",
+                "cell %s is not scored again for %s: the store lacks the models of %s "
+                "(tracking.log_checkpoints=false, or a refit model an earlier version did not "
+                "log without the clinical step); its stored scores are shown",
                 ctx.key,
                 what,
                 ", ".join(missing),
@@ -147,6 +148,7 @@ def complete_cell(ctx: JobContext, summary: CellSummary, results: dict[int, Fold
             scored = dict(sorted(results.items()))
             scores = score_cell(ctx, summary, scored)
             evaluate_clinically(ctx, summary, scored, scores)
+            cells.record_scoring(ctx, summary.cell_run_id)
             cells.close_finished(ctx.tracker, summary, sorted(scored))
             log_protocol_run(ctx)  # leave-one-source-out, once complete
             return

@@ -9,7 +9,6 @@ only get scored.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,6 @@ from fus2net.experiment.scoring import CellScores
 from fus2net.experiment.summary import CellSummary
 from fus2net.inference.loading import load_package
 from fus2net.tracking import schema
-from fus2net.tracking.provenance import SCORED_WITH_TAG, evaluation_settings
 from fus2net.training.fold import FoldResult
 
 log = logging.getLogger(__name__)
@@ -64,7 +62,6 @@ def evaluate_clinically(
     report = ClinicalReport()
     ev = ctx.cfg.get("evaluation")
     if ev is None or not ev.get("enabled", True):
-        record_settings(ctx, summary.cell_run_id)
         return report
     tracker, cell_run = ctx.tracker, summary.cell_run_id
     work = ctx.out / "clinical"
@@ -110,13 +107,4 @@ def evaluate_clinically(
     )
     if ev.get("register_model"):
         report.registered_version = register(ctx, cell_run, report.spec_file, model)
-    record_settings(ctx, cell_run)
     return report
-
-
-def record_settings(ctx: JobContext, cell_run: str) -> None:
-    """Tag the cell run with the evaluation-only settings that scored it, what a re-run compares
-    its own with (`experiment.cells.evaluation_asked`): its params keep the first ones (MLflow
-    params never change), a re-scoring's are read here."""
-    settings = json.dumps(evaluation_settings(ctx.params), sort_keys=True)
-    ctx.tracker.set_tags(cell_run, {SCORED_WITH_TAG: settings})
