@@ -26,7 +26,7 @@ from fus2net.tracking.provenance import (
     resolved_container,
 )
 from fus2net.tracking.uris import TrackingError, redact_uri
-from fus2net.training.module import BUSClassifier
+from fus2net.training.module import BUSClassifier, epoch_metrics, undefined_rates
 from jobs import compose_train
 
 
@@ -181,3 +181,16 @@ def test_losing_the_race_to_create_the_experiment_uses_the_winners(tmp_path, mon
     monkeypatch.setattr(MlflowClient, "get_experiment_by_name", not_there_yet)
     loser = MlflowTracker(uri, "raced")
     assert loser.experiment_id == winner.experiment_id and len(calls) == 2
+
+
+def test_an_epoch_without_a_malignant_image_logs_no_sensitivity_rather_than_zero() -> None:
+    metrics = epoch_metrics("val")
+    metrics.update(torch.tensor([0.2, 0.7, 0.4]), torch.tensor([0, 0, 0]))
+    assert metrics.compute()["sensitivity/val"] == 0.0  # what torchmetrics would have logged
+    assert undefined_rates(metrics) == {"sensitivity"}
+    metrics.reset()
+    metrics.update(torch.tensor([0.2, 0.3, 0.9]), torch.tensor([0, 1, 1]))
+    assert undefined_rates(metrics) == set()
+    metrics.reset()
+    metrics.update(torch.tensor([0.2, 0.3, 0.4]), torch.tensor([0, 1, 0]))
+    assert undefined_rates(metrics) == {"precision"}  # no malignant call

@@ -41,6 +41,17 @@ def epoch_metrics(stage: str) -> MetricCollection:
     )
 
 
+def undefined_rates(metrics: MetricCollection) -> set[str]:
+    """The rates of `epoch_metrics` with a zero denominator this epoch (sensitivity without a
+    malignant image, specificity without a benign one, precision without a malignant call):
+    torchmetrics reports those as 0.0, a curve that reads "missed every cancer"; they are left
+    out of the epoch's log instead, as the fold and cell tables show them "n/a"."""
+    counts = metrics["accuracy"]  # the stat-score states (tp, fp, tn, fn) the rates share
+    tp, fp, tn, fn = (int(getattr(counts, s).sum()) for s in ("tp", "fp", "tn", "fn"))
+    denominators = {"sensitivity": tp + fn, "specificity": tn + fp, "precision": tp + fp}
+    return {name for name, n in denominators.items() if n == 0}
+
+
 class BUSClassifier(L.LightningModule):
     """Cross-entropy training with Keras-style L2 on the first dense layer (paper, Table 2);
     validation and prediction score with the test-time augmentation `tta` (`evaluation.tta`).
@@ -143,7 +154,10 @@ class BUSClassifier(L.LightningModule):
         self._shared_step(batch, schema.VAL_STAGE)
 
     def _log_epoch(self, metrics: MetricCollection) -> None:
+        undefined = undefined_rates(metrics)
         for name, value in metrics.compute().items():
+            if name.split("/")[0] in undefined:
+                continue
             self.log(name, value, prog_bar=name == schema.epoch_metric(schema.VAL_STAGE, "auc"))
         metrics.reset()
 
