@@ -8,10 +8,17 @@ fetched back by the client's download URI and `mlflow.artifacts.download_artifac
 helper and the registry's reading of a `models:/<id>` source use the process's tracking URI, so
 it is set for their duration only (MLflow's own `_use_tracking_uri`, which restores an unset URI
 as unset, so MLFLOW_TRACKING_URI keeps working afterwards).
+
+Only a complete package is registered: the folder is verified before it is logged, and the
+logged model's files after (`package_missing`), so a packaging interrupted halfway is found and
+done again by the next registration instead of being registered as it is.
 """
 
 from __future__ import annotations
 
+import logging
+import posixpath
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,10 +26,14 @@ from typing import Any
 
 import numpy as np
 
+from fus2net.inference.spec import SPEC_FILE, ModelSpec, verify_package
 from fus2net.tracking.mlflow_tracker import MlflowTracker
 from fus2net.tracking.uris import TrackingError, redact_uri
 
+log = logging.getLogger(__name__)
+
 MLMODEL = "MLmodel"  # what makes a logged model's files a loadable MLflow model
+PYFUNC_FLAVOR = "python_function"  # its `data`: where the package folder was copied
 
 
 @dataclass(frozen=True)
@@ -50,18 +61,42 @@ def register_package(
     """Register logged model `model_id` (of run `run_id`) as a new version of `name`, with its
     `description` and `tags`; returns that version.
 
-    A model not yet packaged first gets `package`, with the signature of its examples; one already
-    packaged (registered before) is registered again as it is, nothing copied. The input is a
-    DataFrame column of image file bytes (the signature's `binary` column: base64 strings in
-    JSON, decoded by MLflow's scoring server), or, in older packages, a uint8 image array whose
-    dimensions but the channels may vary, whose tensor shape is then (-1, -1, -1, C).
+    Only a complete package is registered. One already complete in the logged model (registered
+    before) is registered again as it is, nothing copied. Otherwise `package` is verified
+    (`verify_package`: a package with a missing or unreadable file is never logged), logged
+    with the signature of its examples (over whatever an interrupted packaging left: the same
+    paths are written again), and the logged model checked again before it is registered. The
+    input is a DataFrame column of image file bytes (the signature's `binary` column: base64
+    strings in JSON, decoded by MLflow's scoring server), or, in older packages, a uint8 image
+    array whose dimensions but the channels may vary, whose tensor shape is then (-1, -1, -1, C).
     """
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
-    if not is_packaged(tracker, model_id):
+    missing = package_missing(tracker, model_id)
+    if missing:
         if package is None:
-            raise ValueError(f"logged model {model_id} holds no package and none was given")
+            raise ValueError(
+                f"logged model {model_id} holds no complete package (missing "
+                f"{', '.join(missing)}) and none was given"
+            )
+        if missing != [MLMODEL]:  # a packaging that stopped halfway, or files since lost
+            log.warning(
+                "logged model %s holds an incomplete package (missing %s): packaging it again",
+                model_id,
+                ", ".join(missing),
+            )
+        try:
+            verify_package(package.folder)
+        except ValueError as err:
+            raise ValueError(f"model {name!r} not packaged, nothing logged: {err}") from None
         _log_pyfunc(tracker, model_id, name, package)
+        missing = package_missing(tracker, model_id)
+        if missing:
+            raise TrackingError(
+                f"MLflow tracking at {redact_uri(tracker.uri)}: logged model {model_id} lacks "
+                f"{', '.join(missing)} right after packaging model {name!r}; nothing registered. "
+                "Check the artifact store (space, permissions) and register again"
+            )
     # The registry resolves a `models:/<id>` source with a client of the process's tracking
     # URI (MLflow's own TODO): without this one, it would read (and create) ./mlflow.db.
     with _use_tracking_uri(tracker.uri):
@@ -69,8 +104,44 @@ def register_package(
 
 
 def is_packaged(tracker: MlflowTracker, model_id: str) -> bool:
-    """Whether logged model `model_id` already holds a pyfunc package (a registration)."""
-    return MLMODEL in tracker.model_files(model_id)
+    """Whether logged model `model_id` holds a complete pyfunc package (`package_missing`)."""
+    return not package_missing(tracker, model_id)
+
+
+def package_missing(tracker: MlflowTracker, model_id: str) -> list[str]:
+    """What logged model `model_id` lacks of a complete pyfunc package, empty when nothing:
+    `MLmodel` with a python_function flavour naming its data folder, the `fus2net_model.json`
+    there (which passes `ModelSpec.read`), and every member's weights file it names, non-empty.
+
+    The logged files are what is checked: `MLmodel` is written before the data it points to
+    is, so an upload that stopped halfway leaves one that loads nothing; and the logged
+    model's status says nothing here (it is READY since the cell was scored, and
+    `log_model(model_id=...)` leaves it as it is)."""
+    from mlflow.models import Model
+
+    files = tracker.model_files(model_id)
+    if MLMODEL not in files:
+        return [MLMODEL]
+    with tempfile.TemporaryDirectory(prefix="fus2net-logged-") as tmp:
+        try:
+            mlmodel = Model.load(tracker.download_model_file(model_id, MLMODEL, Path(tmp)))
+            data = mlmodel.flavors.get(PYFUNC_FLAVOR, {}).get("data")
+        except Exception as err:  # unreadable YAML, a failed download
+            return [f"a readable {MLMODEL} ({type(err).__name__}: {err})"]
+        if not data:
+            return [f"the {PYFUNC_FLAVOR} data folder in {MLMODEL}"]
+        specs = sorted(
+            p for p in files if posixpath.basename(p) == SPEC_FILE and p.startswith(f"{data}/")
+        )
+        if not specs:
+            return [f"{data}/{SPEC_FILE}"]
+        try:
+            spec = ModelSpec.read(tracker.download_model_file(model_id, specs[0], Path(tmp)))
+        except ValueError as err:
+            return [f"a valid {specs[0]} ({err})"]
+    folder = posixpath.dirname(specs[0])
+    weights = [posixpath.normpath(f"{folder}/{m.weights}".replace("\\", "/")) for m in spec.members]
+    return [w for w in weights if w not in files or files[w] == 0]
 
 
 def _log_pyfunc(tracker: MlflowTracker, model_id: str, name: str, package: PyfuncPackage) -> None:

@@ -20,6 +20,7 @@ import numpy as np
 from fus2net.data.files import write_text
 from fus2net.evaluation.calibration import calibrated_ensemble
 from fus2net.inference.spec_checks import spec_problems
+from fus2net.models.weights import load_weights
 
 SPEC_FILE = "fus2net_model.json"
 FORMAT = "fus2net-model/1"
@@ -197,3 +198,33 @@ def export_package(spec_file: Path, folder: Path) -> Path:
         members.append(Member(str(target.relative_to(folder)), member.fold))
     spec.members = members
     return spec.write(folder)
+
+
+def verify_package(folder: Path) -> ModelSpec:
+    """The spec of the package in `folder`, after checking it is complete: its
+    `fus2net_model.json` passes `ModelSpec.read`'s checks and every member's weights file is
+    inside the folder and a readable state dict (`load_weights`: not missing, empty, truncated
+    or code). Why: a registered package is copied where its source is not; a gap found there
+    is found too late. A ValueError names every problem."""
+    spec = ModelSpec.read(folder / SPEC_FILE)
+    base, problems = folder.resolve(), []
+    for i, member in enumerate(spec.members):
+        path = (folder / member.weights).resolve()
+        if not path.is_relative_to(base):
+            problems.append(f"members[{i}].weights {member.weights!r} is outside the folder")
+        elif not path.is_file():
+            problems.append(f"members[{i}].weights {member.weights} does not exist")
+        else:
+            try:
+                state = load_weights(path)
+            except ValueError as err:
+                problems.append(f"members[{i}].weights: {err}")
+                continue
+            if not isinstance(state, dict):
+                problems.append(f"members[{i}].weights {member.weights} holds no state dict")
+    if problems:
+        raise ValueError(
+            f"{folder}: not a complete model package: " + "; ".join(problems) + ". Export it "
+            "again from the job's output folder or the cell's runs"
+        )
+    return spec

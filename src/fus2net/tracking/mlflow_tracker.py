@@ -332,8 +332,28 @@ class MlflowTracker:
         )
 
     @_guarded("listing a logged model's files")
-    def model_files(self, model_id: str) -> set[str]:
-        return {f.path for f in self.client.list_logged_model_artifacts(model_id)}
+    def model_files(self, model_id: str) -> dict[str, int | None]:
+        """Every file of logged model `model_id`, in all its folders, and its size in bytes
+        (None where the artifact store does not say)."""
+        found: dict[str, int | None] = {}
+        folders: list[str | None] = [None]
+        while folders:
+            for info in self.client.list_logged_model_artifacts(model_id, folders.pop()):
+                if info.is_dir:
+                    folders.append(info.path)
+                else:
+                    found[info.path] = info.file_size
+        return found
+
+    @_guarded("downloading a logged model's file")
+    def download_model_file(self, model_id: str, path: str, dst: Path) -> Path:
+        """File `path` of logged model `model_id`, downloaded into `dst`."""
+        from mlflow.artifacts import download_artifacts
+
+        location = self.client.get_logged_model(model_id).artifact_location.rstrip("/")
+        dst.mkdir(parents=True, exist_ok=True)
+        uri = f"{location}/{path}"
+        return Path(download_artifacts(artifact_uri=uri, dst_path=str(dst), tracking_uri=self.uri))
 
     @_guarded("registering a model version")
     def register_version(
