@@ -188,3 +188,39 @@ def test_a_complete_logged_package_is_registered_again_as_it_is_and_a_lost_file_
         assert _register(tracker, model_id, run_id, package) == "3"
     assert f"(missing {WEIGHT}): packaging it again" in caplog.text
     assert lost.is_file() and lost.stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_a_job_rerun_packages_a_registered_model_again_when_its_weights_were_lost(
+    tmp_path: Path,
+) -> None:
+    """The whole path: a tiny job registers its ensemble; a weights file of the logged model is
+    lost from the artifact store; the same command again (`register_stored`) finds it, packages
+    the cell's runs again into the same logged model, registers version 2, which predicts."""
+    from jobs import run_train, sqlite_client, store_uri, tiny
+
+    args = [
+        *tiny("dataset.image_size=96", "data.image_size=64"),
+        "evaluation.gradcam.enabled=false",
+        "evaluation.register_model=true",
+    ]
+    run_train(args, cwd=tmp_path, timeout=600)
+    client = sqlite_client(tmp_path)
+    source = client.get_model_version("fus2net-synthetic", "1").source
+    model_id = source.removeprefix("models:/")
+    location = client.get_logged_model(model_id).artifact_location
+    lost = Path(location.removeprefix("file://")) / "data/model_package/weights/member_0.pt"
+    lost.unlink()
+
+    rerun = run_train(args, cwd=tmp_path, timeout=600)
+    output = rerun.stdout + rerun.stderr
+    assert "nothing to train" in output
+    assert f"logged model {model_id} holds an incomplete package (missing " in output
+    assert "registered models:/fus2net-synthetic/2" in output
+    assert client.get_model_version("fus2net-synthetic", "2").source == source
+    assert lost.is_file() and lost.stat().st_size > 0
+    image = next(p for p in sorted((tmp_path / "data").rglob("*.png")) if "_mask" not in p.name)
+    frame = pd.DataFrame({pyfunc.IMAGE_COLUMN: [image.read_bytes()]})
+    model = load_model("models:/fus2net-synthetic/2", tracking_uri=store_uri(tmp_path))
+    out = pyfunc.PyfuncModel(model).predict(frame)
+    assert out.loc[0, "error"] == "" and 0 <= out.loc[0, "prob_malignant"] <= 1

@@ -93,9 +93,10 @@ def register(ctx: JobContext, cell_run: str, spec_file: Path, model: LoadedModel
 
 def register_stored(ctx: JobContext, cell_run: str) -> str | None:
     """Register a finished cell's ensemble without training (`evaluation.register_model=true`
-    on a re-run): its logged model again when it was registered before, else packaged from the
-    cell's runs first (`load_from_run`). None, with the reason logged, when the cell has no
-    model spec (trained with `evaluation.enabled=false`)."""
+    on a re-run): its logged model again when it holds a complete package (`is_packaged`), else
+    packaged from the cell's runs first (`load_from_run`), over what an interrupted packaging
+    left. None, with the reason logged, when the cell has no model spec (trained with
+    `evaluation.enabled=false`)."""
     model_id = ensemble_model(ctx, cell_run)
     if is_packaged(ctx.tracker, model_id):
         return _register(ctx, cell_run, None, None)
