@@ -79,7 +79,8 @@ def register_package(
                 f"logged model {model_id} holds no complete package (missing "
                 f"{', '.join(missing)}) and none was given"
             )
-        if missing != [MLMODEL]:  # a packaging that stopped halfway, or files since lost
+        # a packaging that stopped halfway, or files lost since; not a model never packaged
+        if missing != [MLMODEL] or tracker.model_files(model_id):
             log.warning(
                 "logged model %s holds an incomplete package (missing %s): packaging it again",
                 model_id,
