@@ -212,3 +212,26 @@ def test_a_cell_without_stored_models_is_not_scored_again_nor_trained(tmp_path: 
     _, same, folds_now = cell_and_folds(tmp_path)
     assert folds_now == folds and same.info.status == "FINISHED"
     assert "localization/n_images" not in same.data.metrics
+
+
+def test_a_failed_scoring_again_leaves_the_cell_finished_and_the_next_job_scores_it(
+    tmp_path: Path,
+) -> None:
+    run_train(TINY, tmp_path)
+    _, cell, folds = cell_and_folds(tmp_path)
+    bad = run_train(
+        [*TINY, *GRADCAM, "evaluation.gradcam.layer=no_such_layer"], tmp_path, check=False
+    )
+    said = bad.stdout + bad.stderr
+    assert bad.returncode != 0 and RESCORED in said, said
+    _, failed, folds_now = cell_and_folds(tmp_path)
+    assert folds_now == folds and failed.info.status == "FINISHED"  # its training stands
+    assert "no_such_layer" in failed.data.tags[schema.RESCORE_ERROR]
+    assert failed.data.metrics["cv/auc_mean"] == cell.data.metrics["cv/auc_mean"]
+
+    good = run_train([*TINY, *GRADCAM], tmp_path)
+    assert RESCORED in good.stdout + good.stderr
+    _, rescored, folds_now = cell_and_folds(tmp_path)
+    assert folds_now == folds and rescored.info.status == "FINISHED"
+    assert schema.RESCORE_ERROR not in rescored.data.tags
+    assert rescored.data.metrics["localization/n_images"] == 4

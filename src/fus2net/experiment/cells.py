@@ -216,19 +216,24 @@ def error_text(exc: BaseException) -> str:
 
 
 @contextmanager
-def working_in(tracker: MlflowTracker, run_id: str) -> Iterator[None]:
+def working_in(tracker: MlflowTracker, run_id: str, *, finished: bool = False) -> Iterator[None]:
     """This process works on `run_id` (never reaped as an orphan); when the block raises, the
     run is ended FAILED or KILLED with the reason, and the error goes on (a full disk as
-    DiskFull, the path and the space it needed in the run's error too)."""
+    DiskFull, the path and the space it needed in the run's error too).
+
+    `finished`: the run was FINISHED before the block (a cell scored again): a failure leaves it
+    FINISHED, its trained folds and earlier scores standing, with the reason in
+    `fus2net.rescore_error`."""
     with resume.working_on(run_id):
         try:
             yield
         except BaseException as exc:
             full = as_disk_full(exc, store=store_file(tracker.uri))
             reason = full or exc
+            tag = schema.RESCORE_ERROR if finished else schema.ERROR
             try:
-                tracker.set_tags(run_id, {schema.ERROR: error_text(reason)})
-                tracker.end_run(run_id, end_status(exc))
+                tracker.set_tags(run_id, {tag: error_text(reason)})
+                tracker.end_run(run_id, "FINISHED" if finished else end_status(exc))
             except Exception as store_exc:  # the store itself may be what failed
                 if full is None and as_disk_full(store_exc) is None:
                     log.exception("could not mark MLflow run %s as %s", run_id, end_status(exc))

@@ -120,7 +120,8 @@ def _rescore(ctx: JobContext, cell: cells.OpenCell, summary: CellSummary) -> boo
             return False
         log.info("cell %s: scoring it again from its stored models for %s", ctx.key, what)
         cells.reopen(ctx.tracker, cell.run, {schema.RESUMED_FROM: cell.run.info.status})
-        with cells.working_in(ctx.tracker, cell.run_id):
+        ctx.tracker.delete_tag(cell.run_id, schema.RESCORE_ERROR)
+        with cells.working_in(ctx.tracker, cell.run_id, finished=True):
             complete_cell(ctx, summary, {})
     return True
 

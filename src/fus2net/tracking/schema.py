@@ -56,6 +56,9 @@ HOLDOUT_SOURCE = "fus2net.holdout_source"  # the member a cell held out
 LOSO_CELLS = "fus2net.loso_cells"  # a protocol run's cells: `<member>:<run id>`, space-separated
 FOLDS_RUN = "fus2net.folds_run"  # comma-separated folds a cell was trained with
 ERROR = "fus2net.error"
+# On a finished cell whose scoring again (new evaluation-only settings) failed or was stopped:
+# why. The cell stays FINISHED with its earlier scores; the next job asking scores it again.
+RESCORE_ERROR = "fus2net.rescore_error"
 ATTEMPTS = "fus2net.attempts"
 RESUMED_FROM = "fus2net.resumed_from"  # the status a reopened run had
 RESUMED_FROM_EPOCH = "fus2net.resumed_from_epoch"
