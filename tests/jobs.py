@@ -130,3 +130,38 @@ def compose_train(*overrides: str, hydra_config: bool = False):
         return compose(
             config_name="train", overrides=list(overrides), return_hydra_config=hydra_config
         )
+
+
+def untrained_package(
+    root: Path, image_size: int, *, nan_bias: bool = False, drop_rate: float = 0.0, **spec: Any
+) -> Path:
+    """A job-output-like folder in `root`: two untrained Fus2Net fold models (seeds 0 and 1) and
+    their fus2net_model.json with `spec`'s extra fields; `nan_bias` puts NaN in the classifier's
+    bias, so that every image gets a NaN probability."""
+    import math
+
+    import torch
+
+    from fus2net.inference.spec import Member, ModelSpec
+    from fus2net.models import create_model
+
+    members = []
+    for fold in (0, 1):
+        torch.manual_seed(fold)
+        state = create_model("fus2net", in_chans=3, num_classes=2, drop_rate=drop_rate).state_dict()
+        if nan_bias:
+            state["head.fc.bias"] = torch.full_like(state["head.fc.bias"], math.nan)
+        (root / f"fold_{fold}").mkdir(parents=True)
+        torch.save(state, root / f"fold_{fold}" / "model.pt")
+        members.append(Member(f"fold_{fold}/model.pt", fold))
+    if drop_rate:
+        spec["drop_rate"] = drop_rate
+    ModelSpec(
+        model={"name": "fus2net", "pool": "auto"},
+        in_chans=3,
+        image_size=image_size,
+        class_names=["benign", "malignant"],
+        members=members,
+        **spec,
+    ).write(root)
+    return root

@@ -26,7 +26,7 @@ from fus2net.inference import (
 from fus2net.inference.loading import build_member, load_from_run, to_tensor
 from fus2net.inference.pyfunc import _load_pyfunc
 from fus2net.inference.spec import export_package
-from fus2net.models import create_model
+from jobs import untrained_package
 
 SIZE = 64
 
@@ -34,26 +34,14 @@ SIZE = 64
 @pytest.fixture(scope="module")
 def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A job-output-like folder: two untrained fold models and their fus2net_model.json."""
-    root = tmp_path_factory.mktemp("job")
-    members = []
-    for fold in (0, 1):
-        torch.manual_seed(fold)
-        model = create_model("fus2net", in_chans=3, num_classes=2, drop_rate=0.5)
-        (root / f"fold_{fold}").mkdir()
-        torch.save(model.state_dict(), root / f"fold_{fold}" / "model.pt")
-        members.append(Member(f"fold_{fold}/model.pt", fold))
-    ModelSpec(
-        model={"name": "fus2net", "pool": "auto"},
-        in_chans=3,
-        image_size=SIZE,
-        class_names=["benign", "malignant"],
-        members=members,
+    return untrained_package(
+        tmp_path_factory.mktemp("job"),
+        SIZE,
         drop_rate=0.5,
         temperature=2.0,
         thresholds={"default": 0.5, "sens95": 0.0, "youden": 1.0},
         operating_point="sens95",
-    ).write(root)
-    return root
+    )
 
 
 @pytest.fixture(scope="module")

@@ -14,42 +14,27 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from PIL import Image
 
 from fus2net.cli.predict import main
-from fus2net.inference import Member, ModelSpec
-from fus2net.models import create_model
 from fus2net.tracking import schema
 from fus2net.tracking.mlflow_tracker import MlflowTracker
+from jobs import untrained_package
 
 SIZE = 64
 SPEC = "fus2net_model.json"
 
 
 def _write_package(root: Path, nan_weights: bool = False) -> Path:
-    """A job-output-like folder: two untrained fold models and their fus2net_model.json (as
-    tests/test_predict.py builds it); `nan_weights` puts NaN in the classifier's bias, so that
-    every image gets a NaN probability."""
-    members = []
-    for fold in (0, 1):
-        torch.manual_seed(fold)
-        state = create_model("fus2net", in_chans=3, num_classes=2).state_dict()
-        if nan_weights:
-            state["head.fc.bias"] = torch.full_like(state["head.fc.bias"], math.nan)
-        (root / f"fold_{fold}").mkdir(parents=True)
-        torch.save(state, root / f"fold_{fold}" / "model.pt")
-        members.append(Member(f"fold_{fold}/model.pt", fold))
-    ModelSpec(
-        model={"name": "fus2net", "pool": "auto"},
-        in_chans=3,
-        image_size=SIZE,
-        class_names=["benign", "malignant"],
-        members=members,
+    """A job-output-like folder: two untrained fold models and their fus2net_model.json;
+    `nan_weights`: every image gets a NaN probability."""
+    return untrained_package(
+        root,
+        SIZE,
+        nan_bias=nan_weights,
         thresholds={"default": 0.5, "sens95": 0.2},
         operating_point="sens95",
-    ).write(root)
-    return root
+    )
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
 from fus2net.inference import Member, ModelSpec, load_model, load_package, pyfunc
 from fus2net.inference.registry import (
@@ -25,9 +24,9 @@ from fus2net.inference.registry import (
     register_package,
 )
 from fus2net.inference.spec import export_package
-from fus2net.models import create_model
 from fus2net.tracking.mlflow_tracker import MlflowTracker
 from fus2net.tracking.uris import TrackingError
+from jobs import untrained_package
 
 NAME = "fus2net-integrity"
 SIZE = 64
@@ -37,22 +36,7 @@ WEIGHT = "data/model_package/weights/member_1.pt"  # where MLflow puts the packa
 @pytest.fixture(scope="module")
 def job_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A job's output folder: two untrained fold models and their fus2net_model.json."""
-    root = tmp_path_factory.mktemp("job")
-    members = []
-    for fold in (0, 1):
-        torch.manual_seed(fold)
-        (root / f"fold_{fold}").mkdir()
-        model = create_model("fus2net", in_chans=3, num_classes=2)
-        torch.save(model.state_dict(), root / f"fold_{fold}" / "model.pt")
-        members.append(Member(f"fold_{fold}/model.pt", fold))
-    ModelSpec(
-        model={"name": "fus2net", "pool": "auto"},
-        in_chans=3,
-        image_size=SIZE,
-        class_names=["benign", "malignant"],
-        members=members,
-    ).write(root)
-    return root
+    return untrained_package(tmp_path_factory.mktemp("job"), SIZE)
 
 
 def _package(job_folder: Path, folder: Path) -> PyfuncPackage:
