@@ -234,14 +234,6 @@ def uses_legacy_epoch_names(logged: Iterable[str]) -> bool:
     return any(name in old for name in logged)
 
 
-def epoch_metric_key(logged: Iterable[str], name: str) -> str:
-    """The name a fold run with metrics `logged` holds per-epoch metric `name` (a current name,
-    e.g. `TRAIN_LOSS`) under: `name`, or its old name in a store written before the rename."""
-    legacy = LEGACY_EPOCH_METRICS.get(name)
-    logged = set(logged)
-    return legacy if legacy and name not in logged and legacy in logged else name
-
-
 def fold_metric(split: str, name: str) -> str:
     """A fold run's metric `name` on `split` (val or test), e.g. `fold/val_auc`."""
     return f"fold/{split}_{name}"
@@ -404,11 +396,6 @@ class FoldRun:
     @property
     def error(self) -> str:
         return self.run.data.tags.get(ERROR, "")
-
-    def epoch_key(self, name: str) -> str:
-        """The name this run holds per-epoch metric `name` under (`epoch_metric_key`): read
-        its history by it, and a fold from a store written before the rename reads too."""
-        return epoch_metric_key(self.run.data.metrics, name)
 
     def metrics(self, split: str = "val") -> dict[str, float]:
         """The paper's metrics of this fold on `split`, as logged."""
