@@ -31,6 +31,8 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
+from fus2net.tracking.schema import TRAIN_LOSS
+
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 3  # per fold: enough that a task is still mid-fold a poll after its first checkpoint
 SWEEP_TIMEOUT_S = 1200
@@ -89,7 +91,7 @@ def describe(run) -> str:
 
 
 def epochs_logged(client: MlflowClient, run_id: str) -> int:
-    return len(client.get_metric_history(run_id, "train/loss"))
+    return len(client.get_metric_history(run_id, TRAIN_LOSS))
 
 
 def slurm_job_of(pid: str) -> str:
