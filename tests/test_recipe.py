@@ -69,3 +69,41 @@ def test_improved_recipe_runs_and_logs_its_schedule(tmp_path: Path) -> None:
     assert params["evaluation.tta"] == "hflip"  # the preset's
     (spec,) = (tmp_path / "outputs").glob("*/*/fus2net_model.json")
     assert ModelSpec.read(spec).tta == "hflip"
+
+
+def test_layer_decay_lowers_the_rate_layer_by_layer_from_the_classifier_down() -> None:
+    """`regularization.layer_decay` on a timm backbone: every parameter in exactly one group, the
+    classifier at the optimiser's rate, the stem at the lowest, each layer `decay` times the one
+    above; the warmup-cosine schedule scales every group alike. A network without timm's layers
+    is refused by name."""
+    from functools import partial
+
+    module = BUSClassifier(
+        {"name": "tf_efficientnet_lite0", "source": "timm", "pretrained": False},
+        optimizer=partial(torch.optim.AdamW, lr=0.002, weight_decay=0.05),
+        scheduler=partial(warmup_cosine, max_epochs=4, warmup_epochs=1),
+        layer_decay=0.8,
+    )
+    config = module.configure_optimizers()
+    optimizer = config["optimizer"]
+    groups = optimizer.param_groups
+    assert sum(len(g["params"]) for g in groups) == len(list(module.net.parameters()))
+    assert len({id(p) for g in groups for p in g["params"]}) == len(list(module.net.parameters()))
+    head = {id(p) for p in module.net.get_classifier().parameters()}
+    stem = {id(p) for p in module.net.conv_stem.parameters()}
+    rate = {id(p): g["initial_lr"] for g in groups for p in g["params"]}  # before warmup
+    assert [rate[i] for i in head] == pytest.approx([0.002] * len(head))
+    assert max(rate[i] for i in stem) == pytest.approx(min(rate.values()))
+    levels = sorted({round(r / 0.002, 6) for r in rate.values()}, reverse=True)
+    assert all(b / a == pytest.approx(0.8, rel=1e-4) for a, b in itertools.pairwise(levels))
+    assert all(g["weight_decay"] == 0.05 for g in groups)  # the optimiser's, unchanged
+    before = [g["lr"] for g in groups]
+    optimizer.step()
+    config["lr_scheduler"]["scheduler"].step()
+    after = [g["lr"] for g in groups]
+    assert [a / b for a, b in zip(after, before, strict=True)] == pytest.approx([2.0] * len(before))
+    plain = BUSClassifier(
+        {"name": "fus2net"}, optimizer=partial(torch.optim.Adam, lr=1e-3), layer_decay=0.8
+    )
+    with pytest.raises(ValueError, match=r"regularization\.layer_decay"):
+        plain.configure_optimizers()

@@ -152,6 +152,7 @@ class RegularizationSchema:
     l2: float = rule(ge=0)
     label_smoothing: float = rule(0.0, ge=0, lt=1)  # of the cross-entropy (not in the paper)
     ema_decay: float | None = rule(None, gt=0, lt=1)  # EMA of the weights per step; null: off
+    layer_decay: float | None = rule(None, gt=0, le=1)  # lr x this per layer down; null: off
 
 
 @dataclass

@@ -86,6 +86,7 @@ KEYED_ONLY_WHEN_SET: dict[str, object] = {
     "cv.holdout_source": None,
     "evaluation.adabn": False,
     "evaluation.external_overlap": "drop",
+    "regularization.layer_decay": None,
 }
 
 # The same location keys of each member of a pooled dataset (`dataset.members.<name>.root`):

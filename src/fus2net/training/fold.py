@@ -133,6 +133,7 @@ def build_module(
         channels_last=bool(cfg.trainer.channels_last),
         label_smoothing=float(cfg.regularization.get("label_smoothing", 0.0)),
         tta=str(cfg.get("evaluation", {}).get("tta", "none")),
+        layer_decay=cfg.regularization.get("layer_decay"),
     )
     if cfg.trainer.get("compile"):
         compile_network(module.net, str(cfg.trainer.accelerator))

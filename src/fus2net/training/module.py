@@ -7,6 +7,7 @@ from typing import Any
 
 import pytorch_lightning as L
 import torch
+from timm.optim import param_groups_layer_decay
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (
@@ -52,6 +53,31 @@ def undefined_rates(metrics: MetricCollection) -> set[str]:
     return {name for name, n in denominators.items() if n == 0}
 
 
+def layer_decay_groups(
+    net: nn.Module, decay: float, optimizer: OptimizerFactory
+) -> list[dict[str, Any]]:
+    """Parameter groups whose learning rate shrinks by `decay` per layer from the classifier down
+    (`regularization.layer_decay`, BEiT's layer-wise decay): a fine-tuned network keeps its lower,
+    general ImageNet layers closer to their weights. The layers are timm's own (`group_matcher`);
+    only the rate differs between groups, the optimiser's weight decay applies to each as before.
+    """
+    if not hasattr(net, "group_matcher"):
+        raise ValueError(
+            f"regularization.layer_decay={decay}: {type(net).__name__} has no layers to decay "
+            "(timm's group_matcher); use a timm backbone (model.source=timm) or "
+            "regularization.layer_decay=null"
+        )
+    lr = getattr(optimizer, "keywords", {}).get("lr")
+    if lr is None:
+        raise ValueError(
+            "regularization.layer_decay needs the optimiser's base rate: set optimizer.lr"
+        )
+    groups = param_groups_layer_decay(
+        net, weight_decay=0.0, layer_decay=decay, weight_decay_exclude_1d=False
+    )
+    return [{"params": g["params"], "lr": float(lr) * g["lr_scale"]} for g in groups]
+
+
 class BUSClassifier(L.LightningModule):
     """Cross-entropy training with Keras-style L2 on the first dense layer (paper, Table 2);
     validation and prediction score with the test-time augmentation `tta` (`evaluation.tta`).
@@ -77,6 +103,7 @@ class BUSClassifier(L.LightningModule):
         channels_last: bool = False,
         label_smoothing: float = 0.0,
         tta: str = "none",
+        layer_decay: float | None = None,
     ) -> None:
         super().__init__()
         if tta not in TTA_MODES:
@@ -91,6 +118,7 @@ class BUSClassifier(L.LightningModule):
                 "channels_last": channels_last,
                 "label_smoothing": label_smoothing,
                 "tta": tta,
+                "layer_decay": layer_decay,
             }
         )
         self.net = create_model(
@@ -103,6 +131,7 @@ class BUSClassifier(L.LightningModule):
         self.l2 = float(l2)
         self.channels_last = channels_last
         self.tta = tta
+        self.layer_decay = layer_decay
         self.criterion = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing)
         self.train_metrics = epoch_metrics(schema.TRAIN_STAGE)
         self.val_metrics = epoch_metrics(schema.VAL_STAGE)
@@ -184,7 +213,10 @@ class BUSClassifier(L.LightningModule):
         rename_monitors(checkpoint, renamed)
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.net.parameters())
+        params: Any = self.net.parameters()
+        if self.layer_decay is not None:
+            params = layer_decay_groups(self.net, self.layer_decay, self.optimizer_factory)
+        optimizer = self.optimizer_factory(params)
         if self.scheduler_factory is None:
             return optimizer
         return {
