@@ -16,6 +16,7 @@ from fus2net.data.imageio import resized_mask
 from fus2net.evaluation.localization import localization_scores
 from fus2net.experiment.clinical.external import evaluate_external, patient_level
 from fus2net.experiment.clinical.step import evaluate_clinically
+from fus2net.experiment.data import load_external
 from fus2net.inference import load_model, load_package, predict_files
 from jobs import BUSI, run_train, sqlite_client, store_uri, tiny
 
@@ -149,7 +150,7 @@ def test_external_dataset_with_other_classes_is_refused(job: Path, tmp_path: Pat
         "classes": ["malignant", "benign"],
     }
     with pytest.raises(ValueError, match="differ from the model's"):
-        evaluate_external("swapped", dataset, model, [], tmp_path)
+        evaluate_external(load_external("swapped", dataset), model, [], tmp_path)
 
 
 def test_patient_level_takes_mean_probability_and_worst_label() -> None:

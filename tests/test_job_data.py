@@ -62,3 +62,35 @@ def test_each_image_is_read_once_per_job(tmp_path: Path, monkeypatch: pytest.Mon
     )
     assert again.duplicate_groups == data.split.duplicate_groups
     assert [f.tolist() for f in again.folds] == [f.tolist() for f in data.split.folds]
+
+
+def test_each_external_set_is_listed_once_per_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An `eval_datasets` entry is instantiated and listed once by the whole job (checked before
+    training, listed as a cell input, scored after training), not once per step."""
+    from fus2net.data.sources import SyntheticSource
+    from fus2net.experiment.job import run_job
+
+    listed: Counter[str] = Counter()
+    load = SyntheticSource.load
+
+    def counted_load(self: SyntheticSource):
+        listed[str(self.root)] += 1
+        return load(self)
+
+    monkeypatch.setattr(SyntheticSource, "load", counted_load)
+    external = tmp_path / "data" / "external"
+    cfg = compose_train(
+        *tiny("dataset.n_images=24", "cv.folds=2", "data.image_size=64"),
+        f"paths.root={tmp_path}",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlruns.db'}",
+        "+dataset@eval_datasets.ext=synthetic",
+        "eval_datasets.ext.n_images=12",
+        f"eval_datasets.ext.root={external}",
+    )
+    summary = run_job(cfg)
+    assert summary.cell_run_id
+    assert listed[str(external)] == 1
+    (scored,) = (tmp_path / "outputs" / "adhoc" / "clinical" / "external").iterdir()
+    assert scored.name == "ext" and (scored / "predictions.csv").is_file()

@@ -20,6 +20,7 @@ from fus2net.data.resizing import RESIZE_MODES, content_box, resize_image, resiz
 from fus2net.experiment import config_groups
 from fus2net.experiment.clinical.external import evaluate_external
 from fus2net.experiment.config_schema import config_problems
+from fus2net.experiment.data import load_external
 from fus2net.inference import Member, ModelSpec, load_package, predict_files
 from fus2net.inference.pyfunc import PyfuncModel
 from fus2net.inference.spec import spec_from_config
@@ -211,7 +212,7 @@ def test_an_external_set_is_scored_with_the_models_fit(
         "classes": ["benign", "malignant"],
     }
     model = load_package(padded_package)
-    evaluate_external("ext", dataset, model, [], tmp_path / "out")
+    evaluate_external(load_external("ext", dataset), model, [], tmp_path / "out")
     scored = pd.read_csv(tmp_path / "out" / "predictions.csv")
     images = np.stack([load_resized(Path(p), SIZE, 3, resize="pad") for p in scored.path])
     assert scored.prob.to_numpy() == pytest.approx(model.probabilities(images), abs=1e-6)

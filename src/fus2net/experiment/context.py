@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fus2net.data.records import Record
@@ -108,31 +107,26 @@ class JobContext:
 
     def cell_image_sets(self) -> list[schema.ImageSet]:
         """What the cell uses: the cross-validated training pool, the test set, and every
-        `eval_datasets` entry (listed once more here; one that cannot be listed is left out,
-        its scoring reports why)."""
+        `eval_datasets` entry (as the job listed it, `JobData.external`)."""
         split = self.data.split
         sets = [
             self.image_set(schema.Context.TRAIN, split.train_pool()),
             self.image_set(schema.Context.TEST, split.test),
         ]
-        for name, dataset_cfg in (self.cfg.get("eval_datasets") or {}).items():
-            try:
-                source = instantiate(dataset_cfg)
-                records = source.load()
-                sets.append(
-                    schema.image_set(
-                        name,
-                        records_fingerprint(records),
-                        schema.Context.EXTERNAL,
-                        record_keys(records),
-                        [r.label for r in records],
-                        list(source.class_names),
-                        _source(source.describe(), records),
-                        name=schema.external_set_name(name),
-                    )
+        for name, external in self.data.external.items():
+            records = external.records
+            sets.append(
+                schema.image_set(
+                    name,
+                    records_fingerprint(records),
+                    schema.Context.EXTERNAL,
+                    record_keys(records),
+                    [r.label for r in records],
+                    list(external.source.class_names),
+                    _source(external.source.describe(), records),
+                    name=schema.external_set_name(name),
                 )
-            except Exception as err:
-                log.warning("eval_datasets.%s: not listed as a dataset input: %s", name, err)
+            )
         return sets
 
     def predictions(

@@ -35,6 +35,22 @@ from fus2net.experiment.preflight import ConfigError, check_free_space
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class ExternalSet:
+    """An `eval_datasets` entry, instantiated and listed once per job: checked before training,
+    listed as a cell input, scored after training."""
+
+    name: str
+    source: Any  # a fus2net.data.sources DataSource
+    records: list[Record]
+
+
+def load_external(name: str, dataset_cfg: Any) -> ExternalSet:
+    """Instantiate and list `eval_datasets.<name>` (a missing folder is named as such)."""
+    source = instantiate(dataset_cfg)
+    return ExternalSet(name, source, source.load())
+
+
 @dataclass
 class JobData:
     """Everything about the data that every fold of the job shares."""
@@ -50,6 +66,7 @@ class JobData:
     # and the perceptual hash (None when not computed: data.dedupe off and no eval_datasets).
     sha256: list[str] = field(default_factory=list)
     phashes: np.ndarray | None = None
+    external: dict[str, ExternalSet] = field(default_factory=dict)  # eval_datasets, listed once
 
 
 def image_limits(cfg: DictConfig) -> ImageLimits:
@@ -124,8 +141,9 @@ def prepare_data(cfg: DictConfig) -> JobData:
         "images, or drop the class from dataset.classes (fus2net-data shows the counts)",
         source=source.name,
     )
+    external, problems = load_external_datasets(cfg.get("eval_datasets"), list(source.class_names))
     raise_if_problems(
-        check_external_datasets(cfg.get("eval_datasets"), list(source.class_names)),
+        problems,
         fix="fix the eval_datasets entries listed, or drop them (e.g. ~eval_datasets.NAME)",
         source="eval_datasets",
     )
@@ -182,19 +200,23 @@ def prepare_data(cfg: DictConfig) -> JobData:
         skipped,
         sha256,
         phashes if hashed else None,
+        external,
     )
 
 
-def check_external_datasets(entries: Any, class_names: list[str]) -> list[Problem]:
-    """What would stop any `eval_datasets` entry from being scored, found before training:
-    a config that does not instantiate, other class names, no images or a missing folder.
-    Unreadable single images are not looked at here; scoring skips and counts them."""
-    problems = []
+def load_external_datasets(
+    entries: Any, class_names: list[str]
+) -> tuple[dict[str, ExternalSet], list[Problem]]:
+    """Every `eval_datasets` entry listed once, and what would stop any from being scored,
+    found before training: a config that does not instantiate, other class names, no images
+    or a missing folder. Unreadable single images are not looked at here; scoring skips and
+    counts them."""
+    loaded, problems = {}, []
     for name, dataset_cfg in (entries or {}).items():
         where = f"eval_datasets.{name}"
         try:
-            source = instantiate(dataset_cfg)
-            records = source.load()  # first: a missing folder is named as such
+            external = load_external(name, dataset_cfg)
+            source, records = external.source, external.records
             if list(source.class_names) != list(class_names):
                 problems.append(
                     Problem(
@@ -205,6 +227,8 @@ def check_external_datasets(entries: Any, class_names: list[str]) -> list[Proble
                 )
             elif not records:
                 problems.append(Problem(where, f"no images found by {source!r}"))
+            else:
+                loaded[name] = external
         except DataError as err:  # the source's own problems, its keys pointed at this entry
             fix = scoped_keys(err.fix, where)
             problems += [
@@ -213,4 +237,4 @@ def check_external_datasets(entries: Any, class_names: list[str]) -> list[Proble
             ]
         except Exception as err:  # any reason it cannot be read: report them all at once
             problems.append(Problem(where, str(err).replace("\n", " ")))
-    return problems
+    return loaded, problems

@@ -19,11 +19,9 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
-from hydra.utils import instantiate
 
 from fus2net.data.duplicates import nearest_distances, phash_of
 from fus2net.data.imageio import ImageLimits, ImageReadError, image_pixels, open_image
@@ -32,6 +30,7 @@ from fus2net.evaluation.calibration import expected_calibration_error
 from fus2net.evaluation.metrics import binary_metrics
 from fus2net.evaluation.operating_points import OperatingPoint
 from fus2net.experiment.context import JobContext
+from fus2net.experiment.data import ExternalSet
 from fus2net.experiment.figures import save_roc
 from fus2net.inference.loading import LoadedModel
 from fus2net.tracking import schema
@@ -117,8 +116,7 @@ def pool_matches(
 
 
 def evaluate_external(
-    name: str,
-    dataset_cfg: Any,
+    external: ExternalSet,
     model: LoadedModel,
     points: list[OperatingPoint],
     out_dir: Path,
@@ -137,13 +135,12 @@ def evaluate_external(
     logged beside them under `adabn/` (`without_adabn/` the other way round)."""
     if overlap not in ("drop", "keep"):
         raise ValueError(f"evaluation.external_overlap must be drop or keep, got {overlap!r}")
-    source = instantiate(dataset_cfg)
+    name, source, records = external.name, external.source, external.records
     if list(source.class_names) != list(model.spec.class_names):
         raise ValueError(
             f"eval_datasets.{name}: classes {list(source.class_names)} differ from the model's "
             f"{model.spec.class_names} (index = label); set eval_datasets.{name}.classes"
         )
-    records = source.load()
     size, channels = model.spec.image_size, model.spec.in_chans
     readable, reads, bad = [], [], []
     limits = limits or ImageLimits()
@@ -270,12 +267,11 @@ def score_external_datasets(
         ctx.data.phashes,
         int(ctx.cfg.data.duplicate_distance),
     )
-    for name, dataset_cfg in (ctx.cfg.get("eval_datasets") or {}).items():
+    for name, external_set in ctx.data.external.items():
         try:
             limits = ImageLimits.from_config(ctx.cfg.data)  # the training images' limits
             result = evaluate_external(
-                name,
-                dataset_cfg,
+                external_set,
                 model,
                 points,
                 work / "external" / name,
