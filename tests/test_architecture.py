@@ -113,7 +113,7 @@ def state():
 
 
 # What the third-party libraries do when imported is theirs: import them all first.
-for name in sys.argv[1].split(","):
+for name in sys.stdin.read().split(","):  # on stdin: too long for one argument
     try:
         importlib.import_module(name)
     except Exception:
@@ -143,7 +143,8 @@ def _import_everything(preload: list[str]) -> dict:
 
     env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
     done = subprocess.run(
-        [sys.executable, "-c", IMPORT_EVERYTHING, ",".join(preload)],
+        [sys.executable, "-c", IMPORT_EVERYTHING],
+        input=",".join(preload),
         capture_output=True,
         text=True,
         timeout=300,
