@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
-from fus2net.models import ClassifierModel, Fus2Net, create_model, list_models
+from fus2net.models import Fus2Net, create_model, list_models, model_layout, regularized_weight
 from fus2net.models.fus2net import GridAvgPool, InceptionResNetA, feature_map_size
 
 # Configs that start from downloaded weights are built in test_pretrained.py, from a filled cache.
@@ -129,13 +129,14 @@ def test_every_model_config_builds_a_working_grayscale_model(config: Path) -> No
     assert config.stem in (cfg["name"], cfg.get("source"))  # model=timm: the source
     assert not {"in_chans", "num_classes", "drop_rate"} & set(cfg), "the trainer sets these"
     model = create_model(**cfg, in_chans=1, num_classes=3, drop_rate=0.5).eval()
-    assert isinstance(model, ClassifierModel)
+    layout = model_layout(model)
+    assert layout is not None
     with torch.no_grad():
         assert model(torch.randn(2, 1, 64, 64)).shape == (2, 3)
-        size = model.min_input_size - 1
+        size = layout.min_input_size - 1
         with pytest.raises(ValueError, match=r"set data\.image_size >="):
             model(torch.randn(1, 1, size, size))
-    weight = model.regularized_weight
+    weight = regularized_weight(model)
     assert any(weight is p for p in model.parameters())
     assert weight.shape[0] == cfg.get("hidden_dim", 3)  # the head, or Fus2Net's hidden layer
 
@@ -167,12 +168,13 @@ def test_baseline_state_dict_keys_and_adapted_shapes_stay_fixed(name: str) -> No
     lines = "\n".join(f"{key}:{tuple(value.shape)}" for key, value in state_dict.items())
     assert len(state_dict) == n_keys
     assert hashlib.sha256(lines.encode()).hexdigest()[:16] == digest
-    assert (model.first_conv_name, model.classifier_name) == (conv_name, classifier)
+    layout = model_layout(model)
+    assert layout is not None and (layout.first_conv, layout.classifier) == (conv_name, classifier)
     conv = model.get_submodule(conv_name)
     assert conv.in_channels == 1 and tuple(state_dict[f"{conv_name}.weight"].shape) == conv_shape
     linears = [m for m in model.get_submodule(classifier).modules() if isinstance(m, nn.Linear)]
     assert [m.out_features for m in linears] == [2]
-    assert model.regularized_weight is linears[0].weight
+    assert regularized_weight(model) is linears[0].weight
     # An RGB checkpoint differs only in the first conv's weight, which load_pretrained skips.
     rgb = create_model(name, in_chans=3, num_classes=2).state_dict()
     assert list(rgb) == list(state_dict)
@@ -183,10 +185,13 @@ def test_baseline_state_dict_keys_and_adapted_shapes_stay_fixed(name: str) -> No
 def test_baselines_pickle_whole(name: str) -> None:
     model = create_model(name, in_chans=1).eval()
     clone = pickle.loads(pickle.dumps(model))
-    assert type(clone) is type(model) and isinstance(clone, ClassifierModel)
+    assert type(clone) is type(model) and model_layout(clone) is not None
+    assert model_layout(clone) == model_layout(model)
     x = torch.randn(1, 1, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(clone(x), model(x))
+        with pytest.raises(ValueError, match=r"set data\.image_size >= 32"):
+            clone(torch.randn(1, 1, 31, 31))  # the input-size guard travels with it
 
 
 def test_googlenet_has_no_auxiliary_classifiers() -> None:

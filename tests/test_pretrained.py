@@ -19,7 +19,13 @@ from omegaconf import OmegaConf
 from torchvision import models as tvm
 
 from fus2net.data.transforms import normalize
-from fus2net.models import PretrainedWeightsUnavailable, create_model, input_normalization
+from fus2net.models import (
+    PretrainedWeightsUnavailable,
+    create_model,
+    input_normalization,
+    model_layout,
+    regularized_weight,
+)
 from fus2net.models.pretrained import torchvision_cache_file, torchvision_weights
 from jobs import REPO, run_module, run_train, tiny, train_env
 
@@ -65,7 +71,7 @@ def test_torchvision_imagenet_weights_from_the_cache(torch_home: Path, name: str
     deepest = [k for k in model.state_dict() if k.endswith("running_mean")][-1]
     assert torch.equal(model.state_dict()[deepest], state[deepest])
     assert model(torch.zeros(2, 1, 64, 64)).shape == (2, 2)
-    assert model.regularized_weight.shape[0] in (2, 1024, 1280)  # a Linear of the head
+    assert regularized_weight(model).shape[0] in (2, 1024, 1280)  # a Linear of the head
 
 
 def test_resnet18_imagenet_builds_from_the_cache(torch_home: Path) -> None:
@@ -119,12 +125,10 @@ def test_normalisation_follows_the_weights() -> None:
 
 def test_any_timm_model_for_one_channel_and_two_classes() -> None:
     model = create_model("resnet10t", source="timm", in_chans=1, num_classes=2, drop_rate=0.5)
-    assert (model.first_conv_name, model.classifier_name, model.min_input_size) == (
-        "conv1.0",
-        "fc",
-        32,
-    )
-    assert model.regularized_weight.shape == (2, 512)
+    layout = model_layout(model)
+    assert layout is not None
+    assert (layout.first_conv, layout.classifier, layout.min_input_size) == ("conv1.0", "fc", 32)
+    assert regularized_weight(model).shape == (2, 512)
     assert model(torch.zeros(2, 1, 64, 64)).shape == (2, 2)
     with pytest.raises(ValueError, match="not a timm model"):
         create_model("no_such_net", source="timm")

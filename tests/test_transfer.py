@@ -20,7 +20,12 @@ from torch import nn
 
 from fus2net.data.transforms import normalize
 from fus2net.inference.adabn import adapt_batch_norm
-from fus2net.models import PretrainedWeightsUnavailable, create_model, input_normalization
+from fus2net.models import (
+    PretrainedWeightsUnavailable,
+    create_model,
+    input_normalization,
+    model_layout,
+)
 from fus2net.models import packaged_weights as pw
 from jobs import compose_train, run_module, run_train, sqlite_client, tiny
 
@@ -80,12 +85,14 @@ def test_the_mapping_is_done_once_and_adapts_input_and_head(weights_cache: Path)
         in_chans=1,
         num_classes=2,
     )
-    assert model.get_submodule(model.first_conv_name).weight.shape[1] == 1
-    assert model.get_submodule(model.classifier_name).out_features == 2
+    layout = model_layout(model)
+    assert layout is not None
+    assert model.get_submodule(layout.first_conv).weight.shape[1] == 1
+    assert model.get_submodule(layout.classifier).out_features == 2
     from safetensors.torch import load_file
 
     stem = load_file(str(first))["conv_stem.weight"]
-    own = model.get_submodule(model.first_conv_name).weight
+    own = model.get_submodule(layout.first_conv).weight
     assert torch.allclose(own[:, 0], stem.sum(dim=1))  # timm's RGB-to-gray adaptation
 
 

@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig
 
 from fus2net.data.imageio import ImageLimits
-from fus2net.models import PretrainedWeightsUnavailable, create_model
+from fus2net.models import PretrainedWeightsUnavailable, create_model, model_layout
 from fus2net.tracking.uris import sqlite_path
 
 DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
@@ -64,7 +64,8 @@ def check_config(cfg: DictConfig) -> None:
     except PretrainedWeightsUnavailable as err:
         errors.append(str(err))
         model = None
-    minimum = int(getattr(model, "min_input_size", 1))
+    layout = model_layout(model) if model is not None else None
+    minimum = layout.min_input_size if layout is not None else 1
     if int(data.image_size) < minimum:
         errors.append(
             f"data.image_size={data.image_size}: {name} needs at least "

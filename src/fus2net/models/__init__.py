@@ -6,9 +6,9 @@
 
 from . import baselines, fus2net, timm_models  # noqa: F401  (import registers the models)
 from .fus2net import Fus2Net
+from .layout import ClassifierModel, ModelLayout, model_layout, regularized_weight
 from .pretrained import PretrainedWeightsUnavailable, input_normalization
 from .registry import (
-    ClassifierModel,
     create_model,
     list_models,
     list_sources,
@@ -19,11 +19,14 @@ from .registry import (
 __all__ = [
     "ClassifierModel",
     "Fus2Net",
+    "ModelLayout",
     "PretrainedWeightsUnavailable",
     "create_model",
     "input_normalization",
     "list_models",
     "list_sources",
     "load_pretrained",
+    "model_layout",
     "register_model",
+    "regularized_weight",
 ]

@@ -1,25 +1,25 @@
 """Comparison CNNs (paper Table 3: GoogLeNet; plus common ImageNet classifiers) from torchvision.
 
-Each is built by the public ``torchvision.models.get_model(name, weights=None, ...)`` and then
-given the project's model contract by switching its class to a subclass of torchvision's (as
-``torch.distributed.fsdp.fully_shard`` does), so parameter names stay torchvision's and a locally
-saved torchvision/ImageNet state dict loads through ``pretrained_path`` as it is.
-``pretrained="imagenet"`` starts from torchvision's ImageNet weights (its weights API and cache,
-see ``pretrained.py``); the head is then a fresh ``num_classes`` layer and the input conv adapted.
+Each is built by the public ``torchvision.models.get_model(name, weights=None, ...)`` and stays
+torchvision's class: the project finds its input conv and classifier in a side table
+(``layout.TORCHVISION_LAYOUTS``, as timm's ``pretrained_cfg``), so parameter names stay
+torchvision's and a locally saved torchvision/ImageNet state dict loads through
+``pretrained_path`` as it is. ``pretrained="imagenet"`` starts from torchvision's ImageNet
+weights (its weights API and cache, see ``pretrained.py``); the head is then a fresh
+``num_classes`` layer and the input conv adapted.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable
-from typing import Any, ClassVar, NamedTuple, SupportsIndex
+from typing import Any, NamedTuple
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torchvision import models as tvm
 
-from .layers import check_input_size
+from .layout import TORCHVISION_LAYOUTS, guard_input_size
 from .pretrained import IMAGENET, torchvision_imagenet_model, torchvision_weights
 from .registry import register_model
 
@@ -27,109 +27,63 @@ log = logging.getLogger(__name__)
 
 
 class _Arch(NamedTuple):
-    """One torchvision architecture: timm ``default_cfg``-style submodule names and options."""
+    """How to build one torchvision architecture (its layout is its class's row in
+    ``TORCHVISION_LAYOUTS``)."""
 
-    first_conv: str  # input conv, rebuilt for ``in_chans``
-    classifier: str  # classifier, built for ``num_classes`` by torchvision
     drop_rate: float | None = None  # default classifier dropout; None: the architecture has none
     kwargs: dict[str, Any] | None = None  # further ``get_model`` arguments
 
 
-# Adding a torchvision architecture is one row here and one `_registered` line below.
+# Adding a torchvision architecture is one row here (and one in TORCHVISION_LAYOUTS for a new
+# class) and one `_registered` line below.
 _ARCHS = {
     # GoogLeNet (Inception v1) without the auxiliary classifiers; dropout before ``fc``.
-    "googlenet": _Arch("conv1.conv", "fc", 0.2, {"aux_logits": False, "init_weights": True}),
-    "resnet18": _Arch("conv1", "fc"),
+    "googlenet": _Arch(0.2, {"aux_logits": False, "init_weights": True}),
+    "resnet18": _Arch(),
     # torchvision's own DenseNet ``drop_rate`` (inside every dense layer) stays 0, as on ImageNet.
-    "densenet121": _Arch("features.conv0", "classifier"),
-    "efficientnet_b0": _Arch("features.0.0", "classifier", 0.2),
+    "densenet121": _Arch(),
+    "efficientnet_b0": _Arch(0.2),
 }
 
 
-class LibraryModel:
-    """Mixin adding the project's model contract (see ``registry.ClassifierModel``) to a
-    library's network class, keeping its parameter names.
+def adapt_first_conv(model: nn.Module, first_conv: str, in_chans: int) -> None:
+    """Replace the RGB input conv `first_conv` by one taking ``in_chans`` channels.
 
-    ``min_input_size`` is 32, the output stride of all four torchvision baselines: below it the
-    last feature map is made of padding alone (GoogLeNet runs from 15 px, DenseNet-121 from 29).
+    The new kernel is the old one summed over its RGB channels (for ``in_chans=1``), or
+    repeated and rescaled by ``3 / in_chans`` otherwise, as timm does: a grayscale image
+    then gets the response the RGB filter gives to the same gray image, and the weights keep
+    the architecture's init scale for the new fan-in.
     """
-
-    model_name: ClassVar[str]
-    first_conv_name: ClassVar[str]
-    classifier_name: ClassVar[str]
-    min_input_size: ClassVar[int] = 32
-
-    @property
-    def regularized_weight(self) -> nn.Parameter:
-        """Weight of the classifier's first Linear (the layer the Keras-style L2 applies to)."""
-        classifier = self.get_submodule(self.classifier_name)  # type: ignore[attr-defined]
-        return next(m for m in classifier.modules() if isinstance(m, nn.Linear)).weight
-
-    def forward(self, x: Tensor) -> Tensor:
-        check_input_size(x, self.min_input_size, f"{self.model_name}'s 32x downsampling")
-        return super().forward(x)  # type: ignore[misc]
-
-    def _adapt_first_conv(self, in_chans: int) -> None:
-        """Replace the RGB input conv by one taking ``in_chans`` channels.
-
-        The new kernel is the old one summed over its RGB channels (for ``in_chans=1``), or
-        repeated and rescaled by ``3 / in_chans`` otherwise, as timm does: a grayscale image
-        then gets the response the RGB filter gives to the same gray image, and the weights keep
-        the architecture's init scale for the new fan-in.
-        """
-        conv: nn.Conv2d = self.get_submodule(self.first_conv_name)  # type: ignore[attr-defined]
-        if in_chans == conv.in_channels:
-            return
-        new_conv = nn.Conv2d(
-            in_chans,
-            conv.out_channels,
-            conv.kernel_size,
-            stride=conv.stride,
-            padding=conv.padding,
-            dilation=conv.dilation,
-            groups=conv.groups,
-            bias=conv.bias is not None,
-        )
-        with torch.no_grad():
-            if in_chans == 1:
-                new_conv.weight.copy_(conv.weight.sum(dim=1, keepdim=True))
-            else:
-                repeats = -(-in_chans // conv.in_channels)
-                weight = conv.weight.repeat(1, repeats, 1, 1)[:, :in_chans]
-                new_conv.weight.copy_(weight * conv.in_channels / in_chans)
-            if conv.bias is not None:
-                new_conv.bias.copy_(conv.bias)
-        self.set_submodule(self.first_conv_name, new_conv)  # type: ignore[attr-defined]
-
-
-class TorchvisionBaseline(LibraryModel):
-    """A torchvision network with the contract; pickles by its recipe (name, torchvision class)."""
-
-    def __reduce_ex__(self, protocol: SupportsIndex) -> tuple[Any, ...]:
-        # The class is made at run time, so a pickle (torch.save(model), spawn) names its recipe.
-        cls = type(self)
-        return _unpickle, (cls.model_name, cls.__bases__[-1]), self.__getstate__()
-
-
-@functools.cache
-def _baseline_class(name: str, base: type[nn.Module]) -> type[TorchvisionBaseline]:
-    """``base`` (torchvision's class) with the contract mixed in and ``name``'s table row."""
-    arch = _ARCHS[name]
-    attrs = {"model_name": name, "first_conv_name": arch.first_conv}
-    attrs |= {"classifier_name": arch.classifier, "__module__": __name__}
-    return type(base.__name__, (TorchvisionBaseline, base), attrs)
-
-
-def _unpickle(name: str, base: type[nn.Module]) -> TorchvisionBaseline:
-    cls = _baseline_class(name, base)
-    return cls.__new__(cls)
+    conv: nn.Conv2d = model.get_submodule(first_conv)  # type: ignore[assignment]
+    if in_chans == conv.in_channels:
+        return
+    new_conv = nn.Conv2d(
+        in_chans,
+        conv.out_channels,
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=conv.bias is not None,
+    )
+    with torch.no_grad():
+        if in_chans == 1:
+            new_conv.weight.copy_(conv.weight.sum(dim=1, keepdim=True))
+        else:
+            repeats = -(-in_chans // conv.in_channels)
+            weight = conv.weight.repeat(1, repeats, 1, 1)[:, :in_chans]
+            new_conv.weight.copy_(weight * conv.in_channels / in_chans)
+        if conv.bias is not None:
+            new_conv.bias.copy_(conv.bias)
+    model.set_submodule(first_conv, new_conv)
 
 
 def build_baseline(
     name: str, in_chans: int, num_classes: int, drop_rate: float, pretrained: str | None = None
 ) -> nn.Module:
     """torchvision's `name` through `get_model`, untrained or from its ImageNet weights
-    (`pretrained="imagenet"`), given the project's contract."""
+    (`pretrained="imagenet"`), its input conv adapted to `in_chans`."""
     if pretrained not in (None, IMAGENET):
         raise ValueError(f"model.pretrained={pretrained!r}: must be {IMAGENET!r} or null")
     arch = _ARCHS[name]
@@ -142,10 +96,10 @@ def build_baseline(
         model = tvm.get_model(name, weights=None, num_classes=num_classes, **kwargs)
     else:
         model = _imagenet_model(name, num_classes, kwargs)
-    model.__class__ = _baseline_class(name, type(model))
     if in_chans != 3 and hasattr(model, "transform_input"):
         model.transform_input = False  # GoogLeNet's RGB re-normalisation needs three channels
-    model._adapt_first_conv(in_chans)  # type: ignore[operator]
+    adapt_first_conv(model, TORCHVISION_LAYOUTS[type(model)].first_conv, in_chans)
+    guard_input_size(model, name)
     return model
 
 
@@ -155,7 +109,7 @@ def _imagenet_model(name: str, num_classes: int, kwargs: dict[str, Any]) -> nn.M
     kwargs = {k: v for k, v in kwargs.items() if k not in ("aux_logits", "init_weights")}
     model = torchvision_imagenet_model(name, **kwargs)
     log.info("%s: starting from torchvision's %s", name, torchvision_weights(name))
-    head_path, head = _last_linear(model, _ARCHS[name].classifier)
+    head_path, head = _last_linear(model, TORCHVISION_LAYOUTS[type(model)].classifier)
     model.set_submodule(head_path, nn.Linear(head.in_features, num_classes))
     return model
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from torch import Tensor, nn
 
@@ -51,3 +52,17 @@ def check_input_size(x: Tensor, min_size: int, what: str) -> None:
             f"input {height}x{width} is smaller than the minimum {min_size}x{min_size} for "
             f"{what}; set data.image_size >= {min_size}"
         )
+
+
+@dataclass(frozen=True)
+class InputSizeGuard:
+    """`check_input_size` as a forward pre-hook (`register_forward_pre_hook(..., with_kwargs=
+    True)`), for a library's network whose forward is its own; a plain object, so the model
+    still pickles and copies."""
+
+    min_size: int
+    what: str
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        x = args[0] if args else next(iter(kwargs.values()))
+        check_input_size(x, self.min_size, self.what)

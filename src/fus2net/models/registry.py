@@ -10,10 +10,11 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import TypeVar
 
 from torch import Tensor, nn
 
+from fus2net.models.layout import model_layout
 from fus2net.models.weights import load_weights
 
 log = logging.getLogger(__name__)
@@ -27,20 +28,6 @@ _SOURCES: dict[str, Callable[..., nn.Module]] = {}
 # Wrappers whose attribute name prefixes the keys of a saved model: Lightning modules
 # (``self.model``), DataParallel/DDP (``module``), torch.compile (``_orig_mod``).
 _WRAPPER_PREFIXES = ("model.", "module.", "_orig_mod.")
-
-
-@runtime_checkable
-class ClassifierModel(Protocol):
-    """What the trainer relies on, beyond ``nn.Module``, in every registered model."""
-
-    first_conv_name: str  # submodule path of the input conv (may change with in_chans)
-    classifier_name: str  # submodule path of the classifier (may change with num_classes)
-
-    @property
-    def min_input_size(self) -> int: ...
-
-    @property
-    def regularized_weight(self) -> nn.Parameter: ...
 
 
 def register_model(builder: ModelBuilder) -> ModelBuilder:
@@ -117,11 +104,8 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike[str]) -> None:
     own = model.state_dict()
     state_dict = {_strip_wrapper_prefixes(key, own): value for key, value in state_dict.items()}
 
-    adaptable = tuple(
-        f"{getattr(model, attr)}."
-        for attr in ("first_conv_name", "classifier_name")
-        if hasattr(model, attr)
-    )
+    layout = model_layout(model)
+    adaptable = (f"{layout.first_conv}.", f"{layout.classifier}.") if layout else ()
     skipped = [
         key
         for key, value in state_dict.items()

@@ -2,18 +2,15 @@
 
 timm builds it (`timm.create_model`: the input conv adapted to `in_chans` and the head made for
 `num_classes` as timm does, pretrained weights through timm's own loading and the Hugging Face
-cache), and the class is switched to a subclass carrying the project's contract, like the
-torchvision baselines, so parameter names stay timm's.
+cache) and it stays timm's class: the project reads its input conv and classifier from the
+model's own `pretrained_cfg` (`layout.model_layout`), so parameter names stay timm's.
 """
 
 from __future__ import annotations
 
-import functools
-from typing import Any, SupportsIndex
-
 from torch import nn
 
-from .baselines import LibraryModel
+from .layout import guard_input_size
 from .packaged_weights import PACKAGE, PackagedWeightsError, timm_weights_file
 from .pretrained import PretrainedWeightsUnavailable, hf_cache_dir, timm_pretrained_tag
 from .registry import register_source
@@ -21,31 +18,6 @@ from .registry import register_source
 TIMM = "timm"  # model.source of a timm network
 HUB = "hub"  # model.pretrained_source: timm's own weights (Hugging Face hub and cache)
 PRETRAINED_SOURCES = (HUB, PACKAGE)
-
-
-class TimmModel(LibraryModel):
-    """A timm network with the contract; pickles by its recipe."""
-
-    def __reduce_ex__(self, protocol: SupportsIndex) -> tuple[Any, ...]:
-        cls = type(self)
-        recipe = (cls.model_name, cls.__bases__[-1], cls.first_conv_name, cls.classifier_name)
-        return _unpickle, (*recipe, cls.min_input_size), self.__getstate__()
-
-
-@functools.cache
-def _timm_class(
-    name: str, base: type[nn.Module], first_conv: str, classifier: str, min_size: int
-) -> type[TimmModel]:
-    attrs = {"model_name": name, "first_conv_name": first_conv, "classifier_name": classifier}
-    attrs |= {"min_input_size": min_size, "__module__": __name__}
-    return type(base.__name__, (TimmModel, base), attrs)
-
-
-def _unpickle(
-    name: str, base: type[nn.Module], first_conv: str, classifier: str, min_size: int
-) -> TimmModel:
-    cls = _timm_class(name, base, first_conv, classifier, min_size)
-    return cls.__new__(cls)
 
 
 def timm_names() -> list[str]:
@@ -97,12 +69,7 @@ def build_timm_model(
             ) from err
     else:
         model = timm.create_model(name, pretrained=False, **options)
-    cfg = model.pretrained_cfg
-    reduction = getattr(model, "feature_info", None) or [{"reduction": 32}]
-    min_size = int(reduction[-1].get("reduction", 32))
-    model.__class__ = _timm_class(
-        name, type(model), str(cfg["first_conv"]), str(cfg["classifier"]), min_size
-    )
+    guard_input_size(model, name)
     return model
 
 

@@ -19,7 +19,7 @@ from torchmetrics.classification import (
 )
 
 from fus2net.inference.tta import TTA_MODES, malignant_probability
-from fus2net.models import create_model
+from fus2net.models import create_model, regularized_weight
 from fus2net.tracking import schema
 from fus2net.training.checkpoints import rename_monitors
 
@@ -142,7 +142,7 @@ class BUSClassifier(L.LightningModule):
         return self.net(x)
 
     def l2_penalty(self) -> torch.Tensor:
-        weight = self.net.regularized_weight
+        weight = regularized_weight(self.net)
         return self.l2 * weight.float().pow(2).sum()
 
     def _shared_step(self, batch: tuple[torch.Tensor, ...], stage: str) -> torch.Tensor:
