@@ -3,7 +3,6 @@ valid, unknown keys refused (with a near name), open namespaces taking what is p
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 from pathlib import Path
 from typing import get_args
@@ -12,6 +11,7 @@ import pytest
 
 from fus2net.cli import config_dir
 from fus2net.experiment import config_groups
+from fus2net.experiment.config_messages import choices
 from fus2net.experiment.config_schema import config_problems, validate_config
 from fus2net.experiment.preflight import ConfigError
 from fus2net.tracking.provenance import cell_key
@@ -149,20 +149,25 @@ def test_the_cell_key_depends_only_on_keys_something_reads() -> None:
     assert cell_key(compose_train("+optimizer.amsgrad=true")) != cell_key(base)
 
 
-def test_dataclasses_follow_the_signatures_they_type() -> None:
-    """The signature stays the truth of which arguments exist; the dataclass only types them."""
+def test_models_follow_the_signatures_they_type() -> None:
+    """The signature stays the truth of which arguments exist; the model only types them."""
     from fus2net.evaluation.calibration import CALIBRATION_METHODS
     from fus2net.models.fus2net import Fus2Net, PoolMode
 
     for source, schema in config_groups.dataset_schemas().items():
-        fields = {f.name for f in dataclasses.fields(schema)} - {"_target_"}
+        fields = {f.alias or name for name, f in schema.model_fields.items()} - {"_target_"}
         assert fields == set(inspect.signature(source).parameters), source
     model_args = set(inspect.signature(Fus2Net).parameters)
     model_args -= set(config_groups.MODEL_ARGUMENTS_SET_BY_FUS2NET)
-    model_fields = {f.name for f in dataclasses.fields(config_groups.Fus2NetModelSchema)}
+    model_fields = set(config_groups.Fus2NetModel.model_fields)
     assert model_fields == model_args | {"name", "pretrained_path"}
-    assert [m.value for m in config_groups.Calibration] == list(CALIBRATION_METHODS)
-    assert [m.value for m in config_groups.Pool] == list(get_args(PoolMode))
+    # the choices the schema takes (and words) are those the owning module accepts
+    evaluation, model = (
+        config_groups.Evaluation.model_fields,
+        config_groups.Fus2NetModel.model_fields,
+    )
+    assert choices(evaluation["calibration"]) == list(CALIBRATION_METHODS)
+    assert choices(model["pool"]) == list(get_args(PoolMode))
 
 
 def test_what_no_single_key_tells_is_left_to_check_config(tmp_path: Path) -> None:

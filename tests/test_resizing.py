@@ -19,6 +19,7 @@ from fus2net.data.records import Record
 from fus2net.data.resizing import RESIZE_MODES, content_box, resize_image, resize_mask, unfit
 from fus2net.experiment import config_groups
 from fus2net.experiment.clinical.external import evaluate_external
+from fus2net.experiment.config_messages import choices
 from fus2net.experiment.config_schema import config_problems
 from fus2net.experiment.data import load_external
 from fus2net.inference import Member, ModelSpec, load_package, predict_files
@@ -86,7 +87,7 @@ def test_unfit_cuts_the_padding_off_a_map() -> None:
 def test_an_unknown_fit_is_refused_with_the_choices() -> None:
     with pytest.raises(ValueError, match=r"data\.resize must be one of stretch, pad"):
         resize_image(np.zeros((4, 4, 1), np.uint8), 8, 1, "crop")
-    assert [m.value for m in config_groups.Resize] == list(RESIZE_MODES)
+    assert choices(config_groups.Data.model_fields["resize"]) == list(RESIZE_MODES)
     (problem,) = config_problems(compose_train("data.resize=crop"))
     assert "data.resize=crop" in problem and "pad" in problem
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from fus2net.experiment import config_groups
+from fus2net.experiment.config_messages import choices
 from fus2net.experiment.config_schema import config_problems
 from fus2net.inference.loading import LoadedModel
 from fus2net.inference.spec import Member, ModelSpec
@@ -113,6 +114,6 @@ def test_tta_enters_the_cell_key_only_when_it_is_set() -> None:
 
 
 def test_the_schema_names_the_choices() -> None:
-    assert [m.value for m in config_groups.Tta] == list(TTA_MODES)
+    assert choices(config_groups.Evaluation.model_fields["tta"]) == list(TTA_MODES)
     (problem,) = config_problems(compose_train("evaluation.tta=vflip"))
     assert "evaluation.tta=vflip" in problem and "hflip" in problem

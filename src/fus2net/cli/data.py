@@ -27,8 +27,9 @@ from fus2net.data.records import DataError
 from fus2net.data.summary import format_summary, summarize_dataset, usable_records
 
 
-def check_dataset(cfg: DictConfig) -> int:
-    """Load, decode and summarise `cfg.dataset`; print the report; return the exit code."""
+def check_dataset(cfg: DictConfig, limits: ImageLimits | None = None) -> int:
+    """Load, decode and summarise `cfg.dataset`; print the report; return the exit code.
+    `limits`: the typed config's (`data.limits`), else read from `cfg.data`."""
     try:
         source = instantiate(cfg.dataset)
         records = source.load()
@@ -43,11 +44,14 @@ def check_dataset(cfg: DictConfig) -> int:
         cause = error.__cause__ or error  # the source's own ValueError, not Hydra's wrapper
         print(f"Invalid dataset config: {cause}", file=sys.stderr)
         return 1
+    from fus2net.experiment.data import image_limits
+    from fus2net.experiment.preflight import ConfigError
+
     distance = cfg.data.get("duplicate_distance", 4)
     try:
-        limits = ImageLimits.from_config(cfg.data)
-    except ValueError as error:
-        print(f"Invalid configuration: {error}", file=sys.stderr)
+        limits = limits or image_limits(cfg)
+    except ConfigError as error:
+        print(error, file=sys.stderr)
         return 1
     summary = summarize_dataset(
         source, records, cfg.data.channels, duplicate_distance=distance, limits=limits
@@ -135,11 +139,11 @@ def main(argv: list[str] | None = None) -> None:
     from fus2net.experiment.preflight import ConfigError
 
     try:  # the schema fus2net-train checks: a typo'd key is named here too, not ignored
-        validate_config(cfg)
+        typed = validate_config(cfg)
     except ConfigError as error:
         print(error, file=sys.stderr)
         raise SystemExit(1) from None
-    raise SystemExit(check_dataset(cfg))
+    raise SystemExit(check_dataset(cfg, typed.data.limits))
 
 
 if __name__ == "__main__":

@@ -12,10 +12,9 @@ from __future__ import annotations
 import io
 import logging
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -40,25 +39,24 @@ def _pil_hard_limit() -> int | None:
     return None if Image.MAX_IMAGE_PIXELS is None else 2 * int(Image.MAX_IMAGE_PIXELS)
 
 
-def _config_int(data: Mapping[str, Any], key: str, default: int) -> int:
-    value = data.get(key, default)
-    if isinstance(value, float) and value.is_integer():  # 1e8 on the command line
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"data.{key}={value!r}: must be a whole number")
-    return value
-
-
 @dataclass(frozen=True)
 class ImageLimits:
     """What the decoder refuses before decoding any pixel: more than `max_pixels` (a
     decompression bomb, or no ultrasound image at all), or a short side under `min_size` px
-    (a thumbnail or placeholder, which would still get a confident-looking probability)."""
+    (a thumbnail or placeholder, which would still get a confident-looking probability).
+    Built from `data.max_image_pixels` and `data.min_image_size` (a whole float, 1e8 from the
+    command line, is taken); a ValueError names the key, its value and what it accepts."""
 
     max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     min_size: int = DEFAULT_MIN_IMAGE_SIZE
 
     def __post_init__(self) -> None:
+        for name, key in (("max_pixels", "max_image_pixels"), ("min_size", "min_image_size")):
+            value = getattr(self, name)
+            if isinstance(value, float) and value.is_integer():
+                object.__setattr__(self, name, int(value))
+            elif isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"data.{key}={value!r}: must be a whole number")
         if self.max_pixels < 1:
             raise ValueError(f"data.max_image_pixels={self.max_pixels}: must be >= 1")
         hard = _pil_hard_limit()
@@ -70,15 +68,6 @@ class ImageLimits:
             )
         if self.min_size < 1:
             raise ValueError(f"data.min_image_size={self.min_size}: must be >= 1 (1 = no minimum)")
-
-    @classmethod
-    def from_config(cls, data: Mapping[str, Any]) -> ImageLimits:
-        """The limits of the `data` config node (its defaults where a key is absent); a
-        ValueError names the key, its value and what it accepts."""
-        return cls(
-            max_pixels=_config_int(data, "max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS),
-            min_size=_config_int(data, "min_image_size", DEFAULT_MIN_IMAGE_SIZE),
-        )
 
     def check(self, path: Path, size: tuple[int, int]) -> None:
         """Raise ImageReadError when an image of `size` (width, height) is out of the limits."""

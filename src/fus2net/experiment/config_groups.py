@@ -1,214 +1,191 @@
-"""The typed groups of `fus2net-train`'s config: choices, ranges and the fixed keys of each
-group, as OmegaConf dataclasses (`experiment.config_schema` checks a config against them)."""
+"""The typed groups of `fus2net-train`'s config, as pydantic models: types, ranges, choices,
+defaults and the keys of each group (`experiment.config_schema` checks a config against them).
+
+A choice list lives once, in the module that acts on it (`inference.tta.TTA_MODES`, ...), and
+is imported here; the choices only the config knows (`cv.checkpoint`) are defined here.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
-from typing import Any
+from functools import cache
+from typing import Annotated, Any, Literal
 
-from omegaconf import MISSING
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model, model_validator
+from pydantic_core import PydanticCustomError
 
-from fus2net.data.imageio import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MIN_IMAGE_SIZE
+from fus2net.data.balance import BalanceMode
+from fus2net.data.cache import CacheMode
+from fus2net.data.imageio import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MIN_IMAGE_SIZE, ImageLimits
+from fus2net.data.resizing import RESIZE_MODES
+from fus2net.evaluation.calibration import CALIBRATION_METHODS
+from fus2net.inference.gradcam import CamTarget
+from fus2net.inference.tta import TTA_MODES
+from fus2net.models.fus2net import PoolMode
+from fus2net.models.pretrained import IMAGENET
+from fus2net.models.timm_models import PRETRAINED_SOURCES
 
-# ------------------------------------------------------------------------------ choices
-
-
-class Cache(Enum):
-    memory = "memory"
-    disk = "disk"
-    none = "none"
-
-
-class Resize(Enum):  # = fus2net.data.resizing.RESIZE_MODES (tested)
-    stretch = "stretch"
-    pad = "pad"
-
-
-class OnBadImage(Enum):
-    error = "error"
-    skip = "skip"
+# ------------------------------------------------------------------------------ value types
 
 
-class Scoring(Enum):
-    ensemble = "ensemble"
-    refit = "refit"
+def _refuse(*kinds: type) -> BeforeValidator:
+    """What OmegaConf's typed nodes refused: `true` for a number, 2.0 for a whole number."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, kinds):
+            raise PydanticCustomError("wrong_type", "wrong type")
+        return value
+
+    return BeforeValidator(check)
 
 
-class Checkpoint(Enum):
-    last = "last"
-    best = "best"
+def _text(value: Any) -> Any:
+    """A number or true/false where a string goes is that string (as OmegaConf stored it)."""
+    return str(value) if isinstance(value, bool | int | float) else value
 
 
-class BalanceMode(Enum):
-    flip = "flip"
-    none = "none"
-    weighted = "weighted"
+Int = Annotated[int, _refuse(bool, float)]
+Whole = Annotated[int, _refuse(bool)]  # a number that must be whole: 1e8 too
+Float = Annotated[float, _refuse(bool)]
+Str = Annotated[str, BeforeValidator(_text)]
+Text = Annotated[Str, Field(min_length=1)]
+Texts = Annotated[list[Str], Field(min_length=1)]
+
+OnBadImage = Literal["error", "skip"]
+TestScoring = Literal["ensemble", "refit"]
+Checkpoint = Literal["last", "best"]
+BalanceStrategy = Literal["loss", "sampler"]
+ExternalOverlap = Literal["drop", "keep"]  # an external set's images the training pool holds too
 
 
-class BalanceStrategy(Enum):
-    loss = "loss"
-    sampler = "sampler"
+class Node(BaseModel):
+    """A group of settings: typed, frozen, and no key but its own."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
 
-class Calibration(Enum):  # = fus2net.evaluation.calibration.CALIBRATION_METHODS (tested)
-    platt = "platt"
-    temperature = "temperature"
-    none = "none"
+class OpenNode(Node):
+    """Settings of a target that takes `**kwargs`: other keys are passed on, it checks them."""
+
+    model_config = ConfigDict(extra="allow")
 
 
-class Tta(Enum):  # = fus2net.inference.tta.TTA_MODES (tested)
-    none = "none"
-    hflip = "hflip"
-
-
-class ExternalOverlap(Enum):  # an external set's images that the training pool holds too
-    drop = "drop"
-    keep = "keep"
-
-
-class CamTarget(Enum):
-    predicted = "predicted"
-    malignant = "malignant"
-
-
-class Pool(Enum):  # = fus2net.models.fus2net.PoolMode (tested)
-    auto = "auto"
-    avg8 = "avg8"
-    adaptive = "adaptive"
-
-
-def rule(default: Any = MISSING, **rules: Any) -> Any:
-    """A dataclass field whose value must also keep `rules`: ge, gt, le, lt (bounds; on every
-    element of a list), choices (a collection, or a callable giving one), nonempty, whole (a
-    number field that takes integers only, 1e8 included), listed_by (where a long list of
-    choices is found, said instead of listing it)."""
-    return field(default=default, metadata=rules)
-
-
-def _lightning_accelerators() -> list[str]:
-    from pytorch_lightning.accelerators import AcceleratorRegistry
-
-    return sorted({*AcceleratorRegistry.available_accelerators(), "auto", "gpu"})
-
-
-def model_names() -> list[str]:
-    from fus2net.models import list_models
-
-    return list_models()
+def group() -> Any:
+    """A group's field: a group left out is checked as an empty one (each required key named)."""
+    return Field(default_factory=dict, validate_default=True)
 
 
 # ------------------------------------------------------------------------------ groups
 
 
-@dataclass
-class PathsSchema:
-    root: str = MISSING
-    data_dir: str = MISSING
-    cache_dir: str = MISSING
+class Paths(Node):
+    root: Str
+    data_dir: Str
+    cache_dir: Str
 
 
-@dataclass
-class HeldOutSchema:
-    fraction: float | None = rule(None, gt=0, lt=1)
-    per_class: list[int] | None = field(default=None, metadata={"ge": 1, "nonempty": True})
+class HeldOut(Node):
+    fraction: Float | None = Field(None, gt=0, lt=1)
+    per_class: list[Annotated[Int, Field(ge=1)]] | None = Field(None, min_length=1)
 
 
-@dataclass
-class DataSchema:
-    image_size: int = rule(ge=1)
-    resize: Resize = Resize.stretch
-    channels: int = rule(choices=(1, 3))
-    batch_size: int = rule(ge=1)
-    num_workers: int = rule(ge=0)
-    cache: Cache = MISSING
-    test: HeldOutSchema = field(default_factory=HeldOutSchema)
-    dedupe: bool = MISSING
-    duplicate_distance: int = rule(ge=0, le=64)  # bits of a 64-bit perceptual hash
-    on_bad_image: OnBadImage = OnBadImage.error
-    max_image_pixels: float = rule(DEFAULT_MAX_IMAGE_PIXELS, ge=1, whole=True)  # 1e8 too
-    min_image_size: int = rule(DEFAULT_MIN_IMAGE_SIZE, ge=1)
+class Data(Node):
+    image_size: Int = Field(ge=1)
+    resize: Literal[RESIZE_MODES] = "stretch"
+    channels: Annotated[Literal[1, 3], _refuse(bool, float)]
+    batch_size: Int = Field(ge=1)
+    num_workers: Int = Field(ge=0)
+    cache: CacheMode
+    test: HeldOut = group()
+    dedupe: bool
+    duplicate_distance: Int = Field(ge=0, le=64)  # bits of a 64-bit perceptual hash
+    on_bad_image: OnBadImage = "error"
+    max_image_pixels: Whole = Field(DEFAULT_MAX_IMAGE_PIXELS, ge=1)
+    min_image_size: Int = Field(DEFAULT_MIN_IMAGE_SIZE, ge=1)
+
+    @property
+    def limits(self) -> ImageLimits:
+        """What the decoder refuses before decoding a pixel (`data/imageio.py`)."""
+        return ImageLimits(max_pixels=self.max_image_pixels, min_size=self.min_image_size)
+
+    @model_validator(mode="after")
+    def _decodable(self) -> Data:
+        _ = self.limits  # at most PIL's own decompression-bomb limit: a ValueError says so
+        return self
 
 
-@dataclass
-class CvSchema:
-    folds: int = rule(ge=2)
-    fold: int | None = rule(None, ge=0)
-    test_scoring: Scoring = MISSING
-    checkpoint: Checkpoint = MISSING
-    holdout_source: str | None = rule(None, nonempty=True)  # a pooled member (holdout.py checks)
+class Cv(Node):
+    folds: Int = Field(ge=2)
+    fold: Int | None = Field(None, ge=0)
+    test_scoring: TestScoring
+    checkpoint: Checkpoint
+    holdout_source: Text | None = None  # a pooled member (holdout.py checks)
 
 
-@dataclass
-class BalanceSchema:
-    mode: BalanceMode = MISSING
-    strategy: BalanceStrategy = BalanceStrategy.loss
+class Balance(Node):
+    mode: BalanceMode
+    strategy: BalanceStrategy = "loss"
 
 
-@dataclass
-class RegularizationSchema:
-    dropout: float = rule(ge=0, lt=1)
-    l2: float = rule(ge=0)
-    label_smoothing: float = rule(0.0, ge=0, lt=1)  # of the cross-entropy (not in the paper)
-    ema_decay: float | None = rule(None, gt=0, lt=1)  # EMA of the weights per step; null: off
-    layer_decay: float | None = rule(None, gt=0, le=1)  # lr x this per layer down; null: off
+class Regularization(Node):
+    dropout: Float = Field(ge=0, lt=1)
+    l2: Float = Field(ge=0)
+    label_smoothing: Float = Field(0.0, ge=0, lt=1)  # of the cross-entropy (not in the paper)
+    ema_decay: Float | None = Field(None, gt=0, lt=1)  # EMA of the weights per step; null: off
+    layer_decay: Float | None = Field(None, gt=0, le=1)  # lr x this per layer down; null: off
 
 
-@dataclass
-class TrackingSchema:
-    uri: str = rule(nonempty=True)
-    artifact_location: str | None = None
-    experiment: str = rule(nonempty=True)
-    sweep: str | None = None
+class Tracking(Node):
+    uri: Text
+    artifact_location: Str | None = None
+    experiment: Text
+    sweep: Str | None = None
     log_checkpoints: bool = True
-    stale_after_s: float | None = rule(None, gt=0)
+    stale_after_s: Float | None = Field(None, gt=0)
     system_metrics: bool = False
-    system_metrics_interval_s: float = rule(10.0, gt=0)
+    system_metrics_interval_s: Float = Field(10.0, gt=0)
 
 
-@dataclass
-class GradcamSchema:
+class Gradcam(Node):
     enabled: bool = True
-    n_images: int | None = rule(32, ge=1)
-    layer: str = rule("auto", nonempty=True)
-    target: CamTarget = CamTarget.predicted
-    pointing_tolerance: int = rule(0, ge=0)
+    n_images: Int | None = Field(32, ge=1)
+    layer: Text = "auto"
+    target: CamTarget = "predicted"
+    pointing_tolerance: Int = Field(0, ge=0)
 
 
-@dataclass
-class EvaluationSchema:
+class Evaluation(Node):
     enabled: bool = True
-    calibration_bins: int = rule(15, ge=1)
-    calibration: Calibration = Calibration.platt
-    target_sensitivity: float = rule(0.95, gt=0, le=1)
-    bootstrap: int = rule(1000, ge=1)
-    tta: Tta = Tta.none
+    calibration_bins: Int = Field(15, ge=1)
+    calibration: Literal[CALIBRATION_METHODS] = "platt"
+    target_sensitivity: Float = Field(0.95, gt=0, le=1)
+    bootstrap: Int = Field(1000, ge=1)
+    tta: Literal[TTA_MODES] = "none"
     adabn: bool = False  # external sets scored after AdaBN (the other score is logged too)
-    external_overlap: ExternalOverlap = ExternalOverlap.drop  # images shared with training
-    gradcam: GradcamSchema = field(default_factory=GradcamSchema)
+    external_overlap: ExternalOverlap = "drop"  # images shared with training
+    gradcam: Gradcam = group()
     register_model: bool = False
-    model_name: str = rule(nonempty=True)
+    model_name: Text
 
 
-@dataclass
-class TrainerSchema:
+class Trainer(Node):
     """Our `trainer` keys; any other `pytorch_lightning.Trainer` argument is accepted too,
-    typed by the Trainer's signature (precision's and deterministic's choices come from it)."""
+    typed by the Trainer's signature (`devices`, `precision` and `deterministic` by it)."""
 
-    accelerator: str = rule(choices=_lightning_accelerators)
-    devices: Any = MISSING  # a count, a list of ids or "auto": Lightning decides
-    precision: Any = MISSING
-    channels_last: bool = MISSING  # ours (not Trainer arguments): fus2net.training.fold
+    accelerator: Str  # one of Lightning's accelerators (trainer_type)
+    devices: Any  # a count, a list of ids or "auto": Lightning decides
+    precision: Any
+    channels_last: bool  # ours (not Trainer arguments): fus2net.training.fold
     compile: bool = False
-    threads: int | None = rule(None, ge=1)
-    max_epochs: int = rule(ge=1)
-    log_every_n_steps: int = rule(ge=1)
+    threads: Int | None = Field(None, ge=1)
+    max_epochs: Int = Field(ge=1)
+    log_every_n_steps: Int = Field(ge=1)
     enable_progress_bar: bool = True
     deterministic: Any = None
-    gradient_clip_val: float | None = rule(None, ge=0)
-    limit_train_batches: float | None = rule(None, gt=0)  # a fraction, or a count of batches
-    limit_val_batches: float | None = rule(None, ge=0)
+    gradient_clip_val: Float | None = Field(None, ge=0)
+    limit_train_batches: Float | None = Field(None, gt=0)  # a fraction, or a count of batches
+    limit_val_batches: Float | None = Field(None, ge=0)
 
 
 # Trainer arguments fus2net.training.fold.build_trainer passes itself.
@@ -220,126 +197,98 @@ TRAINER_SET_BY_FUS2NET = {
 }
 
 
-@dataclass
-class Fus2NetModelSchema:
-    name: str = rule(choices=model_names)
-    residual_scale: float = rule(0.17, gt=0)
-    hidden_dim: int = rule(256, ge=1)
-    pool: Pool = Pool.auto
-    pretrained_path: str | None = None
+class Fus2NetModel(Node):
+    name: Str
+    residual_scale: Float = Field(0.17, gt=0)
+    hidden_dim: Int = Field(256, ge=1)
+    pool: PoolMode = "auto"
+    pretrained_path: Str | None = None
 
 
-class Pretrained(Enum):  # the torchvision baselines' model.pretrained
-    imagenet = "imagenet"
-
-
-@dataclass
-class BaselineModelSchema:
+class BaselineModel(Node):
     """A torchvision baseline: in_chans, num_classes and drop_rate come from other groups."""
 
-    name: str = rule(choices=model_names)
-    pretrained: Pretrained | None = None
-    pretrained_path: str | None = None
+    name: Str
+    pretrained: Literal[IMAGENET] | None = None
+    pretrained_path: Str | None = None
 
 
-def timm_names() -> list[str]:
-    from fus2net.models.timm_models import timm_names
-
-    return timm_names()
-
-
-class ModelSource(Enum):
-    timm = "timm"
-
-
-class PretrainedSource(Enum):  # = fus2net.models.timm_models.PRETRAINED_SOURCES (tested)
-    hub = "hub"
-    package = "package"
-
-
-@dataclass
-class TimmModelSchema:
+class TimmModel(Node):
     """Any timm network (`model.source: timm`)."""
 
-    name: str = rule(choices=timm_names, listed_by="timm.list_models()")
-    source: ModelSource = ModelSource.timm
+    name: Str  # one of timm.list_models() (model_types)
+    source: Literal["timm"] = "timm"
     pretrained: bool = False
-    pretrained_source: PretrainedSource = PretrainedSource.hub
-    pretrained_path: str | None = None
+    pretrained_source: Literal[PRETRAINED_SOURCES] = "hub"
+    pretrained_path: Str | None = None
 
 
 # The model options fus2net.training.module.BUSClassifier passes to create_model itself.
 MODEL_ARGUMENTS_SET_BY_FUS2NET = ("in_chans", "num_classes", "drop_rate")
 
 
-@dataclass
-class SyntheticDatasetSchema:
-    _target_: str = MISSING
-    root: str = rule(nonempty=True)
-    n_images: int = rule(500, ge=2)  # fus2net.data.synthetic.generate_dataset's limits
-    image_size: int = rule(299, ge=64)
-    malignant_fraction: float = rule(0.333, gt=0, lt=1)
-    seed: int = rule(0, ge=0)
-    name: str = rule("synthetic", nonempty=True)
+class DatasetNode(Node):
+    """A dataset source's settings (its signature's other arguments are none: tested)."""
+
+    target_: Str = Field(alias="_target_")
+
+
+class SyntheticDataset(DatasetNode):
+    root: Text
+    n_images: Int = Field(500, ge=2)  # fus2net.data.synthetic.generate_dataset's limits
+    image_size: Int = Field(299, ge=64)
+    malignant_fraction: Float = Field(0.333, gt=0, lt=1)
+    seed: Int = Field(0, ge=0)
+    name: Text = "synthetic"
     progress: bool = True
 
 
-@dataclass
-class BusiDatasetSchema:
-    _target_: str = MISSING
-    root: str = rule(nonempty=True)
-    classes: list[str] = field(
-        default_factory=lambda: ["benign", "malignant"], metadata={"nonempty": True}
-    )
-    name: str = rule("busi", nonempty=True)
+class BusiDataset(DatasetNode):
+    root: Text
+    classes: Texts = ["benign", "malignant"]
+    name: Text = "busi"
     allow_outside_root: bool = False  # accept symlinks that resolve outside root
 
 
-@dataclass
-class FolderDatasetSchema:
-    _target_: str = MISSING
-    root: str = rule(nonempty=True)
-    classes: list[str] | None = field(default=None, metadata={"nonempty": True})
+class FolderDataset(DatasetNode):
+    root: Text
+    classes: Texts | None = None
     recursive: bool = True
-    mask_suffix: str | None = rule("_mask", nonempty=True)
-    group_regex: str | None = None
-    name: str = rule("folder", nonempty=True)
+    mask_suffix: Text | None = "_mask"
+    group_regex: Str | None = None
+    name: Text = "folder"
     allow_outside_root: bool = False  # accept symlinks that resolve outside root
 
 
-@dataclass
-class ManifestDatasetSchema:
-    _target_: str = MISSING
-    csv: str = rule(nonempty=True)
-    classes: list[str] = field(default=MISSING, metadata={"nonempty": True})
-    label_column: str = rule(nonempty=True)
-    image_column: str | None = None
-    id_column: str | None = None
-    path_template: str | None = None
-    id_regex: str | None = None
+class ManifestDataset(DatasetNode):
+    csv: Text
+    classes: Texts
+    label_column: Text
+    image_column: Str | None = None
+    id_column: Str | None = None
+    path_template: Str | None = None
+    id_regex: Str | None = None
     label_map: dict[Any, Any] | None = None  # raw label -> class name, or null to drop
-    group_column: str | None = None
-    mask_column: str | None = None
-    mask_template: str | None = None
-    mask_separator: str = rule(";", nonempty=True)
-    root: str | None = None
-    delimiter: str = rule(",", nonempty=True)  # one character: ManifestSource checks
-    name: str = rule("manifest", nonempty=True)
+    group_column: Str | None = None
+    mask_column: Str | None = None
+    mask_template: Str | None = None
+    mask_separator: Text = ";"
+    root: Str | None = None
+    delimiter: Text = ","  # one character: ManifestSource checks
+    name: Text = "manifest"
     allow_outside_root: bool = False
     filters: dict[str, Any] | None = None  # column -> values kept (ManifestSource checks)
     sheet: Any = None  # a spreadsheet's sheet, by name or 0-based index; null = the first
 
 
-@dataclass
-class PooledDatasetSchema:
-    _target_: str = MISSING
-    members: Any = field(default_factory=dict)  # open: name -> a dataset config (each checked)
-    name: str = rule("pooled", nonempty=True)
+class PooledDataset(DatasetNode):
+    members: Any = {}  # open: name -> a dataset config (each checked)
+    name: Text = "pooled"
 
 
-def dataset_schemas() -> dict[type, type]:
-    """Our dataset sources and the dataclass that types their arguments (the source's
-    signature stays the truth of which arguments exist: tested)."""
+def dataset_schemas() -> dict[type, type[Node]]:
+    """Our dataset sources and the model that types their arguments (the source's signature
+    stays the truth of which arguments exist: tested)."""
     from fus2net.data.sources import (
         BusiSource,
         FolderSource,
@@ -349,33 +298,39 @@ def dataset_schemas() -> dict[type, type]:
     )
 
     return {
-        SyntheticSource: SyntheticDatasetSchema,
-        BusiSource: BusiDatasetSchema,
-        FolderSource: FolderDatasetSchema,
-        ManifestSource: ManifestDatasetSchema,
-        PooledSource: PooledDatasetSchema,
+        SyntheticSource: SyntheticDataset,
+        BusiSource: BusiDataset,
+        FolderSource: FolderDataset,
+        ManifestSource: ManifestDataset,
+        PooledSource: PooledDataset,
     }
 
 
-@dataclass
-class TrainSchema:
-    """The top level. The `Any` groups are dispatched by their `_target_` or `model.name`."""
+class TrainConfig(Node):
+    """The whole train config, typed. The `Any` groups are typed per config, by their
+    `_target_` or `model.name` (`config_schema.train_schema`)."""
 
-    seed: int = rule(ge=0, le=2**31 - 1)  # fold k seeds seed + k, scoring seed + 1000
-    paths: PathsSchema = field(default_factory=PathsSchema)
-    data: DataSchema = field(default_factory=DataSchema)
-    cv: CvSchema = field(default_factory=CvSchema)
-    balance: BalanceSchema = field(default_factory=BalanceSchema)
-    regularization: RegularizationSchema = field(default_factory=RegularizationSchema)
-    tracking: TrackingSchema = field(default_factory=TrackingSchema)
-    evaluation: EvaluationSchema = field(default_factory=EvaluationSchema)
-    trainer: Any = MISSING
-    model: Any = MISSING
-    dataset: Any = MISSING
-    eval_datasets: Any = field(default_factory=dict)  # open: name -> a dataset config
-    optimizer: Any = MISSING
-    scheduler: Any = MISSING
+    seed: Int = Field(ge=0, le=2**31 - 1)  # fold k seeds seed + k, scoring seed + 1000
+    paths: Paths = group()
+    data: Data = group()
+    cv: Cv = group()
+    balance: Balance = group()
+    regularization: Regularization = group()
+    tracking: Tracking = group()
+    evaluation: Evaluation = group()
+    trainer: Any
+    model: Any
+    dataset: Any
+    eval_datasets: Any = {}  # open: name -> a dataset config
+    optimizer: Any
+    scheduler: Any
     augmentation: Any = None
+
+
+# The groups a config chooses an option of (`model=resnet18`), typed by what it chose.
+CHOSEN_GROUPS = ("trainer", "model", "dataset", "optimizer", "scheduler")
+
+# ------------------------------------------------------------------------------ chosen types
 
 
 @dataclass(frozen=True)
@@ -383,7 +338,7 @@ class TargetGroup:
     """How a `_target_` group's signature becomes its schema."""
 
     passed: tuple[str, ...] = ()  # arguments the code passes itself, never settings
-    rules: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # by argument name
+    rules: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # Field bounds by name
     partial: bool | None = None  # what `_partial_` must be (the code calls the result)
 
 
@@ -417,11 +372,73 @@ TARGET_GROUPS: dict[str, TargetGroup] = {
     "augmentation": TargetGroup(rules={"p": {"ge": 0, "le": 1}}),
 }
 
-# Hydra's own keys of a node `hydra.utils.instantiate` builds.
+# Hydra's own keys of a node `hydra.utils.instantiate` builds: (type, default; ... = required).
 HYDRA_INSTANTIATE_KEYS: dict[str, tuple[Any, Any]] = {
-    "_target_": (str | None, MISSING),
+    "_target_": (Str | None, ...),
     "_partial_": (bool, False),
-    "_convert_": (str, "none"),
+    "_convert_": (Str, "none"),
     "_recursive_": (bool, True),
     "_args_": (list[Any] | None, None),
 }
+
+
+class NoScheduler(Node):
+    """`scheduler=none`: no target, so no argument."""
+
+    target_: Str | None = Field(None, alias="_target_")
+
+
+def model_names() -> list[str]:
+    from fus2net.models import list_models
+
+    return list_models()
+
+
+def _named(base: type[Node], names: list[str], listed_by: str | None = None) -> type[Node]:
+    """`base` whose `name` is one of `names`."""
+    extra = {"listed_by": listed_by} if listed_by else None
+    name = (Literal[tuple(names)], Field(json_schema_extra=extra))
+    return create_model(base.__name__, __base__=base, name=name)
+
+
+@cache
+def _model_types() -> dict[str, type[Node]]:
+    from fus2net.experiment.config_signatures import signature_model
+    from fus2net.models import Fus2Net
+    from fus2net.models.timm_models import timm_names
+
+    names = model_names()
+    passed = TargetGroup(passed=MODEL_ARGUMENTS_SET_BY_FUS2NET)
+    return {
+        "fus2net": signature_model(Fus2Net, passed, _named(Fus2NetModel, names), hydra_keys=False),
+        "baseline": _named(BaselineModel, names),
+        "timm": _named(TimmModel, timm_names(), "timm.list_models()"),
+        "unknown": _named(OpenNode, names),  # only its name is checked: it is wrong
+    }
+
+
+def model_type(model: Mapping[str, Any]) -> type[Node]:
+    """The `model` group's type by what it names: any timm network (`source: timm`),
+    fus2net (its signature's arguments, typed by Fus2NetModel) or a torchvision baseline."""
+    types = _model_types()
+    if model.get("source") is not None:
+        return types["timm"]
+    if model.get("name") not in model_names():
+        return types["unknown"]
+    return types["fus2net" if model["name"] == "fus2net" else "baseline"]
+
+
+@cache
+def trainer_type() -> type[Node]:
+    """Our trainer keys, then every other `pytorch_lightning.Trainer` argument but those
+    fus2net sets itself."""
+    import pytorch_lightning as L
+    from pytorch_lightning.accelerators import AcceleratorRegistry
+
+    from fus2net.experiment.config_signatures import signature_model
+
+    accelerators = sorted({*AcceleratorRegistry.available_accelerators(), "auto", "gpu"})
+    accelerator = (Literal[tuple(accelerators)], ...)
+    ours = create_model("Trainer", __base__=Trainer, accelerator=accelerator)
+    passed = TargetGroup(passed=tuple(TRAINER_SET_BY_FUS2NET))
+    return signature_model(L.Trainer, passed, ours, hydra_keys=False)

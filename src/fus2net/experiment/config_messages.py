@@ -1,22 +1,17 @@
-"""How `experiment.config_schema` names a wrong value: what a key accepts, in words, and the
-closest valid choice or key."""
+"""How `experiment.config_schema` names a wrong value: what a key accepts, in words (read from
+the JSON schema pydantic gives its field), and the closest valid choice or key."""
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import importlib
 import re
-import typing
+import warnings
 from collections.abc import Iterator, Mapping
-from enum import Enum
-from typing import Any
+from typing import Annotated, Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
-
-from fus2net.experiment.config_signatures import NONE_TYPE, union_members
-
-# ------------------------------------------------------------------------------ messages
+from pydantic import BaseModel, TypeAdapter
+from pydantic.fields import FieldInfo
 
 
 def show(value: Any) -> str:
@@ -25,8 +20,6 @@ def show(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return str(value).lower()
-    if isinstance(value, Enum):
-        return str(value.name)
     if isinstance(value, str):
         return value if re.fullmatch(r"[\w.:/@+\-${}]+", value) else repr(value)
     if isinstance(value, Mapping):
@@ -34,101 +27,6 @@ def show(value: Any) -> str:
     if isinstance(value, list | tuple):
         return "[" + ",".join(show(v) for v in value) + "]"
     return str(value)
-
-
-_NOUNS = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
-_PLURALS = {bool: "true/false values", int: "whole numbers", float: "numbers", str: "strings"}
-
-
-def _kind(hint: Any) -> str:
-    if hint is Any:
-        return "any value"
-    if isinstance(hint, type) and issubclass(hint, Enum):
-        return "one of " + ", ".join(m.name for m in hint)
-    if dataclasses.is_dataclass(hint):
-        return f"a group of settings ({', '.join(f.name for f in dataclasses.fields(hint))})"
-    origin = typing.get_origin(hint)
-    if origin in (list, tuple):
-        item = (typing.get_args(hint) or (Any,))[0]
-        return f"a list of {_PLURALS[item]}" if item in _PLURALS else "a list"
-    if origin is dict:
-        return "a mapping"
-    return _NOUNS.get(hint, getattr(hint, "__name__", str(hint)))
-
-
-def _bounds(rules: Mapping[str, Any]) -> str:
-    parts = [
-        f"{op} {show(rules[name])}"
-        for name, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
-        if name in rules
-    ]
-    return " and ".join(parts)
-
-
-_LISTED_CHOICES = 40  # longer lists are counted, not printed
-
-
-def _choices(rules: Mapping[str, Any]) -> list[Any] | None:
-    choices = rules.get("choices")
-    if choices is None:
-        return None
-    return list(choices() if callable(choices) else choices)
-
-
-def accepts(hint: Any, rules: Mapping[str, Any]) -> str:
-    """What a field takes, in words: type, bounds, choices, and null where it may be."""
-    members = union_members(hint)
-    optional = NONE_TYPE in members
-    if optional:
-        hint = next(m for m in members if m is not NONE_TYPE)
-    choices = _choices(rules)
-    if choices is not None and len(choices) > _LISTED_CHOICES:  # e.g. timm's 1,300 names
-        return f"one of {len(choices)} names ({rules.get('listed_by', 'see the docs')})"
-    if choices is not None:
-        return "one of " + ", ".join(dict.fromkeys(show(c) for c in choices))
-    text = "a whole number" if rules.get("whole") else _kind(hint)
-    if rules.get("nonempty"):
-        text = text.replace("a ", "a non-empty ", 1)
-    bounds = _bounds(rules)
-    if bounds:
-        text += (" with every value " if text.startswith("a ") and "list" in text else " ") + bounds
-    return text + (", or null" if optional else "")
-
-
-def near_choice(value: Any, hint: Any, rules: Mapping[str, Any]) -> str:
-    """ "; did you mean X?" for a misspelt choice (`data.cache=memroy`), else ""."""
-    members = [m for m in union_members(hint) if m is not NONE_TYPE]
-    choices = _choices(rules)
-    if choices is None and members and isinstance(members[0], type):
-        choices = [m.name for m in members[0]] if issubclass(members[0], Enum) else None
-    names = [c for c in choices or [] if isinstance(c, str)]
-    close = difflib.get_close_matches(str(value), names, n=1) if isinstance(value, str) else []
-    return f"; did you mean {close[0]}?" if close else ""
-
-
-def _same(a: Any, b: Any) -> bool:
-    return bool(a == b) and isinstance(a, bool) == isinstance(b, bool)
-
-
-def breaks_rules(value: Any, rules: Mapping[str, Any]) -> bool:
-    """Whether a value of the right type still breaks its field's rules."""
-    choices = _choices(rules)
-    if choices is not None:
-        return not any(_same(value, c) for c in choices)
-    if value is None:
-        return False
-    if rules.get("nonempty") and isinstance(value, str | list | tuple | dict) and not value:
-        return True
-    if rules.get("whole") and isinstance(value, float) and not value.is_integer():
-        return True
-    for item in value if isinstance(value, list | tuple) else [value]:
-        if isinstance(item, bool) or not isinstance(item, int | float):
-            continue
-        below = ("ge" in rules and item < rules["ge"]) or ("gt" in rules and item <= rules["gt"])
-        above = ("le" in rules and item > rules["le"]) or ("lt" in rules and item >= rules["lt"])
-        if below or above:
-            return True
-    return False
 
 
 def join_key(prefix: str, key: Any) -> str:
@@ -144,10 +42,97 @@ def leaf_items(value: Any, path: str) -> Iterator[tuple[str, Any]]:
         yield path, value
 
 
-def to_plain(value: Any) -> Any:
-    if isinstance(value, DictConfig | ListConfig):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
+# ------------------------------------------------------------------------------ what a key takes
+
+_NOUNS = {
+    "boolean": "true or false",
+    "integer": "a whole number",
+    "number": "a number",
+    "string": "a string",
+    "array": "a list",
+    "object": "a mapping",
+}
+_PLURALS = {
+    "boolean": "true/false values",
+    "integer": "whole numbers",
+    "number": "numbers",
+    "string": "strings",
+}
+# JSON schema's words for a bound; pydantic's own where a validator sits before the type
+_BOUNDS = {">=": ("minimum", "ge"), ">": ("exclusiveMinimum", "gt")}
+_BOUNDS |= {"<=": ("maximum", "le"), "<": ("exclusiveMaximum", "lt")}
+_LISTED_CHOICES = 40  # longer lists are counted, not printed
+
+
+def _json_schema(spec: FieldInfo) -> dict[str, Any]:
+    """pydantic's JSON schema of a field's type and constraints (not its default)."""
+    hint = Annotated[(spec.annotation, *spec.metadata)] if spec.metadata else spec.annotation
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            schema = TypeAdapter(hint).json_schema()
+        except Exception:  # a type with no JSON schema: the target checks it
+            return {}
+    return {**schema, **(spec.json_schema_extra or {})}  # type: ignore[dict-item]
+
+
+def choices(spec: FieldInfo) -> list[Any] | None:
+    """The values a field takes when it is a choice (a Literal, with true/false where it takes
+    a bool too, and null where the Literal holds it), else None."""
+    schema = _json_schema(spec)
+    options = schema.get("anyOf", [schema])
+    found = [v for o in options for v in o.get("enum", [o["const"]] if "const" in o else [])]
+    if not found:
+        return None
+    named = [v for v in found if v is not None]
+    if any(o.get("type") == "boolean" and "const" not in o for o in options):
+        named += [True, False]
+    return named + [None] * (None in found)
+
+
+def _kind(option: Mapping[str, Any]) -> str:
+    kind = option.get("type", "")
+    items = option.get("items", {})
+    text = _NOUNS.get(kind, "any value")
+    if kind == "array" and items.get("type") in _PLURALS:
+        text = f"a list of {_PLURALS[items['type']]}"
+    if option.get("minLength") or option.get("minItems"):
+        text = text.replace("a ", "a non-empty ", 1)
+    ranged = items if kind == "array" else option
+    bounds = " and ".join(
+        f"{op} {show(ranged[k])}" for op, keys in _BOUNDS.items() for k in keys if k in ranged
+    )
+    if bounds:
+        text += (" with every value " if kind == "array" else " ") + bounds
+    return text
+
+
+def accepts(spec: FieldInfo) -> str:
+    """What a field takes, in words: type, bounds, choices, and null where it may be."""
+    hint = spec.annotation
+    if isinstance(hint, type) and issubclass(hint, BaseModel):
+        names = ", ".join(f.alias or name for name, f in hint.model_fields.items())
+        return f"a group of settings ({names})"
+    schema = _json_schema(spec)
+    options = schema.get("anyOf", [schema])
+    kinds = [o for o in options if o.get("type") != "null"]
+    null = ", or null" if len(kinds) < len(options) else ""
+    found = choices(spec)
+    if found is not None and len(found) > _LISTED_CHOICES:  # e.g. timm's 1,300 names
+        return f"one of {len(found)} names ({schema.get('listed_by', 'see the docs')})"
+    if found is not None:
+        return "one of " + ", ".join(dict.fromkeys(show(c) for c in found)) + null
+    return (_kind(kinds[0]) if len(kinds) == 1 else "any value") + null
+
+
+def near_choice(value: Any, spec: FieldInfo) -> str:
+    """ "; did you mean X?" for a misspelt choice (`data.cache=memroy`), else ""."""
+    names = [c for c in choices(spec) or [] if isinstance(c, str)]
+    close = difflib.get_close_matches(str(value), names, n=1) if isinstance(value, str) else []
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+# ------------------------------------------------------------------------------ targets
 
 
 def reason_of(err: BaseException, limit: int = 400) -> str:

@@ -67,12 +67,15 @@ class JobData:
     sha256: list[str] = field(default_factory=list)
     phashes: np.ndarray | None = None
     external: dict[str, ExternalSet] = field(default_factory=dict)  # eval_datasets, listed once
+    limits: ImageLimits = field(default_factory=ImageLimits)  # the job's (data.*), built once
 
 
 def image_limits(cfg: DictConfig) -> ImageLimits:
-    """`data.max_image_pixels` and `data.min_image_size`, checked before any image is read."""
+    """`data.max_image_pixels` and `data.min_image_size` (ImageLimits' defaults, the schema's,
+    where unset), checked before any image is read."""
+    keys = {"max_pixels": "max_image_pixels", "min_size": "min_image_size"}
     try:
-        return ImageLimits.from_config(cfg.data)
+        return ImageLimits(**{arg: cfg.data[key] for arg, key in keys.items() if key in cfg.data})
     except ValueError as err:
         raise ConfigError(f"invalid configuration:\n  - {err}") from None
 
@@ -86,7 +89,7 @@ def _log_notices(notices: list[Notice], limit: int = 20) -> None:
 
 
 def _read_images(
-    cfg: DictConfig, source: Any, records: list[Record]
+    cfg: DictConfig, source: Any, records: list[Record], limits: ImageLimits
 ) -> tuple[list[Record], list[ImageInfo], list[Problem]]:
     """The one pass that reads the images (checks, content and perceptual hashes, pixels);
     bad files stop the job, or are left out with `data.on_bad_image=skip`."""
@@ -97,7 +100,7 @@ def _read_images(
         image_size=size,
         phash=bool(cfg.data.dedupe) or bool(cfg.get("eval_datasets")),
         progress=True,
-        limits=image_limits(cfg),
+        limits=limits,
         resize=str(cfg.data.get("resize", "stretch")),
     )
     _log_notices([n for info in infos for n in info.notices])
@@ -127,13 +130,13 @@ def prepare_data(cfg: DictConfig) -> JobData:
     Unreadable images stop the job with every bad file listed (`data.on_bad_image=error`), or
     are left out and listed (`skip`): in `JobData.skipped` and the description's counts.
     """
-    image_limits(cfg)  # a bad limit stops the job before the dataset is even listed
+    limits = image_limits(cfg)  # a bad limit stops the job before the dataset is even listed
     try:
         source = instantiate(cfg.dataset)
     except InstantiationException as err:  # the source's own ValueError, not Hydra's wrapper
         raise ConfigError(f"invalid dataset config: {err.__cause__ or err}") from None
     size, channels = int(cfg.data.image_size), int(cfg.data.channels)
-    records, infos, skipped = _read_images(cfg, source, source.load())
+    records, infos, skipped = _read_images(cfg, source, source.load(), limits)
     why = "left after data.on_bad_image=skip" if skipped else "found by the source"
     raise_if_problems(
         empty_class_problems(records, source.class_names, why),
@@ -201,6 +204,7 @@ def prepare_data(cfg: DictConfig) -> JobData:
         sha256,
         phashes if hashed else None,
         external,
+        limits,
     )
 
 

@@ -13,7 +13,6 @@ from urllib.request import urlopen
 import torch
 from omegaconf import DictConfig
 
-from fus2net.data.imageio import ImageLimits
 from fus2net.models import PretrainedWeightsUnavailable, create_model, model_layout
 from fus2net.tracking.uris import sqlite_path
 
@@ -47,10 +46,6 @@ def check_config(cfg: DictConfig) -> None:
             f"trainer.accelerator={cfg.trainer.accelerator} but no CUDA GPU is visible: "
             "use trainer=cpu"
         )
-    try:
-        ImageLimits.from_config(data)  # at most PIL's own decompression-bomb limit
-    except ValueError as err:
-        errors.append(str(err))
     name = cfg.model.name
     options = {k: v for k, v in cfg.model.items() if k != "pretrained_path"}  # not loaded here
     weights = cfg.model.get("pretrained_path")

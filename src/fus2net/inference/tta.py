@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-TTA_MODES = ("none", "hflip")  # = fus2net.experiment.config_groups.Tta (tested)
+TTA_MODES = ("none", "hflip")  # evaluation.tta: the config schema takes these (config_groups)
 
 
 def malignant_probability(

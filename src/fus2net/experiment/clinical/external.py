@@ -269,14 +269,13 @@ def score_external_datasets(
     )
     for name, external_set in ctx.data.external.items():
         try:
-            limits = ImageLimits.from_config(ctx.cfg.data)  # the training images' limits
             result = evaluate_external(
                 external_set,
                 model,
                 points,
                 work / "external" / name,
                 n_bins,
-                limits,
+                ctx.data.limits,  # the training images' limits
                 adabn=bool(ctx.cfg.evaluation.get("adabn", False)),
                 pool=pool,
                 overlap=str(ctx.cfg.evaluation.get("external_overlap", "drop")),
