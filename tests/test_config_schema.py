@@ -170,6 +170,19 @@ def test_models_follow_the_signatures_they_type() -> None:
     assert choices(model["pool"]) == list(get_args(PoolMode))
 
 
+def test_the_validated_config_is_typed_once_with_its_defaults() -> None:
+    import pydantic
+
+    from fus2net.data.imageio import ImageLimits
+
+    typed = validate_config(compose_train("~data.max_image_pixels", "optimizer.lr=0.01"))
+    assert typed.cv.folds == 5 and typed.model.name == "fus2net" and typed.optimizer.lr == 0.01
+    assert typed.data.limits == ImageLimits()  # the schema's default where the YAML has none
+    assert typed.augmentation.transforms[0].p == pytest.approx(0.8)  # a nested target, typed
+    with pytest.raises(pydantic.ValidationError):
+        typed.cv.folds = 3  # frozen: read, never changed
+
+
 def test_what_no_single_key_tells_is_left_to_check_config(tmp_path: Path) -> None:
     from fus2net.experiment.preflight import check_config
 

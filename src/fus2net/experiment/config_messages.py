@@ -44,19 +44,13 @@ def leaf_items(value: Any, path: str) -> Iterator[tuple[str, Any]]:
 
 # ------------------------------------------------------------------------------ what a key takes
 
-_NOUNS = {
-    "boolean": "true or false",
-    "integer": "a whole number",
-    "number": "a number",
-    "string": "a string",
-    "array": "a list",
-    "object": "a mapping",
-}
-_PLURALS = {
-    "boolean": "true/false values",
-    "integer": "whole numbers",
-    "number": "numbers",
-    "string": "strings",
+_WORDS = {  # a JSON schema type: one value, several
+    "boolean": ("true or false", "true/false values"),
+    "integer": ("a whole number", "whole numbers"),
+    "number": ("a number", "numbers"),
+    "string": ("a string", "strings"),
+    "array": ("a list", ""),
+    "object": ("a mapping", ""),
 }
 # JSON schema's words for a bound; pydantic's own where a validator sits before the type
 _BOUNDS = {">=": ("minimum", "ge"), ">": ("exclusiveMinimum", "gt")}
@@ -93,9 +87,10 @@ def choices(spec: FieldInfo) -> list[Any] | None:
 def _kind(option: Mapping[str, Any]) -> str:
     kind = option.get("type", "")
     items = option.get("items", {})
-    text = _NOUNS.get(kind, "any value")
-    if kind == "array" and items.get("type") in _PLURALS:
-        text = f"a list of {_PLURALS[items['type']]}"
+    text = _WORDS.get(kind, ("any value", ""))[0]
+    several = _WORDS.get(items.get("type"), ("", ""))[1]
+    if kind == "array" and several:
+        text = f"a list of {several}"
     if option.get("minLength") or option.get("minItems"):
         text = text.replace("a ", "a non-empty ", 1)
     ranged = items if kind == "array" else option
