@@ -166,13 +166,8 @@ def target_schema(group: str, node: Any) -> Schema:
 
 def group_schema(group: str, node: Any) -> Schema:
     """The model a top-level node is checked against (config_schema's dispatch)."""
-    from fus2net.experiment.config_groups import (
-        Fus2NetModel,
-        TrainConfig,
-        Trainer,
-        model_type,
-        trainer_type,
-    )
+    from fus2net.experiment.config_groups import Fus2NetModel, TrainConfig, Trainer
+    from fus2net.experiment.config_signatures import model_type, trainer_type
 
     if group in FIXED:
         return TrainConfig.model_fields[group].annotation, None

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import cache
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from fus2net.data.balance import BalanceMode
@@ -386,59 +385,3 @@ class NoScheduler(Node):
     """`scheduler=none`: no target, so no argument."""
 
     target_: Str | None = Field(None, alias="_target_")
-
-
-def model_names() -> list[str]:
-    from fus2net.models import list_models
-
-    return list_models()
-
-
-def _named(base: type[Node], names: list[str], listed_by: str | None = None) -> type[Node]:
-    """`base` whose `name` is one of `names`."""
-    extra = {"listed_by": listed_by} if listed_by else None
-    name = (Literal[tuple(names)], Field(json_schema_extra=extra))
-    return create_model(base.__name__, __base__=base, name=name)
-
-
-@cache
-def _model_types() -> dict[str, type[Node]]:
-    from fus2net.experiment.config_signatures import signature_model
-    from fus2net.models import Fus2Net
-    from fus2net.models.timm_models import timm_names
-
-    names = model_names()
-    passed = TargetGroup(passed=MODEL_ARGUMENTS_SET_BY_FUS2NET)
-    return {
-        "fus2net": signature_model(Fus2Net, passed, _named(Fus2NetModel, names), hydra_keys=False),
-        "baseline": _named(BaselineModel, names),
-        "timm": _named(TimmModel, timm_names(), "timm.list_models()"),
-        "unknown": _named(OpenNode, names),  # only its name is checked: it is wrong
-    }
-
-
-def model_type(model: Mapping[str, Any]) -> type[Node]:
-    """The `model` group's type by what it names: any timm network (`source: timm`),
-    fus2net (its signature's arguments, typed by Fus2NetModel) or a torchvision baseline."""
-    types = _model_types()
-    if model.get("source") is not None:
-        return types["timm"]
-    if model.get("name") not in model_names():
-        return types["unknown"]
-    return types["fus2net" if model["name"] == "fus2net" else "baseline"]
-
-
-@cache
-def trainer_type() -> type[Node]:
-    """Our trainer keys, then every other `pytorch_lightning.Trainer` argument but those
-    fus2net sets itself."""
-    import pytorch_lightning as L
-    from pytorch_lightning.accelerators import AcceleratorRegistry
-
-    from fus2net.experiment.config_signatures import signature_model
-
-    accelerators = sorted({*AcceleratorRegistry.available_accelerators(), "auto", "gpu"})
-    accelerator = (Literal[tuple(accelerators)], ...)
-    ours = create_model("Trainer", __base__=Trainer, accelerator=accelerator)
-    passed = TargetGroup(passed=tuple(TRAINER_SET_BY_FUS2NET))
-    return signature_model(L.Trainer, passed, ours, hydra_keys=False)

@@ -50,8 +50,6 @@ from fus2net.experiment.config_groups import (
     TargetGroup,
     TrainConfig,
     dataset_schemas,
-    model_type,
-    trainer_type,
 )
 from fus2net.experiment.config_messages import (
     accepts,
@@ -62,7 +60,7 @@ from fus2net.experiment.config_messages import (
     reason_of,
     show,
 )
-from fus2net.experiment.config_signatures import signature_model
+from fus2net.experiment.config_signatures import model_type, signature_model, trainer_type
 from fus2net.experiment.preflight import ConfigError
 
 Problem = tuple[str, str]  # (dotted key, what is wrong with it)

@@ -1,6 +1,6 @@
 """A `_target_` node's accepted keys and types, read from its target's signature (the class
 itself is the source of truth for what it takes), as a pydantic model for
-`experiment.config_schema`."""
+`experiment.config_schema`; and so the types of `model` (by its name) and `trainer`."""
 
 from __future__ import annotations
 
@@ -8,18 +8,25 @@ import inspect
 import types
 import typing
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from functools import cache
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError, create_model
 
 from fus2net.experiment.config_groups import (
     HYDRA_INSTANTIATE_KEYS,
+    MODEL_ARGUMENTS_SET_BY_FUS2NET,
+    TRAINER_SET_BY_FUS2NET,
+    BaselineModel,
     Float,
+    Fus2NetModel,
     Int,
     Node,
     OpenNode,
     Str,
     TargetGroup,
+    TimmModel,
+    Trainer,
 )
 
 _KINDS: dict[type, Any] = {bool: bool, int: Int, float: Float, str: Str}
@@ -134,3 +141,59 @@ def signature_model(
         fields[_field_name(key)] = (kind, Field(default, alias=key))
     title = f"{getattr(target, '__name__', 'Target')}Settings"
     return create_model(title, __base__=base or (OpenNode if takes_kwargs else Node), **fields)
+
+
+# ------------------------------------------------------------------- the chosen groups' types
+
+
+def model_names() -> list[str]:
+    from fus2net.models import list_models
+
+    return list_models()
+
+
+def _named(base: type[Node], names: list[str], listed_by: str | None = None) -> type[Node]:
+    """`base` whose `name` is one of `names`."""
+    extra = {"listed_by": listed_by} if listed_by else None
+    name = (Literal[tuple(names)], Field(json_schema_extra=extra))
+    return create_model(base.__name__, __base__=base, name=name)
+
+
+@cache
+def _model_types() -> dict[str, type[Node]]:
+    from fus2net.models import Fus2Net
+    from fus2net.models.timm_models import timm_names
+
+    names = model_names()
+    passed = TargetGroup(passed=MODEL_ARGUMENTS_SET_BY_FUS2NET)
+    return {
+        "fus2net": signature_model(Fus2Net, passed, _named(Fus2NetModel, names), hydra_keys=False),
+        "baseline": _named(BaselineModel, names),
+        "timm": _named(TimmModel, timm_names(), "timm.list_models()"),
+        "unknown": _named(OpenNode, names),  # only its name is checked: it is wrong
+    }
+
+
+def model_type(model: Mapping[str, Any]) -> type[Node]:
+    """The `model` group's type by what it names: any timm network (`source: timm`),
+    fus2net (its signature's arguments, typed by Fus2NetModel) or a torchvision baseline."""
+    types = _model_types()
+    if model.get("source") is not None:
+        return types["timm"]
+    if model.get("name") not in model_names():
+        return types["unknown"]
+    return types["fus2net" if model["name"] == "fus2net" else "baseline"]
+
+
+@cache
+def trainer_type() -> type[Node]:
+    """Our trainer keys, then every other `pytorch_lightning.Trainer` argument but those
+    fus2net sets itself."""
+    import pytorch_lightning as L
+    from pytorch_lightning.accelerators import AcceleratorRegistry
+
+    accelerators = sorted({*AcceleratorRegistry.available_accelerators(), "auto", "gpu"})
+    accelerator = (Literal[tuple(accelerators)], ...)
+    ours = create_model("Trainer", __base__=Trainer, accelerator=accelerator)
+    passed = TargetGroup(passed=tuple(TRAINER_SET_BY_FUS2NET))
+    return signature_model(L.Trainer, passed, ours, hydra_keys=False)
