@@ -168,13 +168,8 @@ def chosen_type(value: Any, path: str, group: str, problems: list[Problem]) -> A
     try:
         model = target_model(locate(str(target)), group)
     except Exception as err:  # not importable, or no signature to read
-        problems.append(
-            (
-                path,
-                f"{path}._target_={show(target)}: cannot be used ({reason_of(err)}); it must "
-                f"name an importable class, e.g. {_EXAMPLE_TARGETS[group]}",
-            )
-        )
+        text = f"{path}._target_={show(target)}: cannot be used ({reason_of(err)}); it must "
+        problems.append((path, f"{text}name an importable class, e.g. {_EXAMPLE_TARGETS[group]}"))
         return Any
     inner = {}
     for name, spec in model.model_fields.items():
