@@ -92,7 +92,9 @@ def augmentation(cfg: DictConfig) -> A.BaseCompose | None:
     """The training augmentation of the `augmentation` group (None: `augmentation=none`)."""
     if not cfg.augmentation:
         return None
-    return build_augmentation(OmegaConf.to_container(cfg.augmentation, resolve=True))  # type: ignore[arg-type]
+    options = OmegaConf.to_container(cfg.augmentation, resolve=True)
+    assert isinstance(options, dict)
+    return build_augmentation(options)
 
 
 def fold_datamodule(cfg: DictConfig, data: FoldData, seed: int) -> FoldDataModule:
