@@ -5,7 +5,7 @@
     python benchmarks/bench_gpu.py paper --root BUSI_ROOT [--workers 12]
 
 `paper` runs the paper's protocol (299 px, batch 16, 10 folds x 53 epochs, 50 + 50 test set)
-through the project's own data pipeline and Lightning training (`train_model`), without MLflow
+through the project's own data pipeline and Lightning training (`train_fold`), without MLflow
 (the GPU image lacks it), and reports the wall time and whether the GPU was data-bound.
 `loader` measures the training loader alone by worker count against the bare step rate: whether
 the CPU can feed the GPU at all, or augmentation has to move onto the GPU.
@@ -133,7 +133,8 @@ def loader_rate(cfg, data, workers: int, batches: int) -> float:
     """Images/s the fold-0 training loader delivers with `workers` processes and no model:
     the CPU side's ceiling (cache, flip balance, augmentation, collate, pinning), once the
     workers' first prefetched batches are out (those were made before the clock started)."""
-    from fus2net.training.fold import FoldData, fold_datamodule
+    from fus2net.experiment.factories import fold_datamodule
+    from fus2net.training.fold import FoldData
 
     cfg.data.num_workers = workers
     train_idx, val_idx = data.split.fold(0)
@@ -174,7 +175,8 @@ def bench_loader(args: argparse.Namespace) -> None:
 def bench_paper(args: argparse.Namespace) -> None:
     from fus2net.experiment.data import prepare_data
     from fus2net.training.callbacks import EpochThroughput
-    from fus2net.training.fold import FoldData, train_model
+    from fus2net.experiment.factories import train_fold
+    from fus2net.training.fold import FitRun, FoldData
 
     cfg = paper_config(args)
     with tempfile.TemporaryDirectory() as tmp:
@@ -193,13 +195,12 @@ def bench_paper(args: argparse.Namespace) -> None:
             train_idx, val_idx = data.split.fold(fold)
             throughput = EpochThroughput(log=False)
             t0 = time.perf_counter()
-            train_model(
+            train_fold(
                 cfg,
                 FoldData(data.cache.images, labels, train_idx, val_idx, data.split.test),
                 seed=int(cfg.seed) + fold,
                 num_classes=2,
-                out_dir=Path(tmp) / f"fold_{fold}",
-                callbacks=[throughput],
+                run=FitRun(Path(tmp) / f"fold_{fold}", callbacks=[throughput]),
             )
             fold_seconds.append(time.perf_counter() - t0)
             epochs += throughput.history[1:]  # the first epoch of a fold warms up (and compiles)

@@ -10,7 +10,8 @@ import pytorch_lightning as L
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
-from fus2net.training.fold import FoldData, quiet_lightning, train_model
+from fus2net.experiment.factories import train_fold
+from fus2net.training.fold import FitRun, FoldData, quiet_lightning
 from fus2net.training.module import BUSClassifier
 from jobs import compose_train
 
@@ -49,14 +50,16 @@ def _fit(
     data = FoldData(images, labels, idx[:32], idx[32:44], idx[44:])
     snapshots = Snapshots()
     quiet_lightning()
-    result = train_model(
+    result = train_fold(
         cfg,
         data,
         seed=0,
         num_classes=2,
-        out_dir=tmp_path / checkpoint,
-        checkpoint_dir=tmp_path / checkpoint / "checkpoints",
-        callbacks=[snapshots],
+        run=FitRun(
+            tmp_path / checkpoint,
+            checkpoint_dir=tmp_path / checkpoint / "checkpoints",
+            callbacks=[snapshots],
+        ),
     )
     return torch.load(result.weights, weights_only=True), snapshots
 

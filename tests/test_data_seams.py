@@ -17,6 +17,7 @@ from omegaconf import open_dict
 from PIL import Image
 
 from fus2net.cli.data import main as data_main
+from fus2net.experiment.factories import resolved_container
 from fus2net.tracking.provenance import cell_key
 from jobs import compose_train, run_train, sqlite_client, tiny
 
@@ -174,11 +175,12 @@ def test_external_overlap_and_saved_split_checks(tmp_path: Path) -> None:
 def test_external_overlap_at_its_default_keeps_the_cell_key() -> None:
     cfg = compose_train()
     assert cfg.evaluation.external_overlap == "drop"
-    key = cell_key(cfg, "f")
+    key = cell_key(resolved_container(cfg), "f")
     with open_dict(cfg):
         del cfg.evaluation["external_overlap"]  # a cell keyed before the option existed
-    assert cell_key(cfg, "f") == key
-    assert cell_key(compose_train("evaluation.external_overlap=keep"), "f") != key
+    assert cell_key(resolved_container(cfg), "f") == key
+    keep = compose_train("evaluation.external_overlap=keep")
+    assert cell_key(resolved_container(keep), "f") != key
 
 
 # ------------------------------------------------------------ 3. symlinks out of the root

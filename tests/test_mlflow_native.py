@@ -15,9 +15,9 @@ from omegaconf import OmegaConf
 
 from fus2net.experiment.cells import OpenCell, cell_name
 from fus2net.experiment.folds import _legacy_names
+from fus2net.experiment.hydra_run import swept_keys
 from fus2net.tracking import schema
 from fus2net.tracking.lightning_logger import MlflowRunLogger
-from fus2net.tracking.provenance import swept_keys
 from fus2net.tracking.uris import runs_table_link, ui_command
 from jobs import run_train, sqlite_client, store_uri, tiny
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from fus2net.inference.spec import ModelSpec
+from fus2net.models import create_model
 from fus2net.training.module import BUSClassifier
 from fus2net.training.schedules import warmup_cosine
 from jobs import run_train, sqlite_client, tiny
@@ -35,9 +36,8 @@ def test_warmup_then_cosine_to_the_floor() -> None:
 
 
 def test_label_smoothing_reaches_the_loss() -> None:
-    module = BUSClassifier(
-        {"name": "resnet18"}, optimizer=torch.optim.Adam, label_smoothing=0.1, dropout=0.0
-    )
+    net = create_model("resnet18", in_chans=3, num_classes=2, drop_rate=0.0)
+    module = BUSClassifier(net, optimizer=torch.optim.Adam, label_smoothing=0.1)
     assert module.criterion.label_smoothing == 0.1
 
 
@@ -79,7 +79,7 @@ def test_layer_decay_lowers_the_rate_layer_by_layer_from_the_classifier_down() -
     from functools import partial
 
     module = BUSClassifier(
-        {"name": "tf_efficientnet_lite0", "source": "timm", "pretrained": False},
+        create_model("tf_efficientnet_lite0", source="timm", pretrained=False, num_classes=2),
         optimizer=partial(torch.optim.AdamW, lr=0.002, weight_decay=0.05),
         scheduler=partial(warmup_cosine, max_epochs=4, warmup_epochs=1),
         layer_decay=0.8,
@@ -103,7 +103,9 @@ def test_layer_decay_lowers_the_rate_layer_by_layer_from_the_classifier_down() -
     after = [g["lr"] for g in groups]
     assert [a / b for a, b in zip(after, before, strict=True)] == pytest.approx([2.0] * len(before))
     plain = BUSClassifier(
-        {"name": "fus2net"}, optimizer=partial(torch.optim.Adam, lr=1e-3), layer_decay=0.8
+        create_model("fus2net", num_classes=2),
+        optimizer=partial(torch.optim.Adam, lr=1e-3),
+        layer_decay=0.8,
     )
     with pytest.raises(ValueError, match=r"regularization\.layer_decay"):
         plain.configure_optimizers()

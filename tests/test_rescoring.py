@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from fus2net.experiment.factories import resolved_container
 from fus2net.tracking import schema
 from fus2net.tracking.provenance import (
     KEY_ALIAS_TAG,
@@ -28,7 +29,6 @@ from fus2net.tracking.provenance import (
     flatten,
     is_evaluation_only,
     legacy_cell_key,
-    resolved_container,
 )
 from jobs import compose_train, run_train, sqlite_client, tiny
 
@@ -57,7 +57,7 @@ def former_key(cfg, fingerprint: str) -> str:
 
 
 def test_evaluation_only_settings_leave_the_cell_key() -> None:
-    base = cell_key(compose_train(), "f")
+    base = cell_key(resolved_container(compose_train()), "f")
     for overrides in (
         EXTERNAL,
         ("evaluation.gradcam.n_images=8", "evaluation.gradcam.layer=block1"),
@@ -65,24 +65,26 @@ def test_evaluation_only_settings_leave_the_cell_key() -> None:
         ("evaluation.calibration_bins=10", "evaluation.target_sensitivity=0.9"),
         ("evaluation.bootstrap=200", "evaluation.register_model=true"),
     ):
-        assert cell_key(compose_train(*overrides), "f") == base, overrides
+        assert cell_key(resolved_container(compose_train(*overrides)), "f") == base, overrides
     for keyed in (  # what a cell's models are, or what its scores mean
         "evaluation.tta=hflip",
         "evaluation.calibration=temperature",
         "evaluation.adabn=true",
         "evaluation.external_overlap=keep",
     ):
-        assert cell_key(compose_train(keyed), "f") != base, keyed
+        assert cell_key(resolved_container(compose_train(keyed)), "f") != base, keyed
 
 
 def test_cells_keyed_while_evaluation_settings_were_keyed_keep_their_keys() -> None:
     """At their defaults the evaluation-only keys hash as they did; a cell keyed at other values
     (an external set) is found by its former key, which `legacy_cell_key` gives."""
     plain = compose_train("experiment=improved")
-    assert cell_key(plain, "data") == former_key(plain, "data") == legacy_cell_key(plain, "data")
+    values = resolved_container(plain)
+    assert cell_key(values, "data") == former_key(plain, "data") == legacy_cell_key(values, "data")
     external = compose_train("experiment=improved", *EXTERNAL, "evaluation.gradcam.n_images=8")
-    assert legacy_cell_key(external, "data") == former_key(external, "data")
-    assert cell_key(external, "data") == cell_key(plain, "data") != former_key(external, "data")
+    ext_values = resolved_container(external)
+    assert legacy_cell_key(ext_values, "data") == former_key(external, "data")
+    assert cell_key(ext_values, "data") == cell_key(values, "data") != former_key(external, "data")
     assert {"trainer.compile", "evaluation.gradcam.n_images"} <= set(KEYED_AT_FORMER_VALUE)
 
 
@@ -160,7 +162,7 @@ def test_a_cell_keyed_by_an_earlier_version_is_found_and_keeps_its_key(
     monkeypatch.setenv("FUS2NET_HOME", str(tmp_path))  # paths resolve as in the job
     cfg = compose_train(*args)
     fingerprint = cell.data.tags[schema.DATASET_FINGERPRINT]
-    assert cell_key(cfg, fingerprint) == key
+    assert cell_key(resolved_container(cfg), fingerprint) == key
     old = former_key(cfg, fingerprint)
     assert old != key
     for run_id in (cell.info.run_id, *folds):

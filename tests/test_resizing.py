@@ -22,9 +22,9 @@ from fus2net.experiment.clinical.external import evaluate_external
 from fus2net.experiment.config_messages import choices
 from fus2net.experiment.config_schema import config_problems
 from fus2net.experiment.data import load_external
+from fus2net.experiment.factories import model_spec, resolved_container
 from fus2net.inference import Member, ModelSpec, load_package, predict_files
 from fus2net.inference.pyfunc import PyfuncModel
-from fus2net.inference.spec import spec_from_config
 from fus2net.models import create_model
 from fus2net.tracking.provenance import (
     KEYED_ONLY_WHEN_SET,
@@ -32,7 +32,6 @@ from fus2net.tracking.provenance import (
     cell_key,
     flatten,
     is_evaluation_only,
-    resolved_container,
 )
 from jobs import compose_train
 
@@ -144,13 +143,14 @@ def test_resize_enters_the_cell_key_only_when_it_is_set() -> None:
     kept["trainer.compile"] = False  # provenance.KEYED_AT_FORMER_VALUE
     assert KEYED_ONLY_WHEN_SET["evaluation.tta"] != kept["evaluation.tta"]  # hflip: keyed
     former = hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
-    assert cell_key(cfg, "data") == former[:16]
-    assert cell_key(compose_train("experiment=improved", "data.resize=pad"), "data") != former[:16]
+    assert cell_key(resolved_container(cfg), "data") == former[:16]
+    pad = compose_train("experiment=improved", "data.resize=pad")
+    assert cell_key(resolved_container(pad), "data") != former[:16]
 
 
 def test_a_saved_model_keeps_its_fit_and_an_older_one_reads_as_stretch(tmp_path: Path) -> None:
     members = [Member("fold_0/model.pt", 0)]  # a package lists at least one (not loaded here)
-    spec = spec_from_config(compose_train("data.resize=pad"), ["benign", "malignant"], members)
+    spec = model_spec(compose_train("data.resize=pad"), ["benign", "malignant"], members)
     assert spec.resize == "pad" and "aspect ratio kept" in spec.preprocessing["resize"]
     assert ModelSpec.read(spec.write(tmp_path / "a")).resize == "pad"
     older = json.loads((tmp_path / "a" / "fus2net_model.json").read_text())

@@ -17,7 +17,7 @@ KEY = "3fa2c1d4e5f60718"
 
 
 def _tags(*overrides: str, groups: tuple[str, ...] = ()) -> dict[str, str]:
-    """The tags `provenance.hydra_tags` writes for these command-line overrides."""
+    """The tags `experiment.hydra_run.hydra_tags` writes for these command-line overrides."""
     tags = {schema.OVERRIDES: " ".join(overrides)}
     for item in overrides:
         key, _, value = item.lstrip("+~").partition("=")

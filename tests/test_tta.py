@@ -15,16 +15,17 @@ from torch import nn
 from fus2net.experiment import config_groups
 from fus2net.experiment.config_messages import choices
 from fus2net.experiment.config_schema import config_problems
+from fus2net.experiment.factories import resolved_container
 from fus2net.inference.loading import LoadedModel
 from fus2net.inference.spec import Member, ModelSpec
 from fus2net.inference.tta import TTA_MODES, malignant_probability
+from fus2net.models import create_model
 from fus2net.tracking.provenance import (
     KEYED_ONLY_WHEN_SET,
     _is_result_key,
     cell_key,
     flatten,
     is_evaluation_only,
-    resolved_container,
 )
 from fus2net.training.module import BUSClassifier
 from jobs import compose_train
@@ -55,7 +56,9 @@ def test_hflip_is_the_mean_over_the_image_and_its_mirror() -> None:
 
 
 def test_the_module_predicts_with_its_tta_and_refuses_an_unknown_one() -> None:
-    module = BUSClassifier({"name": "fus2net"}, torch.optim.Adam, in_chans=1, tta="hflip")
+    module = BUSClassifier(
+        create_model("fus2net", in_chans=1, num_classes=2), torch.optim.Adam, tta="hflip"
+    )
     module.eval()
     x = torch.randn(3, 1, 64, 64)
     with torch.no_grad():
@@ -64,7 +67,7 @@ def test_the_module_predicts_with_its_tta_and_refuses_an_unknown_one() -> None:
     assert torch.allclose(out["prob"], expected, atol=1e-6)
     assert module.hparams["tta"] == "hflip"
     with pytest.raises(ValueError, match=r"evaluation\.tta='vflip'"):
-        BUSClassifier({"name": "fus2net"}, torch.optim.Adam, tta="vflip")
+        BUSClassifier(create_model("fus2net", num_classes=2), torch.optim.Adam, tta="vflip")
 
 
 def _loaded(tta: str) -> LoadedModel:
@@ -107,10 +110,10 @@ def test_tta_enters_the_cell_key_only_when_it_is_set() -> None:
         kept.pop(key, None)  # (model.pretrained_source exists in timm model configs only)
     kept["trainer.compile"] = False  # provenance.KEYED_AT_FORMER_VALUE
     former = hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
-    assert cell_key(cfg, "data") == former[:16]
+    assert cell_key(resolved_container(cfg), "data") == former[:16]
     hflip = compose_train("experiment=improved")  # the preset's
     assert hflip.evaluation.tta == "hflip" and config_problems(hflip) == []
-    assert cell_key(hflip, "data") != former[:16]
+    assert cell_key(resolved_container(hflip), "data") != former[:16]
 
 
 def test_the_schema_names_the_choices() -> None:

@@ -16,7 +16,6 @@ import albumentations as A
 import hydra
 import numpy as np
 from albumentations.core.transforms_interface import BaseTransformInitSchema
-from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from pydantic import Field, field_validator
 
@@ -140,24 +139,26 @@ class ScannerMarks(A.ImageOnlyTransform):
         return ("frame_size",)
 
 
-def build_augmentation(cfg: DictConfig | Mapping[str, Any] | None) -> A.BaseCompose | None:
-    """Instantiate the `augmentation` config group node; None (group `none`) means no augmentation.
+def build_augmentation(
+    augmentation: A.BaseCompose | Mapping[str, Any] | None,
+) -> A.BaseCompose | None:
+    """The training augmentation: a built albumentations pipeline as it is, or one instantiated
+    from a plain mapping of the `augmentation` group (`_target_` and its arguments); None or an
+    empty mapping (group `none`) means no augmentation.
 
-    Lists in the YAML become tuples/lists (`_convert_=all`), which albumentations' argument
+    Lists in the mapping become tuples/lists (`_convert_=all`), which albumentations' argument
     validation expects instead of OmegaConf containers.
     """
-    if cfg is None:
+    if augmentation is None or isinstance(augmentation, A.BaseCompose):
+        return augmentation
+    if len(augmentation) == 0:
         return None
-    if not isinstance(cfg, DictConfig):
-        cfg = OmegaConf.create(dict(cfg))
-    if len(cfg) == 0:
-        return None
-    if "_target_" not in cfg:
+    if "_target_" not in augmentation:
         raise ValueError(
             "augmentation config has no _target_: use one of conf/augmentation/*.yaml "
             "(e.g. _target_: albumentations.Compose with a transforms list) or augmentation=none"
         )
-    pipeline = hydra.utils.instantiate(cfg, _convert_="all")
+    pipeline = hydra.utils.instantiate(augmentation, _convert_="all")
     if not isinstance(pipeline, A.BaseCompose):
         raise TypeError(f"augmentation must build an albumentations Compose, got {type(pipeline)}")
     return pipeline

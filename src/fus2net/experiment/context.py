@@ -22,17 +22,12 @@ from omegaconf import DictConfig, OmegaConf
 from fus2net.data.records import Record
 from fus2net.data.splits import record_keys, records_fingerprint
 from fus2net.experiment.data import JobData, prepare_data
+from fus2net.experiment.factories import resolved_container
+from fus2net.experiment.hydra_run import hydra_tags
 from fus2net.tracking import resume, schema
 from fus2net.tracking.mlflow_tracker import MlflowTracker
 from fus2net.tracking.predictions import predictions_frame
-from fus2net.tracking.provenance import (
-    cell_key,
-    flatten,
-    git_state,
-    hydra_tags,
-    legacy_cell_key,
-    resolved_container,
-)
+from fus2net.tracking.provenance import cell_key, flatten, git_state, legacy_cell_key
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +167,8 @@ def build_context(cfg: DictConfig, protocol: str | None = None) -> JobContext:
     )
     out = output_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    key = cell_key(cfg, data.fingerprint)
+    config = resolved_container(cfg)
+    key = cell_key(config, data.fingerprint)
     tags = {
         schema.CELL_KEY: key,
         schema.DATASET_FINGERPRINT: data.fingerprint,
@@ -183,12 +179,12 @@ def build_context(cfg: DictConfig, protocol: str | None = None) -> JobContext:
     if protocol is not None:
         tags[schema.LOSO_KEY] = protocol
         tags[schema.HOLDOUT_SOURCE] = str(cfg.cv.holdout_source)
-    params = flatten(resolved_container(cfg))
+    params = flatten(config)
     params.update({"dataset.fingerprint": data.fingerprint, "dataset.n_images": len(data.records)})
     n_folds = len(data.split.folds)
     folds = [int(cfg.cv.fold)] if cfg.cv.fold is not None else list(range(n_folds))
     stale = float(cfg.tracking.get("stale_after_s") or resume.STALE_AFTER_S)
-    legacy = legacy_cell_key(cfg, data.fingerprint)
+    legacy = legacy_cell_key(config, data.fingerprint)
     return JobContext(cfg, data, tracker, out, key, tags, params, folds, stale, legacy)
 
 

@@ -20,10 +20,11 @@ from fus2net.evaluation.metrics import split_metrics
 from fus2net.experiment import cells
 from fus2net.experiment.artifacts import provenance_files, write_json, write_prediction_artifacts
 from fus2net.experiment.context import JobContext
+from fus2net.experiment.factories import train_fold
 from fus2net.experiment.summary import CellSummary, FoldMetrics
 from fus2net.tracking import descriptions, resume, schema
 from fus2net.tracking.lightning_logger import Heartbeat, MlflowRunLogger
-from fus2net.training.fold import FoldData, FoldResult, train_model
+from fus2net.training.fold import FitRun, FoldData, FoldResult
 
 log = logging.getLogger(__name__)
 
@@ -115,17 +116,19 @@ def run_fold(
         )
         checkpoints = ctx.checkpoint_dir(fold)
         with _system_metrics(ctx, run_id, resume=previous is not None):
-            result = train_model(
+            result = train_fold(
                 ctx.cfg,
                 FoldData(data.cache.images, data.cache.labels, train_idx, val_idx, data.split.test),
                 seed=int(ctx.cfg.seed) + fold,
                 num_classes=len(data.class_names),
-                out_dir=fold_dir,
-                logger=MlflowRunLogger(tracker, run_id, legacy_names=_legacy_names(cell)),
-                checkpoint_dir=checkpoints,
-                resume=previous is not None,
-                callbacks=[Heartbeat(tracker, [run_id])],  # only fold runs are ever reaped
-                progress_label=ctx.fold_name(fold),
+                run=FitRun(
+                    fold_dir,
+                    checkpoints,
+                    resume=previous is not None,
+                    logger=MlflowRunLogger(tracker, run_id, legacy_names=_legacy_names(cell)),
+                    callbacks=[Heartbeat(tracker, [run_id])],  # only fold runs are ever reaped
+                    progress_label=ctx.fold_name(fold),
+                ),
             )
         if result.start_epoch:
             tracker.set_tags(run_id, {schema.RESUMED_FROM_EPOCH: result.start_epoch})

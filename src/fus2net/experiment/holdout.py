@@ -32,12 +32,13 @@ def pooled_members(cfg: DictConfig) -> list[str]:
 def protocol_key(cfg: DictConfig) -> str:
     """What every held-out cell of one protocol shares: the configuration with the whole pool
     and no `cv.holdout_source` (paths, tracking and the sweep aside)."""
+    from fus2net.experiment.factories import resolved_container
     from fus2net.tracking.provenance import cell_key
 
     whole = copy.deepcopy(cfg)
     with open_dict(whole):
         whole.cv.holdout_source = None
-    return cell_key(whole)
+    return cell_key(resolved_container(whole))
 
 
 def holdout_config(cfg: DictConfig) -> tuple[DictConfig, str | None]:

@@ -20,11 +20,12 @@ from fus2net.evaluation.metrics import binary_metrics, mean_std
 from fus2net.evaluation.stats import bootstrap_intervals
 from fus2net.experiment.artifacts import provenance_files, write_json, write_prediction_artifacts
 from fus2net.experiment.context import JobContext
+from fus2net.experiment.factories import train_fold
 from fus2net.experiment.stored_folds import load_refit_result
 from fus2net.experiment.summary import CellSummary
 from fus2net.tracking import schema
 from fus2net.tracking.predictions import patient_groups
-from fus2net.training.fold import FoldData, FoldResult, train_model
+from fus2net.training.fold import FitRun, FoldData, FoldResult
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +54,14 @@ def _refit(ctx: JobContext) -> FoldResult:
     data = ctx.data
     pool = data.split.train_pool()
     log.info("refit on all %d training images for the test set", len(pool))
-    return train_model(
+    return train_fold(
         ctx.cell_cfg,
         FoldData(
             data.cache.images, data.cache.labels, pool, np.zeros(0, dtype=int), data.split.test
         ),
         seed=int(ctx.cfg.seed) + 1000,
         num_classes=len(data.class_names),
-        out_dir=ctx.out / "refit",
-        progress_label="refit",
+        run=FitRun(ctx.out / "refit", progress_label="refit"),
     )
 
 

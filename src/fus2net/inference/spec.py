@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Mapping
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -154,30 +155,38 @@ def _is_number(text: Any) -> bool:
     return True
 
 
-def spec_from_config(cfg: Any, class_names: list[str], members: list[Member]) -> ModelSpec:
-    """The spec of models trained with the Hydra config `cfg` (no thresholds or calibration yet)."""
-    from omegaconf import OmegaConf
-
+def trained_spec(
+    model: Mapping[str, Any],
+    class_names: list[str],
+    members: list[Member],
+    *,
+    in_chans: int,
+    image_size: int,
+    drop_rate: float,
+    cam_layer: str,
+    tta: str,
+    resize: str,
+) -> ModelSpec:
+    """The spec of models trained as `create_model(**model, in_chans=..., drop_rate=...)`
+    (no thresholds or calibration yet): the starting weights left out of `model`, since the
+    members' weights replace them, and the input normalisation they expect written in."""
     from fus2net.models import input_normalization
 
-    model = OmegaConf.to_container(cfg.model, resolve=True)
-    assert isinstance(model, dict)
-    normalization = input_normalization(model, int(cfg.data.channels))
-    # The members' weights replace the starting weights.
+    model = dict(model)
+    normalization = input_normalization(model, in_chans)
     for starting_weights in ("pretrained_path", "pretrained", "pretrained_source"):
         model.pop(starting_weights, None)
-    gradcam = cfg.get("evaluation", {}).get("gradcam", {})
     return ModelSpec(
         model=model,
-        in_chans=int(cfg.data.channels),
-        image_size=int(cfg.data.image_size),
+        in_chans=in_chans,
+        image_size=image_size,
         class_names=list(class_names),
         members=members,
         num_classes=len(class_names),
-        drop_rate=float(cfg.regularization.dropout),
-        cam_layer=str(gradcam.get("layer") or "auto"),
-        tta=str(cfg.get("evaluation", {}).get("tta", "none")),
-        resize=str(cfg.data.get("resize", "stretch")),
+        drop_rate=drop_rate,
+        cam_layer=cam_layer,
+        tta=tta,
+        resize=resize,
         normalization=(
             None
             if normalization is None

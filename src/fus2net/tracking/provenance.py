@@ -11,10 +11,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from omegaconf import DictConfig, OmegaConf
-
 from fus2net.tracking import schema
-from fus2net.tracking.uris import redact_uri, redact_values
+from fus2net.tracking.uris import redact_uri
 
 # Keys that never change a result: where things are written, how many workers and threads load
 # and compute, whether the network runs compiled (the same maths, rounded differently, as with
@@ -130,16 +128,6 @@ PACKAGES: tuple[str, ...] = (
 )
 
 
-def resolved_container(cfg: DictConfig) -> dict[str, Any]:
-    """The config as plain Python, interpolations resolved, Hydra's own node left out, and
-    every credential in it hidden: params, config.yaml and the cell key are made of it, and a
-    credential from the environment (`${oc.env:MLFLOW_TRACKING_URI}`) resolves into it."""
-    data = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
-    assert isinstance(data, dict)
-    data.pop("hydra", None)
-    return redact_values(data)
-
-
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """`{"data": {"image_size": 128}}` -> `{"data.image_size": 128}`; lists kept as JSON."""
     out: dict[str, Any] = {}
@@ -154,20 +142,20 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def cell_key(cfg: DictConfig, dataset_fingerprint: str = "") -> str:
-    """A deterministic key of the resolved configuration and data, folds, places and
-    evaluation-only settings aside."""
-    flat = flatten(resolved_container(cfg))
+def cell_key(config: Mapping[str, Any], dataset_fingerprint: str = "") -> str:
+    """A deterministic key of the configuration `config` (plain Python, resolved, credentials
+    hidden) and data, folds, places and evaluation-only settings aside."""
+    flat = flatten(config)
     flat["dataset.fingerprint"] = dataset_fingerprint
     kept = {k: v for k, v in flat.items() if _is_result_key(k)}
     kept.update({k: v for k, v in KEYED_AT_FORMER_VALUE.items() if k in flat})
     return _hashed(kept)
 
 
-def legacy_cell_key(cfg: DictConfig, dataset_fingerprint: str = "") -> str:
+def legacy_cell_key(config: Mapping[str, Any], dataset_fingerprint: str = "") -> str:
     """The key versions before `EVALUATION_ONLY_KEYS` left the key gave this configuration
     (those keys hashed at their values): a cell they trained is found by it, and keeps it."""
-    flat = flatten(resolved_container(cfg))
+    flat = flatten(config)
     flat["dataset.fingerprint"] = dataset_fingerprint
     kept = {k: v for k, v in flat.items() if _is_result_key(k) or is_evaluation_only(k)}
     former = {k: v for k, v in KEYED_AT_FORMER_VALUE.items() if not is_evaluation_only(k)}
@@ -266,39 +254,7 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def hydra_tags(cfg_sweep: str | None) -> dict[str, str]:
-    """Sweep id, the job's command-line overrides and group choices, for filtering in the UI."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        hc = HydraConfig.get()
-    except (ImportError, ValueError):
-        return {schema.SWEEP: cfg_sweep or schema.NO_SWEEP}
-    tags: dict[str, str] = {}
-    multirun = hc.mode == RunMode.MULTIRUN
-    if cfg_sweep:
-        tags[schema.SWEEP] = cfg_sweep
-    elif multirun:
-        tags[schema.SWEEP] = str(hc.sweep.dir)
-    else:
-        tags[schema.SWEEP] = schema.NO_SWEEP
-    tags[schema.HYDRA_MODE] = "multirun" if multirun else "run"
-    overrides = list(hc.overrides.task)
-    tags[schema.OVERRIDES] = " ".join(redact_uri(o) for o in overrides) or "(none)"
-    for item in overrides:
-        value = item.lstrip("+~").partition("=")[2]
-        tags[schema.tag_key(f"{schema.OVERRIDE_PREFIX}{_override_key(item)}")] = redact_uri(value)
-    for group, choice in hc.runtime.choices.items():
-        if not group.startswith("hydra"):
-            tags[schema.tag_key(f"{schema.CHOICE_PREFIX}{group}")] = str(choice)
-    tags[schema.HYDRA_OUTPUT_DIR] = str(hc.runtime.output_dir)
-    if multirun:
-        tags[schema.SWEPT] = " ".join(swept_keys(hc))
-    return tags
-
-
-def _override_key(item: str) -> str:
+def override_key(item: str) -> str:
     """The key of a command-line override as the `override.<key>` tags spell it."""
     return item.lstrip("+~").partition("=")[0]
 
@@ -342,7 +298,7 @@ def readable_keys(overrides: str) -> dict[str, str]:
         items = shlex.split(overrides)
     except ValueError:  # an unbalanced quote: the keys still stand before each `=`
         items = overrides.split()
-    keys = [_override_key(item) for item in items if "=" in item]
+    keys = [override_key(item) for item in items if "=" in item]
     return {_tag_name(key): readable_key(key) for key in keys}
 
 
@@ -378,26 +334,3 @@ def named_overrides(tags: Mapping[str, str]) -> list[NamedOverride]:
             group = f"{schema.CHOICE_PREFIX}{name}" in tags
             named.append(NamedOverride(name, key, value, group))
     return named
-
-
-def swept_keys(hc: Any) -> list[str]:
-    """The keys a multirun varies: its sweeper's `params` and the command line's sweep
-    overrides (`optimizer=adam,sgd`), read by Hydra's own parser from the `multirun.yaml` the
-    sweeper saved in the sweep folder; the keys every job shares are left out."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parser = OverridesParser.create()
-    params = hc.sweeper.get("params") or {}
-    candidates = [f"{key}={value}" for key, value in params.items()]
-    saved = Path(str(hc.sweep.dir)) / "multirun.yaml"
-    if saved.is_file():
-        candidates += list(OmegaConf.load(saved).hydra.overrides.task)
-    keys = []
-    for item in candidates:
-        try:
-            swept = parser.parse_override(item).is_sweep_override()
-        except Exception:  # a sweeper's own syntax Hydra does not parse: varied all the same
-            swept = True
-        if swept:
-            keys.append(_override_key(item))
-    return list(dict.fromkeys(keys))

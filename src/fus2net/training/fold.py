@@ -1,11 +1,16 @@
-"""Train and score one model: a cross-validation fold, or the refit on all training images."""
+"""Train and score one model: a cross-validation fold, or the refit on all training images.
+
+The network, its LightningModule, the fold's data module and its Trainers are built above
+(`fus2net.experiment.factories`) and passed in; this module adds what every fold's fit does the
+same: checkpoints a fold resumes from, the weights it keeps, the predictions it returns.
+"""
 
 from __future__ import annotations
 
 import logging
 import shutil
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,8 +18,6 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as L
 import torch
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import (
     Callback,
     EMAWeightAveraging,
@@ -23,19 +26,13 @@ from pytorch_lightning.callbacks import (
 )
 
 from fus2net.data.datamodule import FoldDataModule
-from fus2net.models import input_normalization
 from fus2net.tracking import schema
 from fus2net.training.callbacks import EpochThroughput
 from fus2net.training.checkpoints import SameFolderCheckpointIO, resumable, save_whole
-from fus2net.training.compiled import compile_network
 from fus2net.training.module import BUSClassifier
-from fus2net.training.precision import effective_precision
 from fus2net.training.progress import progress_bar
 
 log = logging.getLogger(__name__)
-
-# Keys of the `trainer` group that are ours, not pytorch_lightning.Trainer arguments.
-TRAINER_EXTRAS = ("channels_last", "compile", "threads")
 
 
 @dataclass
@@ -83,8 +80,46 @@ class StartEpoch(Callback):
             self.epoch = int(trainer.current_epoch)
 
 
+@dataclass(frozen=True)
+class TrainerSettings:
+    """A fold's Trainer as plain values: Lightning's own arguments, and which weights it keeps."""
+
+    arguments: Mapping[str, Any]  # pytorch_lightning.Trainer keyword arguments
+    keep_best: bool = False  # cv.checkpoint=best: the weights of the best validation AUC
+    ema_decay: float | None = None  # regularization.ema_decay: train with an EMA of the weights
+
+
+@dataclass(frozen=True)
+class FitRun:
+    """Where one fit writes (`model.pt` in `out_dir`, `last.ckpt` after every epoch in
+    `checkpoint_dir`, default `out_dir/checkpoints`), whether it continues from that
+    `last.ckpt` (an interrupted fold), and what watches it besides fus2net's own callbacks."""
+
+    out_dir: Path
+    checkpoint_dir: Path | None = None
+    resume: bool = False
+    logger: Any = False
+    callbacks: Sequence[Callback] = ()
+    progress_label: str = ""
+
+
+@dataclass
+class FoldTrainer:
+    """The Trainer that fits one model, the one that predicts with it afterwards (no logger,
+    callbacks or progress bar), the callbacks the fit is read back from, and its `FitRun`'s
+    folders and resume."""
+
+    trainer: L.Trainer
+    predictor: L.Trainer
+    out_dir: Path
+    checkpoint_dir: Path
+    start: StartEpoch
+    best: ModelCheckpoint | None = None
+    resume: bool = False
+
+
 def build_trainer(
-    cfg: DictConfig,
+    arguments: Mapping[str, Any],
     logger: Any,
     callbacks: list[Callback],
     root: Path,
@@ -92,13 +127,9 @@ def build_trainer(
     show_progress: bool = True,
     progress_label: str = "",
 ) -> L.Trainer:
-    """A Lightning Trainer from the `trainer` group (its extra keys removed), its progress bar
-    fus2net's (training.progress: `progress_label` and epochs from 1)."""
-    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
-    assert isinstance(kwargs, dict)
-    for key in TRAINER_EXTRAS:
-        kwargs.pop(key, None)
-    kwargs["precision"] = effective_precision(cfg.trainer)
+    """A Lightning Trainer of `arguments`, its progress bar fus2net's (training.progress:
+    `progress_label` and epochs from 1), its checkpoints written whole."""
+    kwargs = dict(arguments)
     if not show_progress:
         kwargs["enable_progress_bar"] = False
     if not validate:
@@ -117,27 +148,40 @@ def build_trainer(
     )
 
 
-def build_module(
-    cfg: DictConfig, num_classes: int, class_weights: torch.Tensor | None
-) -> BUSClassifier:
-    scheduler = instantiate(cfg.scheduler) if cfg.scheduler.get("_target_") else None
-    module = BUSClassifier(
-        model=OmegaConf.to_container(cfg.model, resolve=True),  # type: ignore[arg-type]
-        optimizer=instantiate(cfg.optimizer),
-        scheduler=scheduler,
-        in_chans=int(cfg.data.channels),
-        num_classes=num_classes,
-        dropout=float(cfg.regularization.dropout),
-        l2=float(cfg.regularization.l2),
-        class_weights=class_weights,
-        channels_last=bool(cfg.trainer.channels_last),
-        label_smoothing=float(cfg.regularization.get("label_smoothing", 0.0)),
-        tta=str(cfg.get("evaluation", {}).get("tta", "none")),
-        layer_decay=cfg.regularization.get("layer_decay"),
+def fold_trainer(settings: TrainerSettings, run: FitRun, validate: bool) -> FoldTrainer:
+    """The Trainers of one fit: `last.ckpt` rewritten after every epoch, `best.ckpt` with
+    `keep_best` (when there is a validation set), Lightning's EMA with `ema_decay`."""
+    checkpoint_dir = run.checkpoint_dir or run.out_dir / "checkpoints"
+    start = StartEpoch()
+    best = _best_checkpoint(checkpoint_dir) if settings.keep_best and validate else None
+    ema = [] if settings.ema_decay is None else [EMAWeightAveraging(decay=settings.ema_decay)]
+    callbacks: list[Callback] = [
+        # `best` before `last`: Lightning keeps their order, so last.ckpt stores this epoch's
+        # best score and path (a resumed fold must not compare against an older best).
+        *([best] if best is not None else []),
+        # One file, rewritten after every epoch (save_last alone would only write at the end).
+        ModelCheckpoint(
+            dirpath=checkpoint_dir, filename="last", save_top_k=1, enable_version_counter=False
+        ),
+        EpochThroughput(),
+        start,
+        *ema,
+        *run.callbacks,
+    ]
+    if run.logger:  # the learning rate of every epoch, logged as schema.LEARNING_RATE
+        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+    trainer = build_trainer(
+        settings.arguments,
+        run.logger,
+        callbacks,
+        run.out_dir,
+        validate=validate,
+        progress_label=run.progress_label,
     )
-    if cfg.trainer.get("compile"):
-        compile_network(module.net, str(cfg.trainer.accelerator))
-    return module
+    predictor = build_trainer(
+        settings.arguments, False, [], run.out_dir, validate=False, show_progress=False
+    )
+    return FoldTrainer(trainer, predictor, run.out_dir, checkpoint_dir, start, best, run.resume)
 
 
 def _predict(
@@ -158,27 +202,6 @@ def _loadable(checkpoint: Path, module: torch.nn.Module | None = None) -> bool:
     return resumable(checkpoint, module)
 
 
-def fold_datamodule(cfg: DictConfig, data: FoldData, seed: int) -> FoldDataModule:
-    """The fold's loaders as `cfg` sets them up (balance, augmentation, workers), ready to use."""
-    datamodule = FoldDataModule(
-        data.images,
-        data.labels,
-        data.train_idx,
-        data.val_idx,
-        data.test_idx,
-        batch_size=int(cfg.data.batch_size),
-        augmentation=instantiate(cfg.augmentation) if cfg.augmentation else None,
-        balance=str(cfg.balance.mode),
-        sampler_weighting=cfg.balance.get("strategy", "loss") == "sampler",
-        num_workers=int(cfg.data.num_workers),
-        seed=seed,
-        pin_memory=cfg.trainer.accelerator == "gpu",
-        normalization=input_normalization(cfg.model, int(cfg.data.channels)),
-    )
-    datamodule.setup("fit")
-    return datamodule
-
-
 def _best_checkpoint(checkpoint_dir: Path) -> ModelCheckpoint:
     """The weights of the best validation AUC (`cv.checkpoint=best`); its state (best path and
     score) is saved in last.ckpt too, so a resumed fold still knows its best epoch so far."""
@@ -193,91 +216,48 @@ def _best_checkpoint(checkpoint_dir: Path) -> ModelCheckpoint:
     )
 
 
-def _weight_averaging(cfg: DictConfig) -> list[Callback]:
-    """Lightning's EMA of the weights (`regularization.ema_decay`): validated with, saved in
-    last.ckpt, and the weights the fold keeps."""
-    decay = cfg.regularization.get("ema_decay")
-    return [] if decay is None else [EMAWeightAveraging(decay=float(decay))]
-
-
 def _test_probabilities(
-    predictor: L.Trainer, module: BUSClassifier, datamodule: FoldDataModule, test_idx: np.ndarray
+    predictor: L.Trainer, module: BUSClassifier, datamodule: FoldDataModule
 ) -> np.ndarray:
-    """The test set's probabilities, in the order of `test_idx`."""
+    """The test set's probabilities, in the order of `datamodule.test_idx`."""
     test_index, test_prob = _predict(predictor, module, datamodule.test_dataloader())
     if not len(test_index):
         return test_prob
     order = {int(i): n for n, i in enumerate(test_index)}
-    return test_prob[[order[int(i)] for i in test_idx]]
+    return test_prob[[order[int(i)] for i in datamodule.test_idx]]
 
 
-def train_model(
-    cfg: DictConfig,
-    data: FoldData,
-    seed: int,
-    num_classes: int,
-    out_dir: Path,
-    logger: Any = False,
-    *,
-    checkpoint_dir: Path | None = None,
-    resume: bool = False,
-    callbacks: Sequence[Callback] = (),
-    progress_label: str = "",
-) -> FoldResult:
-    """Fit a fresh model, optimiser and trainer on `data`, then predict validation and test.
+def train_model(module: BUSClassifier, datamodule: FoldDataModule, fold: FoldTrainer) -> FoldResult:
+    """Fit `module` on `datamodule` with `fold`'s Trainer, then predict validation and test.
 
-    `checkpoint_dir` (default `out_dir/checkpoints`) receives `last.ckpt` after every epoch;
-    with `resume`, training continues from the `last.ckpt` found there (an interrupted fold),
-    loaded with `weights_only=True`: a checkpoint never runs pickled code.
+    With `fold.resume`, training continues from the `last.ckpt` in `fold.checkpoint_dir` (an
+    interrupted fold), loaded with `weights_only=True`: a checkpoint never runs pickled code.
     """
-    L.seed_everything(seed, workers=True, verbose=False)
-    datamodule = fold_datamodule(cfg, data, seed)
-    module = build_module(cfg, num_classes, datamodule.class_weights)
-    validate = len(data.val_idx) > 0
-    checkpoint_dir = checkpoint_dir or out_dir / "checkpoints"
-    last = checkpoint_dir / "last.ckpt"
-    ckpt_path = last if resume and _loadable(last, module) else None
-    if ckpt_path is None and checkpoint_dir.is_dir():
-        shutil.rmtree(checkpoint_dir)  # a fresh start must not pick up a stale last.ckpt
-    start = StartEpoch()
-    best = _best_checkpoint(checkpoint_dir) if cfg.cv.checkpoint == "best" and validate else None
-    all_callbacks: list[Callback] = [
-        # `best` before `last`: Lightning keeps their order, so last.ckpt stores this epoch's
-        # best score and path (a resumed fold must not compare against an older best).
-        *([best] if best is not None else []),
-        # One file, rewritten after every epoch (save_last alone would only write at the end).
-        ModelCheckpoint(
-            dirpath=checkpoint_dir, filename="last", save_top_k=1, enable_version_counter=False
-        ),
-        EpochThroughput(),
-        start,
-        *_weight_averaging(cfg),
-        *callbacks,
-    ]
-    if logger:  # the learning rate of every epoch, logged as schema.LEARNING_RATE
-        all_callbacks.append(LearningRateMonitor(logging_interval="epoch"))
-    trainer = build_trainer(
-        cfg, logger, all_callbacks, out_dir, validate=validate, progress_label=progress_label
-    )
+    last = fold.checkpoint_dir / "last.ckpt"
+    ckpt_path = last if fold.resume and _loadable(last, module) else None
+    if ckpt_path is None and fold.checkpoint_dir.is_dir():
+        shutil.rmtree(fold.checkpoint_dir)  # a fresh start must not pick up a stale last.ckpt
     if ckpt_path is not None:
         log.info("resuming from %s", ckpt_path)
+    trainer = fold.trainer
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    best = fold.best
     if best is not None and best.best_model_path:
         state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
         module.load_state_dict(state["state_dict"])
         log.info("restored the weights of the best validation AUC (%.4f)", best.best_model_score)
-    weights = out_dir / "model.pt"
+    weights = fold.out_dir / "model.pt"
     save_whole({k: v.detach().cpu() for k, v in module.net.state_dict().items()}, weights)
-    predictor = build_trainer(cfg, False, [], out_dir, validate=False, show_progress=False)
+    validate = len(datamodule.val_idx) > 0
     val_index, val_prob = _predict(
-        predictor, module, datamodule.val_dataloader() if validate else None
+        fold.predictor, module, datamodule.val_dataloader() if validate else None
     )
-    test_prob = _test_probabilities(predictor, module, datamodule, data.test_idx)
+    epochs = int(trainer.current_epoch)
     return FoldResult(
         val_index=val_index,
         val_prob=val_prob,
-        test_prob=test_prob,
+        test_prob=_test_probabilities(fold.predictor, module, datamodule),
         weights=weights,
-        epochs_run=int(trainer.current_epoch),
-        start_epoch=start.epoch if start.epoch is not None else int(trainer.current_epoch),
+        epochs_run=epochs,
+        start_epoch=epochs if fold.start.epoch is None else fold.start.epoch,
     )

@@ -19,7 +19,7 @@ from torchmetrics.classification import (
 )
 
 from fus2net.inference.tta import TTA_MODES, malignant_probability
-from fus2net.models import create_model, regularized_weight
+from fus2net.models import regularized_weight
 from fus2net.tracking import schema
 from fus2net.training.checkpoints import rename_monitors
 
@@ -79,8 +79,9 @@ def layer_decay_groups(
 
 
 class BUSClassifier(L.LightningModule):
-    """Cross-entropy training with Keras-style L2 on the first dense layer (paper, Table 2);
-    validation and prediction score with the test-time augmentation `tta` (`evaluation.tta`).
+    """Cross-entropy training of `net` (any registry model, built by the caller) with Keras-style
+    L2 on its first dense layer (paper, Table 2); validation and prediction score with the
+    test-time augmentation `tta` (`evaluation.tta`).
 
     The L2 term is ``l2 * sum(w ** 2)`` over the first dense kernel only, which is what Keras'
     ``kernel_regularizer=l2(0.05)`` adds; PyTorch's ``weight_decay`` would decay every weight
@@ -91,13 +92,10 @@ class BUSClassifier(L.LightningModule):
 
     def __init__(
         self,
-        model: dict[str, Any],
+        net: nn.Module,
         optimizer: OptimizerFactory,
         scheduler: SchedulerFactory | None = None,
         *,
-        in_chans: int = 3,
-        num_classes: int = 2,
-        dropout: float = 0.5,
         l2: float = 0.0,
         class_weights: torch.Tensor | None = None,
         channels_last: bool = False,
@@ -108,12 +106,9 @@ class BUSClassifier(L.LightningModule):
         super().__init__()
         if tta not in TTA_MODES:
             raise ValueError(f"evaluation.tta={tta!r}: use one of {', '.join(TTA_MODES)}")
+        # Plain values only: a checkpoint's hyperparameters load with weights_only=True.
         self.save_hyperparameters(
             {
-                "model": dict(model),
-                "in_chans": in_chans,
-                "num_classes": num_classes,
-                "dropout": dropout,
                 "l2": l2,
                 "channels_last": channels_last,
                 "label_smoothing": label_smoothing,
@@ -121,11 +116,7 @@ class BUSClassifier(L.LightningModule):
                 "layer_decay": layer_decay,
             }
         )
-        self.net = create_model(
-            **model, in_chans=in_chans, num_classes=num_classes, drop_rate=dropout
-        )
-        if channels_last:
-            self.net = self.net.to(memory_format=torch.channels_last)
+        self.net = net.to(memory_format=torch.channels_last) if channels_last else net
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.l2 = float(l2)

@@ -6,7 +6,6 @@ import functools
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
 
 
 @functools.cache
@@ -20,13 +19,9 @@ def cpu_supports_bf16() -> bool:
         return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def effective_precision(trainer_cfg: DictConfig) -> str:
-    """The configured precision, or fp32 where bf16 would be emulated (slow) on this CPU."""
-    precision = str(trainer_cfg.precision)
-    if (
-        trainer_cfg.accelerator == "cpu"
-        and precision.startswith("bf16")
-        and not cpu_supports_bf16()
-    ):
+def effective_precision(precision: str, accelerator: str) -> str:
+    """`precision` (`trainer.precision`), or fp32 where bf16 would be emulated (slow) on this
+    CPU (`accelerator` cpu)."""
+    if accelerator == "cpu" and precision.startswith("bf16") and not cpu_supports_bf16():
         return "32-true"
     return precision

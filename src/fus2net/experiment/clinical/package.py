@@ -15,6 +15,7 @@ from fus2net.evaluation.stats import bootstrap_intervals
 from fus2net.experiment.clinical.calibration import CalibrationResult
 from fus2net.experiment.clinical.train_images import training_data
 from fus2net.experiment.context import JobContext
+from fus2net.experiment.factories import model_spec
 from fus2net.experiment.scoring import ensemble_model
 from fus2net.inference import pyfunc
 from fus2net.inference.loading import LoadedModel, load_from_run
@@ -24,7 +25,6 @@ from fus2net.inference.spec import (
     SPEC_FILE,
     Member,
     export_package,
-    spec_from_config,
 )
 from fus2net.tracking import schema
 from fus2net.tracking.predictions import patient_groups, read_cell_predictions
@@ -58,7 +58,7 @@ def write_spec(
         members = [Member(_relative(refit_weights, ctx.out), None)]
     else:
         members = [Member(_relative(r.weights, ctx.out), fold) for fold, r in results.items()]
-    spec = spec_from_config(ctx.cfg, ctx.data.class_names, members)
+    spec = model_spec(ctx.cfg, ctx.data.class_names, members)
     spec.temperature, spec.calibration_bias = calibration.temperature, calibration.bias
     spec.calibration_method = calibration.method
     spec.thresholds.update({p.name: p.threshold for p in points})
