@@ -174,8 +174,8 @@ def bench_loader(args: argparse.Namespace) -> None:
 
 def bench_paper(args: argparse.Namespace) -> None:
     from fus2net.experiment.data import prepare_data
-    from fus2net.training.callbacks import EpochThroughput
     from fus2net.experiment.factories import train_fold
+    from fus2net.training.callbacks import EpochThroughput
     from fus2net.training.fold import FitRun, FoldData
 
     cfg = paper_config(args)
