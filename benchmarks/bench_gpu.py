@@ -133,7 +133,7 @@ def loader_rate(cfg, data, workers: int, batches: int) -> float:
     """Images/s the fold-0 training loader delivers with `workers` processes and no model:
     the CPU side's ceiling (cache, flip balance, augmentation, collate, pinning), once the
     workers' first prefetched batches are out (those were made before the clock started)."""
-    from fus2net.experiment.factories import fold_datamodule
+    from fus2net.config.factories import fold_datamodule
     from fus2net.training.fold import FoldData
 
     cfg.data.num_workers = workers
@@ -152,7 +152,7 @@ def loader_rate(cfg, data, workers: int, batches: int) -> float:
 def bench_loader(args: argparse.Namespace) -> None:
     """Loader images/s by worker count, set against the bare bf16 step rate: whether the CPU
     can keep the GPU busy (if not, augmentation belongs on the GPU)."""
-    from fus2net.experiment.data import prepare_data
+    from fus2net.cell.job_data import prepare_data
 
     cfg = paper_config(args)
     with tempfile.TemporaryDirectory() as tmp:
@@ -173,8 +173,8 @@ def bench_loader(args: argparse.Namespace) -> None:
 
 
 def bench_paper(args: argparse.Namespace) -> None:
-    from fus2net.experiment.data import prepare_data
-    from fus2net.experiment.factories import train_fold
+    from fus2net.cell.job_data import prepare_data
+    from fus2net.config.factories import train_fold
     from fus2net.training.callbacks import EpochThroughput
     from fus2net.training.fold import FitRun, FoldData
 

@@ -10,7 +10,7 @@ import pytorch_lightning as L
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
-from fus2net.experiment.factories import train_fold
+from fus2net.config.factories import train_fold
 from fus2net.training.fold import FitRun, FoldData, quiet_lightning
 from fus2net.training.module import BUSClassifier
 from jobs import compose_train

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from scipy.special import expit, logit
 
+from fus2net.clinical.model_card import ModelCardFacts, render_model_card
+from fus2net.clinical.plots import save_reliability_diagram
 from fus2net.evaluation.calibration import (
     apply_temperature,
     calibrated_ensemble,
@@ -26,8 +28,6 @@ from fus2net.evaluation.operating_points import (
     threshold_for_sensitivity,
     youden_threshold,
 )
-from fus2net.experiment.clinical.figures import save_reliability_diagram
-from fus2net.experiment.clinical.model_card import ModelCardFacts, render_model_card
 from fus2net.inference.spec import Member, ModelSpec
 
 

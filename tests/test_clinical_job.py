@@ -12,11 +12,11 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from fus2net.data.imageio import resized_mask
+from fus2net.cell.job_data import load_external
+from fus2net.clinical.external import evaluate_external, patient_level
+from fus2net.clinical.step import evaluate_clinically
 from fus2net.evaluation.localization import localization_scores
-from fus2net.experiment.clinical.external import evaluate_external, patient_level
-from fus2net.experiment.clinical.step import evaluate_clinically
-from fus2net.experiment.data import load_external
+from fus2net.images.imageio import resized_mask
 from fus2net.inference import load_model, load_package, predict_files
 from jobs import BUSI, run_train, sqlite_client, store_uri, tiny
 

@@ -96,7 +96,7 @@ def log_cell(
     extra_params: dict[str, object] | None = None,
 ) -> str:
     """A cell and its fold runs exactly as fus2net-train logs them (experiment/folds.py and
-    experiment/scoring.py)."""
+    cell/scoring.py)."""
     tags = {
         "fus2net.cell_key": key or f"key-{optimizer}",
         "fus2net.dataset_fingerprint": "f" * 64,

@@ -10,11 +10,11 @@ from typing import get_args
 import pytest
 
 from fus2net.cli import config_dir
-from fus2net.experiment import config_groups
-from fus2net.experiment.config_messages import choices
-from fus2net.experiment.config_schema import config_problems, validate_config
-from fus2net.experiment.factories import resolved_container
-from fus2net.experiment.preflight import ConfigError
+from fus2net.config.factories import resolved_container
+from fus2net.config.messages import choices
+from fus2net.config.preflight import ConfigError
+from fus2net.config.validate import config_problems, validate_config
+from fus2net.config import groups as config_groups
 from fus2net.tracking.provenance import cell_key
 from jobs import compose_train, run_train, tiny
 
@@ -175,7 +175,7 @@ def test_models_follow_the_signatures_they_type() -> None:
 def test_the_validated_config_is_typed_once_with_its_defaults() -> None:
     import pydantic
 
-    from fus2net.data.imageio import ImageLimits
+    from fus2net.images.imageio import ImageLimits
 
     typed = validate_config(compose_train("~data.max_image_pixels", "optimizer.lr=0.01"))
     assert typed.cv.folds == 5 and typed.model.name == "fus2net" and typed.optimizer.lr == 0.01
@@ -186,7 +186,7 @@ def test_the_validated_config_is_typed_once_with_its_defaults() -> None:
 
 
 def test_what_no_single_key_tells_is_left_to_check_config(tmp_path: Path) -> None:
-    from fus2net.experiment.preflight import check_config
+    from fus2net.config.preflight import check_config
 
     cfg = compose_train(
         "data.test.per_class=[50,50]",  # and data.test.fraction=0.2: both set

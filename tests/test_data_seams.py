@@ -17,7 +17,7 @@ from omegaconf import open_dict
 from PIL import Image
 
 from fus2net.cli.data import main as data_main
-from fus2net.experiment.factories import resolved_container
+from fus2net.config.factories import resolved_container
 from fus2net.tracking.provenance import cell_key
 from jobs import compose_train, run_train, sqlite_client, tiny
 
@@ -121,7 +121,7 @@ def _external_set(pool: Path, out: Path) -> None:
 
 
 def test_external_overlap_and_saved_split_checks(tmp_path: Path) -> None:
-    from fus2net.data.synthetic import generate_dataset
+    from fus2net.synthetic.generator import generate_dataset
 
     pool = generate_dataset(
         tmp_path / "pool", n_images=72, image_size=128, malignant_fraction=0.333, progress=False

@@ -21,8 +21,8 @@ import pytest
 import torch
 
 from fus2net.data.cache import ImageCache
-from fus2net.data.files import DiskFull, as_disk_full
 from fus2net.data.records import Record
+from fus2net.io.files import DiskFull, as_disk_full
 from fus2net.training.checkpoints import resume_problem
 from jobs import run_train, sqlite_client, tiny
 

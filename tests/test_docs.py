@@ -182,7 +182,7 @@ def test_the_command_extraction_expands_variables_and_sweeps() -> None:
 def test_every_training_command_of_the_docs_composes_and_passes_the_schema(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from fus2net.experiment.config_schema import config_problems
+    from fus2net.config.validate import config_problems
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     found, skipped = _all_commands()

@@ -13,9 +13,9 @@ import pytorch_lightning as L
 import torch
 from omegaconf import open_dict
 
+from fus2net.cell.summary import CellSummary, Closing, format_duration, format_summary
 from fus2net.cli import terminal
 from fus2net.experiment import cells
-from fus2net.experiment.summary import CellSummary, Closing, format_duration, format_summary
 from fus2net.tracking import descriptions, schema
 from fus2net.tracking.mlflow_tracker import MlflowTracker
 from fus2net.training.progress import (

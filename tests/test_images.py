@@ -20,19 +20,19 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
+from fus2net.cell.job_data import prepare_data
+from fus2net.config.preflight import ConfigError
 from fus2net.data.cache import load_resized
-from fus2net.data.imageio import (
+from fus2net.data.records import DataError, Record
+from fus2net.data.sources import BusiSource, FolderSource, ManifestSource
+from fus2net.data.validation import inspect_records
+from fus2net.images.imageio import (
     DEFAULT_MAX_IMAGE_PIXELS,
     ImageLimits,
     ImageReadError,
     load_image,
     open_image,
 )
-from fus2net.data.records import DataError, Record
-from fus2net.data.sources import BusiSource, FolderSource, ManifestSource
-from fus2net.data.validation import inspect_records
-from fus2net.experiment.data import prepare_data
-from fus2net.experiment.preflight import ConfigError
 from fus2net.inference import Member, ModelSpec
 from fus2net.models import create_model
 from jobs import compose_train, run_module, run_train, tiny

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from fus2net.data import synthetic
-from fus2net.data.synthetic import MANIFEST, generate_dataset
+from fus2net.synthetic import generator as synthetic
+from fus2net.synthetic.generator import MANIFEST, generate_dataset
 from jobs import sqlite_client, start_train, tiny, train_env
 
 

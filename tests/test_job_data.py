@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fus2net.cell.job_data import prepare_data
 from fus2net.data import cache as cache_module
 from fus2net.data.cache import load_resized
 from fus2net.data.splits import make_split, records_fingerprint
-from fus2net.experiment.data import prepare_data
 from jobs import compose_train, tiny
 
 
@@ -69,6 +69,7 @@ def test_each_external_set_is_listed_once_per_job(
 ) -> None:
     """An `eval_datasets` entry is instantiated and listed once by the whole job (checked before
     training, listed as a cell input, scored after training), not once per step."""
+    from fus2net.clinical.step import ClinicalStep
     from fus2net.data.sources import SyntheticSource
     from fus2net.experiment.job import run_job
 
@@ -89,7 +90,7 @@ def test_each_external_set_is_listed_once_per_job(
         "eval_datasets.ext.n_images=12",
         f"eval_datasets.ext.root={external}",
     )
-    summary = run_job(cfg)
+    summary = run_job(cfg, ClinicalStep())
     assert summary.cell_run_id
     assert listed[str(external)] == 1
     (scored,) = (tmp_path / "outputs" / "adhoc" / "clinical" / "external").iterdir()

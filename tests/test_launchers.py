@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from hydra.core.hydra_config import HydraConfig
 
-from fus2net.experiment.preflight import ConfigError, check_config
+from fus2net.config.preflight import ConfigError, check_config
 from jobs import compose_train, run_train, sqlite_client, tiny, train_env
 
 TINY = tiny("dataset.n_images=48", "data.image_size=64", "evaluation.enabled=false")

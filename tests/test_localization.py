@@ -13,16 +13,16 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 from torch import nn
 
-from fus2net.data.imageio import resized_mask
-from fus2net.data.synthetic_render import render_case
+from fus2net.clinical.plots import save_overlay_grid
 from fus2net.evaluation.localization import (
     cam_energy_in_mask,
     localization_scores,
     pointing_game_hit,
 )
-from fus2net.experiment.clinical.figures import save_overlay_grid
+from fus2net.images.imageio import resized_mask
 from fus2net.inference.gradcam import ensemble_grad_cam, find_cam_layer, grad_cam, overlay
 from fus2net.models import create_model
+from fus2net.synthetic.render import render_case
 
 
 def square_mask(size: int = 32, top: int = 8, side: int = 8) -> np.ndarray:

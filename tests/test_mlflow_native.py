@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 import pytest
 from omegaconf import OmegaConf
 
+from fus2net.config.hydra_run import swept_keys
 from fus2net.experiment.cells import OpenCell, cell_name
 from fus2net.experiment.folds import _legacy_names
-from fus2net.experiment.hydra_run import swept_keys
 from fus2net.tracking import schema
 from fus2net.tracking.lightning_logger import MlflowRunLogger
 from fus2net.tracking.uris import runs_table_link, ui_command

@@ -16,7 +16,7 @@ from PIL import Image
 from fus2net.data.records import DataError
 from fus2net.data.sources import FolderSource, PooledSource
 from fus2net.data.splits import make_split
-from fus2net.data.summary import format_summary, summarize_dataset
+from fus2net.reporting.dataset_summary import format_summary, summarize_dataset
 from jobs import BUSI, REPO, run_train, sqlite_client, tiny
 
 

@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 from fus2net.cli.predict import main
+from fus2net.clinical.train_images import header_format, training_data
 from fus2net.data.records import Record
-from fus2net.experiment.clinical.train_images import header_format, training_data
 from fus2net.inference import Member, ModelSpec, load_package, predict_files
 from fus2net.inference.data_record import TrainingData
 from fus2net.models import create_model

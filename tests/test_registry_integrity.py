@@ -3,7 +3,7 @@ before anything is logged, and the logged model's files after, so that a packagi
 halfway is found by the next registration, packaged again and only then registered.
 
 Through the real code: an untrained two-member `fus2net` package, a SQLite store in the test's
-folder, `register_package` as the clinical step calls it (`fus2net.experiment.clinical.package`).
+folder, `register_package` as the clinical step calls it (`fus2net.clinical.package`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from fus2net.inference import Member, ModelSpec, load_model, load_package, pyfunc
-from fus2net.inference.registry import (
+from fus2net.inference.model_registry import (
     PyfuncPackage,
     is_packaged,
     package_missing,
@@ -40,7 +40,7 @@ def job_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _package(job_folder: Path, folder: Path) -> PyfuncPackage:
-    """The cell's package as `fus2net.experiment.clinical.package.register` builds it."""
+    """The cell's package as `fus2net.clinical.package.register` builds it."""
     export_package(job_folder / "fus2net_model.json", folder)
     example = pd.DataFrame({pyfunc.IMAGE_COLUMN: [pyfunc.example_image(SIZE)]})
     output = pyfunc.PyfuncModel(load_package(job_folder)).predict(example)
@@ -129,7 +129,7 @@ def test_an_interrupted_packaging_is_found_packaged_again_and_registered(
     ]
     assert tracker.client.search_registered_models() == []
 
-    with caplog.at_level(logging.WARNING, logger="fus2net.inference.registry"):
+    with caplog.at_level(logging.WARNING, logger="fus2net.inference.model_registry"):
         version = _register(tracker, model_id, run_id, package)
     assert version == "1"
     assert f"logged model {model_id} holds an incomplete package (missing " in caplog.text
@@ -168,7 +168,7 @@ def test_a_complete_logged_package_is_registered_again_as_it_is_and_a_lost_file_
     with pytest.raises(ValueError, match=f"no complete package \\(missing {WEIGHT}\\)"):
         _register(tracker, model_id, run_id, None)
     # ... and packaged again with one
-    with caplog.at_level(logging.WARNING, logger="fus2net.inference.registry"):
+    with caplog.at_level(logging.WARNING, logger="fus2net.inference.model_registry"):
         assert _register(tracker, model_id, run_id, package) == "3"
     assert f"(missing {WEIGHT}): packaging it again" in caplog.text
     assert lost.is_file() and lost.stat().st_size > 0

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fus2net.experiment.factories import resolved_container
+from fus2net.config.factories import resolved_container
 from fus2net.tracking import schema
 from fus2net.tracking.provenance import (
     KEY_ALIAS_TAG,

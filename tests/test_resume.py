@@ -19,8 +19,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from fus2net.cell.summary import CellSummary
 from fus2net.experiment import job
-from fus2net.experiment.summary import CellSummary
 from fus2net.tracking import resume, schema
 from fus2net.tracking.mlflow_tracker import MlflowTracker
 from fus2net.training.fold import _loadable
@@ -151,8 +151,8 @@ def complete_cell(
         "score_cell",
         lambda ctx, summary, results: (scored if scored is not None else []).append(list(results)),
     )
-    monkeypatch.setattr(job, "evaluate_clinically", lambda *args: None)
-    job.complete_cell(ctx, summary, {})  # type: ignore[arg-type]
+    clinical = SimpleNamespace(evaluate=lambda *args: None)
+    job.complete_cell(ctx, summary, {}, clinical)  # type: ignore[arg-type]
 
 
 def test_the_last_fold_to_finish_scores_the_cell(

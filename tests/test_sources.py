@@ -11,10 +11,10 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from PIL import Image
 
-from fus2net.data.imageio import load_image
 from fus2net.data.records import DataError, Record
 from fus2net.data.sources import BusiSource, FolderSource, ManifestSource, SyntheticSource
 from fus2net.data.validation import inspect_records, validate_records
+from fus2net.images.imageio import load_image
 
 REPO = Path(__file__).resolve().parents[1]
 BUSI_ROOT = REPO.parent / "shared/data/busi/Dataset_BUSI_with_GT"
@@ -330,7 +330,7 @@ def test_synthetic_generates_then_reads_as_busi(tmp_path: Path) -> None:
 
 
 def test_synthetic_passes_its_parameters(tmp_path: Path, monkeypatch) -> None:
-    import fus2net.data.synthetic as synthetic
+    import fus2net.synthetic.generator as synthetic
 
     calls = []
 

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from fus2net.data import splits as splits_module
-from fus2net.data.duplicates import connected_groups, find_duplicate_groups, near_pairs
 from fus2net.data.records import DataError, Record
 from fus2net.data.splits import Split, make_split, records_fingerprint
+from fus2net.images.duplicates import connected_groups, find_duplicate_groups, near_pairs
 
 BUSI = Path(__file__).resolve().parents[2] / "shared/data/busi/Dataset_BUSI_with_GT"
 

@@ -12,14 +12,14 @@ from scipy.spatial import ConvexHull
 from sklearn.metrics import roc_auc_score
 
 from fus2net.cli import grid
-from fus2net.data import synthetic
-from fus2net.data.synthetic import (
+from fus2net.synthetic import generator as synthetic
+from fus2net.synthetic.generator import (
     MANIFEST,
     SyntheticDatasetMismatch,
     expected_files,
     generate_dataset,
 )
-from fus2net.data.synthetic_lesion import lesion_distance, sample_lesion
+from fus2net.synthetic.lesion import lesion_distance, sample_lesion
 
 SMALL = {"n_images": 12, "image_size": 96, "progress": False}
 

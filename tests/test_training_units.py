@@ -13,10 +13,10 @@ import torch
 from hydra.utils import instantiate
 
 from fus2net.cli import config_dir
+from fus2net.config.factories import resolved_container
+from fus2net.config.preflight import ConfigError, check_config
+from fus2net.config.validate import validate_config
 from fus2net.evaluation.metrics import binary_metrics, mean_std
-from fus2net.experiment.config_schema import validate_config
-from fus2net.experiment.factories import resolved_container
-from fus2net.experiment.preflight import ConfigError, check_config
 from fus2net.models import create_model
 from fus2net.tracking.mlflow_tracker import MlflowTracker
 from fus2net.tracking.provenance import (

@@ -135,8 +135,8 @@ def test_the_transfer_preset_composes_as_documented() -> None:
     assert cfg.model.name == "tf_efficientnet_lite0" and cfg.model.pretrained_source == "package"
     assert cfg.tracking.experiment == "fus2net-transfer"
     assert cfg.cv.holdout_source is None and cfg.evaluation.adabn is True  # chosen by LOSO
-    from fus2net.experiment.config_groups import TimmModel
-    from fus2net.experiment.config_messages import choices
+    from fus2net.config.groups import TimmModel
+    from fus2net.config.messages import choices
     from fus2net.models.timm_models import PRETRAINED_SOURCES
 
     assert choices(TimmModel.model_fields["pretrained_source"]) == list(PRETRAINED_SOURCES)

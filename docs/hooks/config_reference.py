@@ -1,7 +1,7 @@
 """The configuration reference, written at build time from the two places the config lives.
 
-- the typed schema, the pydantic models of `src/fus2net/experiment/config_groups.py` (and, for
-  a `_target_` group, the signature of its target, as `fus2net.experiment.config_schema` reads
+- the typed schema, the pydantic models of `src/fus2net/config/groups.py` (and, for
+  a `_target_` group, the signature of its target, as `fus2net.config.validate` reads
   it): each key's type, bounds and choices, in the words the schema's own error messages use;
 - `conf/*.yaml`: each key's default and the comment beside it (or on the lines above it), and
   each option's description (its file's first comment lines).
@@ -153,9 +153,9 @@ def target_schema(group: str, node: Any) -> Schema:
     """The schema of a node Hydra instantiates: its target's signature, typed by our model
     where we have one (as config_schema reads it), and the fields that model has; (None,
     None) without a target."""
-    from fus2net.experiment.config_groups import dataset_schemas
-    from fus2net.experiment.config_messages import locate
-    from fus2net.experiment.config_schema import target_model
+    from fus2net.config.groups import dataset_schemas
+    from fus2net.config.messages import locate
+    from fus2net.config.validate import target_model
 
     if not isinstance(node, dict) or not node.get("_target_"):
         return None, None
@@ -166,8 +166,8 @@ def target_schema(group: str, node: Any) -> Schema:
 
 def group_schema(group: str, node: Any) -> Schema:
     """The model a top-level node is checked against (config_schema's dispatch)."""
-    from fus2net.experiment.config_groups import Fus2NetModel, TrainConfig, Trainer
-    from fus2net.experiment.config_signatures import model_type, trainer_type
+    from fus2net.config.groups import Fus2NetModel, TrainConfig, Trainer
+    from fus2net.config.signatures import model_type, trainer_type
 
     if group in FIXED:
         return TrainConfig.model_fields[group].annotation, None
@@ -184,7 +184,7 @@ def group_schema(group: str, node: Any) -> Schema:
 
 
 def accepts_text(spec: Any) -> str:
-    from fus2net.experiment.config_messages import accepts
+    from fus2net.config.messages import accepts
 
     if spec.annotation is Any and not spec.metadata:
         return "any value (checked where it is used)"
@@ -192,7 +192,7 @@ def accepts_text(spec: Any) -> str:
 
 
 def shown(value: Any) -> str:
-    from fus2net.experiment.config_messages import show
+    from fus2net.config.messages import show
 
     if value is REQUIRED or value == "???":
         return "??? (required)"
@@ -363,7 +363,7 @@ def _top_rows(cfg: dict[str, Any], choices: dict[str, Any]) -> dict[str, list[Ro
     """Every leaf key of the composed default config, by top-level node."""
     train_notes = read_notes(_conf() / "train.yaml").comments
     by_node: dict[str, list[Row]] = {}
-    from fus2net.experiment.config_groups import TrainConfig
+    from fus2net.config.groups import TrainConfig
 
     top_fields = _schema_fields(TrainConfig)
     for key, value in cfg.items():
@@ -446,7 +446,7 @@ def reference_markdown() -> str:
         "## Every key of the default configuration",
         "",
         "The composed default (`fus2net-train` with no override), by top-level key. *accepts* "
-        "is what the typed schema (`fus2net.experiment.config_groups`, and a `_target_`'s "
+        "is what the typed schema (`fus2net.config.groups`, and a `_target_`'s "
         "signature) takes; *default* is the YAML's value as written (`${...}` resolved when "
         "the job starts); a row marked *(schema)* is a key the YAML leaves to the schema's "
         "default. The comment is the one beside the key in its file.",

@@ -22,9 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from fus2net.cli import ConfigDirNotFound, config_dir
-from fus2net.data.imageio import ImageLimits
 from fus2net.data.records import DataError
-from fus2net.data.summary import format_summary, summarize_dataset, usable_records
+from fus2net.images.imageio import ImageLimits
+from fus2net.reporting.dataset_summary import format_summary, summarize_dataset, usable_records
 
 
 def check_dataset(cfg: DictConfig, limits: ImageLimits | None = None) -> int:
@@ -44,8 +44,8 @@ def check_dataset(cfg: DictConfig, limits: ImageLimits | None = None) -> int:
         cause = error.__cause__ or error  # the source's own ValueError, not Hydra's wrapper
         print(f"Invalid dataset config: {cause}", file=sys.stderr)
         return 1
-    from fus2net.experiment.data import image_limits
-    from fus2net.experiment.preflight import ConfigError
+    from fus2net.cell.job_data import image_limits
+    from fus2net.config.preflight import ConfigError
 
     distance = cfg.data.get("duplicate_distance", 4)
     try:
@@ -135,8 +135,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.cfg:
         sys.stdout.write(OmegaConf.to_yaml(cfg, resolve=args.resolve))
         raise SystemExit(0)
-    from fus2net.experiment.config_schema import validate_config
-    from fus2net.experiment.preflight import ConfigError
+    from fus2net.config.preflight import ConfigError
+    from fus2net.config.validate import validate_config
 
     try:  # the schema fus2net-train checks: a typo'd key is named here too, not ignored
         typed = validate_config(cfg)

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from fus2net.data.imageio import load_image, load_mask
-from fus2net.data.synthetic import CLASSES, MANIFEST, generate_dataset
+from fus2net.images.imageio import load_image, load_mask
+from fus2net.synthetic.generator import CLASSES, MANIFEST, generate_dataset
 
 OUTLINE = {"benign": "lime", "malignant": "red"}
 

@@ -20,7 +20,7 @@ from fus2net.cli.output_dirs import with_own_output_dir
 from fus2net.cli.terminal import leave_logging_to_the_job, quiet_libraries
 
 if TYPE_CHECKING:
-    from fus2net.experiment.summary import CellSummary, Closing
+    from fus2net.cell.summary import CellSummary, Closing
 
 log = logging.getLogger("fus2net")
 
@@ -48,12 +48,13 @@ def main() -> None:
 def train(cfg: DictConfig) -> float | None:
     started = time.monotonic()
     quiet_libraries(HydraConfig.get().verbose)  # after Hydra configured this job's logging
-    from fus2net.data.files import DiskFull
+    from fus2net.cell.summary import format_summary
+    from fus2net.clinical.step import ClinicalStep
+    from fus2net.config.preflight import ConfigError
     from fus2net.data.records import DataError
     from fus2net.experiment.interrupts import JobInterrupted
     from fus2net.experiment.job import run_job
-    from fus2net.experiment.preflight import ConfigError
-    from fus2net.experiment.summary import format_summary
+    from fus2net.io.files import DiskFull
     from fus2net.tracking.uris import TrackingError, redact_logs
 
     redact_logs()  # again: a launcher's worker process (joblib, submitit) starts here
@@ -64,7 +65,7 @@ def train(cfg: DictConfig) -> float | None:
     # call (behind a refusing proxy it printed a warning). An exported value wins.
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     try:
-        summary = run_job(cfg)
+        summary = run_job(cfg, ClinicalStep())
     except DiskFull as exc:
         logging.raiseExceptions = False  # a log file on the full disk must not add tracebacks
         log.error("%s", exc)
@@ -88,7 +89,7 @@ def train(cfg: DictConfig) -> float | None:
 def closing(cfg: DictConfig, summary: CellSummary, elapsed_s: float) -> Closing:
     """The job's closing block: its output folder, the model card it wrote, the commands to
     predict with the cell and (in a sweep) to compare the sweep's cells, its duration."""
-    from fus2net.experiment.summary import Closing
+    from fus2net.cell.summary import Closing
 
     hc = HydraConfig.get()
     out = Path(hc.runtime.output_dir).resolve()

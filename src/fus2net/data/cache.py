@@ -20,11 +20,11 @@ from typing import Literal
 import numpy as np
 from tqdm.auto import tqdm
 
-from fus2net.data.files import written_whole
-from fus2net.data.imageio import ImageLimits, load_image
 from fus2net.data.records import Record
-from fus2net.data.resizing import resize_image
 from fus2net.data.splits import record_keys, records_fingerprint
+from fus2net.images.imageio import ImageLimits, load_image
+from fus2net.images.resizing import resize_image
+from fus2net.io.files import written_whole
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def load_resized(
     resize: str = "stretch",
 ) -> np.ndarray:
     """(S, S, C) uint8: decode (within `limits`, see `load_image`), then fit to the input
-    (`fus2net.data.resizing.resize_image`)."""
+    (`fus2net.images.resizing.resize_image`)."""
     return resize_image(load_image(path, channels, limits), image_size, channels, resize)
 
 

@@ -21,8 +21,6 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-from fus2net.data.duplicates import connected_groups, find_duplicate_groups, near_pairs
-from fus2net.data.files import write_text
 from fus2net.data.records import (
     FIX_REPEATED,
     DataError,
@@ -30,6 +28,8 @@ from fus2net.data.records import (
     Record,
     repeated_file_problems,
 )
+from fus2net.images.duplicates import connected_groups, find_duplicate_groups, near_pairs
+from fus2net.io.files import write_text
 
 log = logging.getLogger(__name__)
 

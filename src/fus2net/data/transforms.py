@@ -19,8 +19,8 @@ from albumentations.core.transforms_interface import BaseTransformInitSchema
 from PIL import Image
 from pydantic import Field, field_validator
 
-from fus2net.data.synthetic_marks import draw_marks
 from fus2net.models.pretrained import Normalization
+from fus2net.synthetic.marks import draw_marks
 
 
 def standardize(x: np.ndarray, eps: float | None = None) -> np.ndarray:
@@ -101,7 +101,7 @@ class ScannerMarks(A.ImageOnlyTransform):
     Many BUSI images carry such marks, in both classes but not equally often, and other
     hospitals' exports may have none (BrEaST's have none): a network that takes them for a
     sign of a class fails there. Drawn at random they say nothing about the class. They are
-    the synthetic dataset's marks (`fus2net.data.synthetic_marks`), drawn on a `frame_size`
+    the synthetic dataset's marks (`fus2net.synthetic.marks`), drawn on a `frame_size`
     canvas (a scanner frame's size, so that text and crosses are as large as on a real frame
     after resizing), scaled to the image and laid over it as bright pixels; the calipers
     measure a random box, as a sonographer measures a lesion.

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from fus2net.data.duplicates import phash_of
-from fus2net.data.imageio import ImageLimits, ImageReadError, image_pixels, open_image
 from fus2net.data.records import Notice, Problem, Record
-from fus2net.data.resizing import resize_image
+from fus2net.images.duplicates import phash_of
+from fus2net.images.imageio import ImageLimits, ImageReadError, image_pixels, open_image
+from fus2net.images.resizing import resize_image
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from fus2net.data.files import as_disk_full, locked
-from fus2net.experiment.context import JobContext
+from fus2net.cell.context import JobContext
+from fus2net.cell.summary import CellSummary
 from fus2net.experiment.interrupts import JobInterrupted
-from fus2net.experiment.summary import CellSummary
 from fus2net.inference.spec import SPEC_FILE
+from fus2net.io.files import as_disk_full, locked
 from fus2net.tracking import descriptions, provenance, resume, schema
 from fus2net.tracking.mlflow_tracker import MlflowTracker
 from fus2net.tracking.provenance import (

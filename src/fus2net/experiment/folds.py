@@ -15,13 +15,13 @@ from contextlib import AbstractContextManager, nullcontext
 import numpy as np
 import pandas as pd
 
-from fus2net.data.files import locked
+from fus2net.cell.artifacts import provenance_files, write_json, write_prediction_artifacts
+from fus2net.cell.context import JobContext
+from fus2net.cell.summary import CellSummary, FoldMetrics
+from fus2net.config.factories import train_fold
 from fus2net.evaluation.metrics import split_metrics
 from fus2net.experiment import cells
-from fus2net.experiment.artifacts import provenance_files, write_json, write_prediction_artifacts
-from fus2net.experiment.context import JobContext
-from fus2net.experiment.factories import train_fold
-from fus2net.experiment.summary import CellSummary, FoldMetrics
+from fus2net.io.files import locked
 from fus2net.tracking import descriptions, resume, schema
 from fus2net.tracking.lightning_logger import Heartbeat, MlflowRunLogger
 from fus2net.training.fold import FitRun, FoldData, FoldResult

@@ -17,7 +17,7 @@ import copy
 
 from omegaconf import DictConfig, open_dict
 
-from fus2net.experiment.preflight import ConfigError
+from fus2net.config.preflight import ConfigError
 
 POOLED_TARGET = "fus2net.data.sources.PooledSource"
 
@@ -32,7 +32,7 @@ def pooled_members(cfg: DictConfig) -> list[str]:
 def protocol_key(cfg: DictConfig) -> str:
     """What every held-out cell of one protocol shares: the configuration with the whole pool
     and no `cv.holdout_source` (paths, tracking and the sweep aside)."""
-    from fus2net.experiment.factories import resolved_container
+    from fus2net.config.factories import resolved_container
     from fus2net.tracking.provenance import cell_key
 
     whole = copy.deepcopy(cfg)

@@ -15,20 +15,19 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from fus2net.data.files import as_disk_full, locked
+from fus2net.cell.context import JobContext, build_context, threads
+from fus2net.cell.scoring import score_cell
+from fus2net.cell.steps import CellEvaluation
+from fus2net.cell.stored_folds import load_fold_result, missing_models
+from fus2net.cell.summary import CellSummary, stored_summary
+from fus2net.config.preflight import check_config, check_tracking
+from fus2net.config.validate import validate_config
 from fus2net.experiment import cells
-from fus2net.experiment.clinical.package import register_stored
-from fus2net.experiment.clinical.step import evaluate_clinically
-from fus2net.experiment.config_schema import validate_config
-from fus2net.experiment.context import JobContext, build_context, threads
 from fus2net.experiment.folds import train_folds
 from fus2net.experiment.holdout import holdout_config
 from fus2net.experiment.interrupts import stop_on_signals
 from fus2net.experiment.loso_summary import log_protocol_run
-from fus2net.experiment.preflight import check_config, check_tracking
-from fus2net.experiment.scoring import score_cell
-from fus2net.experiment.stored_folds import load_fold_result, missing_models
-from fus2net.experiment.summary import CellSummary, stored_summary
+from fus2net.io.files import as_disk_full, locked
 from fus2net.tracking import resume, schema
 from fus2net.training.fold import FoldResult, quiet_lightning
 
@@ -37,7 +36,7 @@ log = logging.getLogger(__name__)
 RESCORE_LOCK = "rescore.lock"  # in the cell's folder: held while a job scores a finished cell again
 
 
-def run_job(cfg: DictConfig) -> CellSummary:
+def run_job(cfg: DictConfig, clinical: CellEvaluation) -> CellSummary:
     """Check, then train the folds of the cell (or `cv.fold`) the tracking store lacks, score
     the test set once every fold is done, and log it all.
 
@@ -46,6 +45,8 @@ def run_job(cfg: DictConfig) -> CellSummary:
     though it is scored again from its stored models when evaluation-only settings ask for
     more (`_rescore`), and its ensemble is registered when `evaluation.register_model` asks
     for it now. A diverged fold (non-finite loss) fails alone; the other folds and jobs go on.
+    `clinical` is the clinical step (fus2net.clinical, built by the CLI and passed down), run
+    on each cell once its folds are scored.
     """
     validate_config(cfg)  # the typed schema: every key, before anything is read
     cfg, protocol = holdout_config(cfg)  # leave-one-source-out: a member becomes external
@@ -55,7 +56,7 @@ def run_job(cfg: DictConfig) -> CellSummary:
     quiet_lightning()
     try:
         with stop_on_signals():
-            return _run_cell(cfg, protocol)
+            return _run_cell(cfg, clinical, protocol)
     except Exception as exc:  # a full disk anywhere, runs already ended FAILED on the way
         full = as_disk_full(exc, store=cells.store_file(str(cfg.tracking.uri)))
         if full is None or full is exc:
@@ -63,7 +64,9 @@ def run_job(cfg: DictConfig) -> CellSummary:
         raise full from exc
 
 
-def _run_cell(cfg: DictConfig, protocol: str | None = None) -> CellSummary:
+def _run_cell(
+    cfg: DictConfig, clinical: CellEvaluation, protocol: str | None = None
+) -> CellSummary:
     """Build the job's context, open its cell and train what the store lacks."""
     ctx = build_context(cfg, protocol)
     cell = cells.open_cell(ctx)
@@ -76,20 +79,22 @@ def _run_cell(cfg: DictConfig, protocol: str | None = None) -> CellSummary:
     )
     if cell.finished:
         assert cell.run is not None
-        if _rescore(ctx, cell, summary):
+        if _rescore(ctx, cell, summary, clinical):
             return summary
         if cfg.evaluation.get("register_model"):  # asked for now, after its training
-            register_stored(ctx, cell.run_id)
+            clinical.register_stored(ctx, cell.run_id)
         log_protocol_run(ctx)  # a protocol whose last cell finished elsewhere
         return stored_summary(summary, cell.run.data.metrics, cell.folds)
     with cells.working_in(ctx.tracker, cell.run_id):
         _log_skipped_images(ctx, cell.run_id)
         results = train_folds(ctx, cell, summary)
-        complete_cell(ctx, summary, results)
+        complete_cell(ctx, summary, results, clinical)
     return summary
 
 
-def _rescore(ctx: JobContext, cell: cells.OpenCell, summary: CellSummary) -> bool:
+def _rescore(
+    ctx: JobContext, cell: cells.OpenCell, summary: CellSummary, clinical: CellEvaluation
+) -> bool:
     """Score finished `cell` again, from the models its runs hold, when the job's
     evaluation-only settings ask for what it was not scored with (an external set, Grad-CAM):
     no fold is trained, and the new scores are logged to the same cell run. False when
@@ -122,7 +127,7 @@ def _rescore(ctx: JobContext, cell: cells.OpenCell, summary: CellSummary) -> boo
         cells.reopen(ctx.tracker, cell.run, {schema.RESUMED_FROM: cell.run.info.status})
         ctx.tracker.delete_tag(cell.run_id, schema.RESCORE_ERROR)
         with cells.working_in(ctx.tracker, cell.run_id, finished=True):
-            complete_cell(ctx, summary, {})
+            complete_cell(ctx, summary, {}, clinical)
     return True
 
 
@@ -133,7 +138,12 @@ def _log_skipped_images(ctx: JobContext, cell_run: str) -> None:
         ctx.tracker.log_artifacts(cell_run, [skipped])
 
 
-def complete_cell(ctx: JobContext, summary: CellSummary, results: dict[int, FoldResult]) -> None:
+def complete_cell(
+    ctx: JobContext,
+    summary: CellSummary,
+    results: dict[int, FoldResult],
+    clinical: CellEvaluation,
+) -> None:
     """Score and close the cell if every fold is done, else record why not (experiment.cells).
 
     Folds other jobs trained are read back from the store; of two jobs finishing at the same
@@ -148,7 +158,7 @@ def complete_cell(ctx: JobContext, summary: CellSummary, results: dict[int, Fold
             summary.folds = dict(sorted(summary.folds.items()))
             scored = dict(sorted(results.items()))
             scores = score_cell(ctx, summary, scored)
-            evaluate_clinically(ctx, summary, scored, scores)
+            clinical.evaluate(ctx, summary, scored, scores)
             cells.record_scoring(ctx, summary.cell_run_id)
             cells.close_finished(ctx.tracker, summary, sorted(scored))
             log_protocol_run(ctx)  # leave-one-source-out, once complete

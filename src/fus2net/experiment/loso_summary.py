@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fus2net.cell.context import JobContext
 from fus2net.experiment.cells import cell_name
-from fus2net.experiment.context import JobContext
 from fus2net.tracking import schema
 
 if TYPE_CHECKING:

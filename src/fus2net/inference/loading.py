@@ -18,7 +18,7 @@ from torch import nn
 from fus2net.data.transforms import normalize
 from fus2net.inference.adabn import adapt_batch_norm, has_batch_norm
 from fus2net.inference.gradcam import CamTarget, ensemble_grad_cam, find_cam_layer
-from fus2net.inference.registry import download_version
+from fus2net.inference.model_registry import download_version
 from fus2net.inference.spec import SPEC_FILE, Member, ModelSpec
 from fus2net.inference.tta import malignant_probability
 from fus2net.models import create_model

@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from fus2net.data.imageio import IMAGE_SUFFIXES, ImageLimits, image_pixels, open_image
-from fus2net.data.resizing import resize_image, unfit
 from fus2net.data.sources.base import is_image_file
+from fus2net.images.imageio import IMAGE_SUFFIXES, ImageLimits, image_pixels, open_image
+from fus2net.images.resizing import resize_image, unfit
 from fus2net.inference.cam_panel import save_cam_panel
 from fus2net.inference.data_record import TrainingData
 from fus2net.inference.gradcam import CamTarget

@@ -3,7 +3,7 @@
 `mlflow.pyfunc.load_model("models:/<name>/<version>").predict(frame)` takes a DataFrame whose
 `image` column holds image files' bytes (PNG, JPEG, ...; over HTTP, base64 strings in a
 `dataframe_split` column, which MLflow decodes for the signature's `binary` column), decodes them
-with the project's one decoder (`fus2net.data.imageio`), applies the training preprocessing and
+with the project's one decoder (`fus2net.images.imageio`), applies the training preprocessing and
 returns one row per image: the probability, the calibrated probability, the class at the
 model's operating point (or the `operating_point` param), and an `error` that is empty unless
 the image could not be read (then no probability and no class: never a failed request). Called
@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from fus2net.data.imageio import ImageLimits, image_pixels, open_image
-from fus2net.data.resizing import resize_image
+from fus2net.images.imageio import ImageLimits, image_pixels, open_image
+from fus2net.images.resizing import resize_image
 from fus2net.inference.loading import LoadedModel, load_package
 from fus2net.inference.predictor import PREDICT_MIN_IMAGE_SIZE
 from fus2net.inference.spec import SPEC_FILE

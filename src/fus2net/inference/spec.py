@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from fus2net.data.files import write_text
 from fus2net.evaluation.calibration import calibrated_ensemble
 from fus2net.inference.spec_checks import spec_problems
+from fus2net.io.files import write_text
 from fus2net.models.weights import load_weights
 
 SPEC_FILE = "fus2net_model.json"
@@ -59,7 +59,7 @@ class ModelSpec:
     # None: the paper's per-image standardisation
     normalization: dict[str, list[float]] | None = None
     tta: str = "none"  # test-time augmentation of every member (fus2net.inference.tta)
-    resize: str = "stretch"  # how an image is fitted to the input (fus2net.data.resizing)
+    resize: str = "stretch"  # how an image is fitted to the input (fus2net.images.resizing)
 
     @property
     def input_normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:

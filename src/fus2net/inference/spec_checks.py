@@ -15,8 +15,8 @@ import posixpath
 from collections.abc import Mapping
 from typing import Any
 
-from fus2net.data.resizing import RESIZE_MODES
 from fus2net.evaluation.calibration import CALIBRATION_METHODS
+from fus2net.images.resizing import RESIZE_MODES
 from fus2net.inference.data_record import training_data_problems
 from fus2net.inference.tta import TTA_MODES
 

@@ -19,7 +19,7 @@ from fus2net.tracking.uris import redact_uri
 # another thread count), which fold of the cell this job runs, where it is tracked, whether the
 # model is also registered, whether a progress bar is drawn. The cell key ignores them.
 # Dataset locations are left out too: the dataset's content fingerprint stands for them.
-# Every other key is one something reads: the typed schema (fus2net.experiment.config_schema)
+# Every other key is one something reads: the typed schema (fus2net.config.validate)
 # refuses unknown keys, `+new.key=1` included, and its open namespaces take only what is passed
 # on (a target's own arguments, an `eval_datasets` entry).
 NON_RESULT_KEYS: tuple[str, ...] = (
@@ -40,7 +40,7 @@ NON_RESULT_KEYS: tuple[str, ...] = (
     "hydra",
 )
 
-# Keys read only when a cell is scored, after every fold is trained (fus2net.experiment.clinical):
+# Keys read only when a cell is scored, after every fold is trained (fus2net.clinical):
 # external sets, Grad-CAM, the ECE's bins, the operating point's target, the bootstrap, the
 # clinical step itself. They leave the cell key, so that asking a finished cell for more of them
 # scores it again from its stored models instead of training it (`evaluation_asked`). Those

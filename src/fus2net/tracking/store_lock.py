@@ -13,7 +13,7 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from fus2net.data.files import locked
+from fus2net.io.files import locked
 from fus2net.tracking.uris import sqlite_path
 
 LOCK_SUFFIX = ".lock"  # mlflow.db.lock, beside the database

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from pytorch_lightning.plugins import TorchCheckpointIO
 
-from fus2net.data.files import written_whole
+from fus2net.io.files import written_whole
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Train and score one model: a cross-validation fold, or the refit on all training images.
 
 The network, its LightningModule, the fold's data module and its Trainers are built above
-(`fus2net.experiment.factories`) and passed in; this module adds what every fold's fit does the
+(`fus2net.config.factories`) and passed in; this module adds what every fold's fit does the
 same: checkpoints a fold resumes from, the weights it keeps, the predictions it returns.
 """
 

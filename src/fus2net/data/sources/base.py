@@ -11,8 +11,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from fus2net.data.imageio import IMAGE_SUFFIXES
 from fus2net.data.records import Problem, Record, raise_if_problems
+from fus2net.images.imageio import IMAGE_SUFFIXES
 
 _DIGITS = re.compile(r"(\d+)")
 

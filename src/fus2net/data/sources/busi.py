@@ -46,7 +46,7 @@ class BusiSource(FolderSource):
 class SyntheticSource(BusiSource):
     """Generated BUSI-like images (the default dataset): runs anywhere, no download needed.
 
-    `load()` (re)uses the dataset that `fus2net.data.synthetic.generate_dataset` writes under
+    `load()` (re)uses the dataset that `fus2net.synthetic.generator.generate_dataset` writes under
     `root`, then reads it exactly as BUSI.
     """
 
@@ -79,7 +79,7 @@ class SyntheticSource(BusiSource):
         }
 
     def load(self) -> list[Record]:
-        from fus2net.data.synthetic import generate_dataset  # heavy: only when used
+        from fus2net.synthetic.generator import generate_dataset  # heavy: only when used
 
         written = generate_dataset(
             self.root,

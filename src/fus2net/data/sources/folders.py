@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fus2net.data.imageio import IMAGE_SUFFIXES
 from fus2net.data.records import FIX_REPEATED, Record, repeated_file_problems
 from fus2net.data.sources.base import (
     DataSource,
@@ -19,6 +18,7 @@ from fus2net.data.sources.base import (
     resolve_path,
     sort_records,
 )
+from fus2net.images.imageio import IMAGE_SUFFIXES
 
 _FIX_CLASSES = "Set dataset.classes to the class folders that exist, or add the missing ones."
 _FIX_EMPTY = "Put the class's images (" + ", ".join(IMAGE_SUFFIXES) + ") in its folder."

@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from fus2net.data.synthetic_render import render_case
+from fus2net.synthetic.render import render_case
 
 #: Bump whenever a change to the generator changes any output pixel.
 GENERATOR_VERSION = 1
@@ -70,7 +70,7 @@ def expected_files(counts: dict[str, int]) -> list[str]:
 def _manifest(params: dict) -> dict:
     counts = class_counts(params["n_images"], params["malignant_fraction"])
     return {
-        "generator": "fus2net.data.synthetic",
+        "generator": "fus2net.synthetic.generator",
         "version": GENERATOR_VERSION,
         "params": params,
         "counts": counts,

@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fus2net.cell.scoring import CellScores
+from fus2net.clinical.plots import save_reliability_diagram
 from fus2net.evaluation.calibration import (
     calibrated_ensemble,
     expected_calibration_error,
     fit_calibration,
     negative_log_likelihood,
 )
-from fus2net.experiment.clinical.figures import save_reliability_diagram
-from fus2net.experiment.scoring import CellScores
 from fus2net.tracking import resume, schema
 from fus2net.tracking.mlflow_tracker import MlflowTracker
 

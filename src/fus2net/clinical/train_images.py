@@ -14,7 +14,7 @@ from typing import Any
 
 from PIL import Image
 
-from fus2net.experiment.context import JobContext
+from fus2net.cell.context import JobContext
 from fus2net.inference.data_record import KEY
 
 # EXIF orientations that turn an image by 90 degrees: the decoder swaps its width and height.

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from fus2net.data.resizing import resize_mask
-from fus2net.data.warning_capture import captured_warnings
+from fus2net.images.resizing import resize_mask
+from fus2net.images.warning_capture import captured_warnings
 
 log = logging.getLogger(__name__)
 

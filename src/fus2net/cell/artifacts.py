@@ -10,10 +10,10 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from fus2net.data.files import write_text
+from fus2net.cell.roc_plot import save_confusion, save_roc
+from fus2net.config.factories import resolved_container
 from fus2net.evaluation.metrics import confusion
-from fus2net.experiment.factories import resolved_container
-from fus2net.experiment.figures import save_confusion, save_roc
+from fus2net.io.files import write_text
 from fus2net.tracking.provenance import package_versions
 from fus2net.tracking.uris import redact_values
 

@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from fus2net.data.files import written_whole
+from fus2net.cell.context import JobContext
+from fus2net.cell.summary import FoldMetrics
 from fus2net.data.records import Record
 from fus2net.data.splits import record_keys
 from fus2net.evaluation.metrics import split_metrics
-from fus2net.experiment.context import JobContext
-from fus2net.experiment.summary import FoldMetrics
+from fus2net.io.files import written_whole
 from fus2net.tracking import schema
 from fus2net.training.fold import FoldResult
 

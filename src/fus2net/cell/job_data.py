@@ -17,8 +17,8 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from fus2net.config.preflight import ConfigError, check_free_space
 from fus2net.data.cache import ImageCache
-from fus2net.data.imageio import ImageLimits
 from fus2net.data.records import (
     DataError,
     Notice,
@@ -30,7 +30,7 @@ from fus2net.data.records import (
 )
 from fus2net.data.splits import Split, make_split, records_fingerprint
 from fus2net.data.validation import ImageInfo, drop_bad_records, inspect_records
-from fus2net.experiment.preflight import ConfigError, check_free_space
+from fus2net.images.imageio import ImageLimits
 
 log = logging.getLogger(__name__)
 

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fus2net.cell.context import JobContext
+from fus2net.cell.scoring import CellScores
+from fus2net.cell.summary import CellSummary
+from fus2net.clinical.recalibration import CalibrationResult
 from fus2net.evaluation.metrics import METRICS
 from fus2net.evaluation.stats import bootstrap_intervals
-from fus2net.experiment.clinical.calibration import CalibrationResult
-from fus2net.experiment.context import JobContext
-from fus2net.experiment.scoring import CellScores
-from fus2net.experiment.summary import CellSummary
 from fus2net.inference.loading import LoadedModel
 from fus2net.inference.spec import ModelSpec
 from fus2net.tracking.predictions import patient_groups

@@ -10,16 +10,16 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from fus2net.cell.context import JobContext
+from fus2net.cell.scoring import ensemble_model
+from fus2net.clinical.recalibration import CalibrationResult
+from fus2net.clinical.train_images import training_data
+from fus2net.config.factories import model_spec
 from fus2net.evaluation.operating_points import OperatingPoint
 from fus2net.evaluation.stats import bootstrap_intervals
-from fus2net.experiment.clinical.calibration import CalibrationResult
-from fus2net.experiment.clinical.train_images import training_data
-from fus2net.experiment.context import JobContext
-from fus2net.experiment.factories import model_spec
-from fus2net.experiment.scoring import ensemble_model
 from fus2net.inference import pyfunc
 from fus2net.inference.loading import LoadedModel, load_from_run
-from fus2net.inference.registry import PyfuncPackage, is_packaged, register_package
+from fus2net.inference.model_registry import PyfuncPackage, is_packaged, register_package
 from fus2net.inference.spec import (
     DEFAULT_POINT,
     SPEC_FILE,

@@ -23,15 +23,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fus2net.data.duplicates import nearest_distances, phash_of
-from fus2net.data.imageio import ImageLimits, ImageReadError, image_pixels, open_image
-from fus2net.data.resizing import resize_image
+from fus2net.cell.context import JobContext
+from fus2net.cell.job_data import ExternalSet
+from fus2net.cell.roc_plot import save_roc
 from fus2net.evaluation.calibration import expected_calibration_error
 from fus2net.evaluation.metrics import binary_metrics
 from fus2net.evaluation.operating_points import OperatingPoint
-from fus2net.experiment.context import JobContext
-from fus2net.experiment.data import ExternalSet
-from fus2net.experiment.figures import save_roc
+from fus2net.images.duplicates import nearest_distances, phash_of
+from fus2net.images.imageio import ImageLimits, ImageReadError, image_pixels, open_image
+from fus2net.images.resizing import resize_image
 from fus2net.inference.loading import LoadedModel
 from fus2net.tracking import schema
 

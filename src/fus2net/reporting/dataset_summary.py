@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from fus2net.data.duplicates import connected_groups, near_pairs
-from fus2net.data.imageio import ImageLimits
 from fus2net.data.records import Notice, Problem, Record, empty_class_problems
 from fus2net.data.sources.base import DataSource
 from fus2net.data.validation import ImageInfo, drop_bad_records, inspect_records
+from fus2net.images.duplicates import connected_groups, near_pairs
+from fus2net.images.imageio import ImageLimits
 
 
 @dataclass

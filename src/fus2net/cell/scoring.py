@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fus2net.cell.artifacts import provenance_files, write_json, write_prediction_artifacts
+from fus2net.cell.context import JobContext
+from fus2net.cell.stored_folds import load_refit_result
+from fus2net.cell.summary import CellSummary
+from fus2net.config.factories import train_fold
 from fus2net.evaluation.metrics import binary_metrics, mean_std
 from fus2net.evaluation.stats import bootstrap_intervals
-from fus2net.experiment.artifacts import provenance_files, write_json, write_prediction_artifacts
-from fus2net.experiment.context import JobContext
-from fus2net.experiment.factories import train_fold
-from fus2net.experiment.stored_folds import load_refit_result
-from fus2net.experiment.summary import CellSummary
 from fus2net.tracking import schema
 from fus2net.tracking.predictions import patient_groups
 from fus2net.training.fold import FitRun, FoldData, FoldResult

@@ -19,11 +19,11 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from fus2net.cell.job_data import JobData, prepare_data
+from fus2net.config.factories import resolved_container
+from fus2net.config.hydra_run import hydra_tags
 from fus2net.data.records import Record
 from fus2net.data.splits import record_keys, records_fingerprint
-from fus2net.experiment.data import JobData, prepare_data
-from fus2net.experiment.factories import resolved_container
-from fus2net.experiment.hydra_run import hydra_tags
 from fus2net.tracking import resume, schema
 from fus2net.tracking.mlflow_tracker import MlflowTracker
 from fus2net.tracking.predictions import predictions_frame

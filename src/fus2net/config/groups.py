@@ -16,9 +16,9 @@ from pydantic_core import PydanticCustomError
 
 from fus2net.data.balance import BalanceMode
 from fus2net.data.cache import CacheMode
-from fus2net.data.imageio import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MIN_IMAGE_SIZE, ImageLimits
-from fus2net.data.resizing import RESIZE_MODES
 from fus2net.evaluation.calibration import CALIBRATION_METHODS
+from fus2net.images.imageio import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MIN_IMAGE_SIZE, ImageLimits
+from fus2net.images.resizing import RESIZE_MODES
 from fus2net.inference.gradcam import CamTarget
 from fus2net.inference.tta import TTA_MODES
 from fus2net.models.fus2net import PoolMode
@@ -105,7 +105,7 @@ class Data(Node):
 
     @property
     def limits(self) -> ImageLimits:
-        """What the decoder refuses before decoding a pixel (`data/imageio.py`)."""
+        """What the decoder refuses before decoding a pixel (`images/imageio.py`)."""
         return ImageLimits(max_pixels=self.max_image_pixels, min_size=self.min_image_size)
 
     @model_validator(mode="after")
@@ -234,7 +234,7 @@ class DatasetNode(Node):
 
 class SyntheticDataset(DatasetNode):
     root: Text
-    n_images: Int = Field(500, ge=2)  # fus2net.data.synthetic.generate_dataset's limits
+    n_images: Int = Field(500, ge=2)  # fus2net.synthetic.generator.generate_dataset's limits
     image_size: Int = Field(299, ge=64)
     malignant_fraction: Float = Field(0.333, gt=0, lt=1)
     seed: Int = Field(0, ge=0)

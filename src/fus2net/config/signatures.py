@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError, create_model
 
-from fus2net.experiment.config_groups import (
+from fus2net.config.groups import (
     HYDRA_INSTANTIATE_KEYS,
     MODEL_ARGUMENTS_SET_BY_FUS2NET,
     TRAINER_SET_BY_FUS2NET,

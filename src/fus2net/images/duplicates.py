@@ -16,7 +16,7 @@ import imagehash
 import numpy as np
 from PIL import Image
 
-from fus2net.data.imageio import load_image
+from fus2net.images.imageio import load_image
 
 HASH_BITS = 64
 _POPCOUNT = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(axis=1)

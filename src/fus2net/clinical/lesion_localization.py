@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fus2net.data.imageio import resized_mask
+from fus2net.cell.context import JobContext
+from fus2net.clinical.plots import save_overlay_grid
 from fus2net.evaluation.localization import (
     cam_energy_in_mask,
     localization_scores,
     pointing_game_hit,
 )
-from fus2net.experiment.clinical.figures import save_overlay_grid
-from fus2net.experiment.context import JobContext
+from fus2net.images.imageio import resized_mask
 from fus2net.inference.loading import LoadedModel
 
 GRID_IMAGES = 16

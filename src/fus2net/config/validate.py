@@ -41,7 +41,7 @@ from pydantic import BaseModel, ValidationError, create_model
 from pydantic.fields import FieldInfo
 from typing_extensions import TypedDict, is_typeddict
 
-from fus2net.experiment.config_groups import (
+from fus2net.config.groups import (
     CHOSEN_GROUPS,
     TARGET_GROUPS,
     TRAINER_SET_BY_FUS2NET,
@@ -51,7 +51,7 @@ from fus2net.experiment.config_groups import (
     TrainConfig,
     dataset_schemas,
 )
-from fus2net.experiment.config_messages import (
+from fus2net.config.messages import (
     accepts,
     join_key,
     leaf_items,
@@ -60,8 +60,8 @@ from fus2net.experiment.config_messages import (
     reason_of,
     show,
 )
-from fus2net.experiment.config_signatures import model_type, signature_model, trainer_type
-from fus2net.experiment.preflight import ConfigError
+from fus2net.config.preflight import ConfigError
+from fus2net.config.signatures import model_type, signature_model, trainer_type
 
 Problem = tuple[str, str]  # (dotted key, what is wrong with it)
 

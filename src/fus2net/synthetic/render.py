@@ -13,8 +13,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.special import expit
 
-from fus2net.data.synthetic_lesion import LesionSpec, lesion_distance, sample_lesion
-from fus2net.data.synthetic_marks import draw_marks
+from fus2net.synthetic.lesion import LesionSpec, lesion_distance, sample_lesion
+from fus2net.synthetic.marks import draw_marks
 
 
 def _smooth_noise(

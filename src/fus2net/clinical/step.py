@@ -15,20 +15,20 @@ from pathlib import Path
 
 import numpy as np
 
+from fus2net.cell.artifacts import write_json
+from fus2net.cell.context import JobContext
+from fus2net.cell.scoring import CellScores
+from fus2net.cell.summary import CellSummary
+from fus2net.clinical.external import score_external_datasets
+from fus2net.clinical.lesion_localization import localize
+from fus2net.clinical.model_card import Findings, write_model_card
+from fus2net.clinical.package import register, register_stored, write_spec
+from fus2net.clinical.recalibration import calibrate_cell
 from fus2net.evaluation.operating_points import (
     OperatingPoint,
     choose_operating_points,
     operating_point_metrics,
 )
-from fus2net.experiment.artifacts import write_json
-from fus2net.experiment.clinical.calibration import calibrate_cell
-from fus2net.experiment.clinical.external import score_external_datasets
-from fus2net.experiment.clinical.localization import localize
-from fus2net.experiment.clinical.model_card import Findings, write_model_card
-from fus2net.experiment.clinical.package import register, write_spec
-from fus2net.experiment.context import JobContext
-from fus2net.experiment.scoring import CellScores
-from fus2net.experiment.summary import CellSummary
 from fus2net.inference.loading import load_package
 from fus2net.tracking import schema
 from fus2net.training.fold import FoldResult
@@ -108,3 +108,20 @@ def evaluate_clinically(
     if ev.get("register_model"):
         report.registered_version = register(ctx, cell_run, report.spec_file, model)
     return report
+
+
+class ClinicalStep:
+    """The clinical step as the job calls it (`fus2net.cell.steps.CellEvaluation`): the CLI
+    builds it and passes it to `experiment.job.run_job`."""
+
+    def evaluate(
+        self,
+        ctx: JobContext,
+        summary: CellSummary,
+        results: dict[int, FoldResult],
+        scores: CellScores,
+    ) -> ClinicalReport:
+        return evaluate_clinically(ctx, summary, results, scores)
+
+    def register_stored(self, ctx: JobContext, cell_run: str) -> str | None:
+        return register_stored(ctx, cell_run)
