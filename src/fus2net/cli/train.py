@@ -96,11 +96,11 @@ def closing(cfg: DictConfig, summary: CellSummary, elapsed_s: float) -> Closing:
     card = out / "clinical" / "model_card.md"
     store = _store_option(cfg)
     predict = ""
-    if summary.status == "FINISHED" and cfg.get("evaluation", {}).get("enabled", True):
+    if summary.status == "FINISHED" and cfg.evaluation.enabled:
         predict = f"fus2net-predict {summary.cell_run_id} IMAGES{store}"
     compare = ""
     if hc.mode == RunMode.MULTIRUN:
-        sweep = cfg.tracking.get("sweep") or Path(str(hc.sweep.dir)).name
+        sweep = cfg.tracking.sweep or Path(str(hc.sweep.dir)).name
         experiment = str(cfg.tracking.experiment)
         if experiment != "fus2net":
             store += f" --experiment {shlex.quote(experiment)}"
