@@ -49,7 +49,7 @@ def train(cfg: DictConfig) -> float | None:
     started = time.monotonic()
     quiet_libraries(HydraConfig.get().verbose)  # after Hydra configured this job's logging
     from fus2net.cell.summary import format_summary
-    from fus2net.clinical.step import ClinicalStep
+    from fus2net.clinical.step import clinical_step
     from fus2net.config.preflight import ConfigError
     from fus2net.data.records import DataError
     from fus2net.experiment.interrupts import JobInterrupted
@@ -65,7 +65,7 @@ def train(cfg: DictConfig) -> float | None:
     # call (behind a refusing proxy it printed a warning). An exported value wins.
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     try:
-        summary = run_job(cfg, ClinicalStep())
+        summary = run_job(cfg, clinical_step())
     except DiskFull as exc:
         logging.raiseExceptions = False  # a log file on the full disk must not add tracebacks
         log.error("%s", exc)

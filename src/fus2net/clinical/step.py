@@ -18,6 +18,7 @@ import numpy as np
 from fus2net.cell.artifacts import write_json
 from fus2net.cell.context import JobContext
 from fus2net.cell.scoring import CellScores
+from fus2net.cell.steps import CellEvaluation
 from fus2net.cell.summary import CellSummary
 from fus2net.clinical.external import score_external_datasets
 from fus2net.clinical.lesion_localization import localize
@@ -110,18 +111,7 @@ def evaluate_clinically(
     return report
 
 
-class ClinicalStep:
-    """The clinical step as the job calls it (`fus2net.cell.steps.CellEvaluation`): the CLI
-    builds it and passes it to `experiment.job.run_job`."""
-
-    def evaluate(
-        self,
-        ctx: JobContext,
-        summary: CellSummary,
-        results: dict[int, FoldResult],
-        scores: CellScores,
-    ) -> ClinicalReport:
-        return evaluate_clinically(ctx, summary, results, scores)
-
-    def register_stored(self, ctx: JobContext, cell_run: str) -> str | None:
-        return register_stored(ctx, cell_run)
+def clinical_step() -> CellEvaluation:
+    """The clinical step as the job calls it (`fus2net.cell.steps`); the CLI passes it to
+    `experiment.job.run_job`."""
+    return CellEvaluation(evaluate=evaluate_clinically, register_stored=register_stored)
