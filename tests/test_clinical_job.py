@@ -9,7 +9,6 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-from omegaconf import OmegaConf
 from PIL import Image
 
 from fus2net.cell.job_data import load_external
@@ -18,7 +17,7 @@ from fus2net.clinical.step import evaluate_clinically
 from fus2net.evaluation.localization import localization_scores
 from fus2net.images.imageio import resized_mask
 from fus2net.inference import load_model, load_package, predict_files
-from jobs import BUSI, run_train, sqlite_client, store_uri, tiny
+from jobs import BUSI, compose_train, run_train, sqlite_client, store_uri, tiny
 
 # test_train_cli's tiny settings, at 64 px (Fus2Net's smallest input is 51 px).
 TINY = tiny("dataset.image_size=96", "data.image_size=64")
@@ -136,7 +135,7 @@ def test_job_output_folder_is_a_model(job: Path) -> None:
 
 
 def test_disabled_evaluation_logs_nothing(tmp_path: Path) -> None:
-    ctx = SimpleNamespace(cfg=OmegaConf.create({"evaluation": {"enabled": False}}), out=tmp_path)
+    ctx = SimpleNamespace(cfg=compose_train("evaluation.enabled=false"), out=tmp_path)
     summary = SimpleNamespace(cell_run_id="run")
     report = evaluate_clinically(ctx, summary, {}, None)  # type: ignore[arg-type]
     assert report.metrics == {} and report.spec_file is None

@@ -10,11 +10,11 @@ from typing import get_args
 import pytest
 
 from fus2net.cli import config_dir
+from fus2net.config import groups as config_groups
 from fus2net.config.factories import resolved_container
 from fus2net.config.messages import choices
 from fus2net.config.preflight import ConfigError
 from fus2net.config.validate import config_problems, validate_config
-from fus2net.config import groups as config_groups
 from fus2net.tracking.provenance import cell_key
 from jobs import compose_train, run_train, tiny
 

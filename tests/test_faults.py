@@ -16,10 +16,10 @@ import pytest
 from PIL import Image
 
 from fus2net.cell.job_data import prepare_data
+from fus2net.config import preflight
 from fus2net.config.preflight import ConfigError, PreflightError
 from fus2net.config.validate import validate_config
 from fus2net.data.records import DataError
-from fus2net.config import preflight
 from jobs import compose_train, run_train, sqlite_client, store_uri, tiny, train_env
 
 TINY = tiny(

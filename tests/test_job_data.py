@@ -69,7 +69,7 @@ def test_each_external_set_is_listed_once_per_job(
 ) -> None:
     """An `eval_datasets` entry is instantiated and listed once by the whole job (checked before
     training, listed as a cell input, scored after training), not once per step."""
-    from fus2net.clinical.step import ClinicalStep
+    from fus2net.clinical.step import clinical_step
     from fus2net.data.sources import SyntheticSource
     from fus2net.experiment.job import run_job
 
@@ -90,7 +90,7 @@ def test_each_external_set_is_listed_once_per_job(
         "eval_datasets.ext.n_images=12",
         f"eval_datasets.ext.root={external}",
     )
-    summary = run_job(cfg, ClinicalStep())
+    summary = run_job(cfg, clinical_step())
     assert summary.cell_run_id
     assert listed[str(external)] == 1
     (scored,) = (tmp_path / "outputs" / "adhoc" / "clinical" / "external").iterdir()

@@ -15,12 +15,12 @@ from PIL import Image
 
 from fus2net.cell.job_data import load_external
 from fus2net.clinical.external import evaluate_external
+from fus2net.config import groups as config_groups
 from fus2net.config.factories import model_spec, resolved_container
 from fus2net.config.messages import choices
 from fus2net.config.validate import config_problems
 from fus2net.data.cache import ImageCache, load_resized
 from fus2net.data.records import Record
-from fus2net.config import groups as config_groups
 from fus2net.images.imageio import resized_mask
 from fus2net.images.resizing import RESIZE_MODES, content_box, resize_image, resize_mask, unfit
 from fus2net.inference import Member, ModelSpec, load_package, predict_files

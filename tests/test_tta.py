@@ -12,10 +12,10 @@ import pytest
 import torch
 from torch import nn
 
+from fus2net.config import groups as config_groups
 from fus2net.config.factories import resolved_container
 from fus2net.config.messages import choices
 from fus2net.config.validate import config_problems
-from fus2net.config import groups as config_groups
 from fus2net.inference.loading import LoadedModel
 from fus2net.inference.spec import Member, ModelSpec
 from fus2net.inference.tta import TTA_MODES, malignant_probability

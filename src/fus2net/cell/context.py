@@ -163,7 +163,7 @@ def build_context(cfg: DictConfig, protocol: str | None = None) -> JobContext:
     `protocol` is the leave-one-source-out key a held-out cell shares with its siblings."""
     data = prepare_data(cfg)
     tracker = MlflowTracker(
-        cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.get("artifact_location")
+        cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.artifact_location
     )
     out = output_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
@@ -183,6 +183,7 @@ def build_context(cfg: DictConfig, protocol: str | None = None) -> JobContext:
     params.update({"dataset.fingerprint": data.fingerprint, "dataset.n_images": len(data.records)})
     n_folds = len(data.split.folds)
     folds = [int(cfg.cv.fold)] if cfg.cv.fold is not None else list(range(n_folds))
+    # tracking=local has no stale_after_s (only tracking=server sets one)
     stale = float(cfg.tracking.get("stale_after_s") or resume.STALE_AFTER_S)
     legacy = legacy_cell_key(config, data.fingerprint)
     return JobContext(cfg, data, tracker, out, key, tags, params, folds, stale, legacy)

@@ -101,11 +101,11 @@ def _read_images(
         phash=bool(cfg.data.dedupe) or bool(cfg.get("eval_datasets")),
         progress=True,
         limits=limits,
-        resize=str(cfg.data.get("resize", "stretch")),
+        resize=str(cfg.data.resize),
     )
     _log_notices([n for info in infos for n in info.notices])
     problems = [problem for info in infos for problem in info.problems]
-    if problems and cfg.data.get("on_bad_image", "error") == "skip":
+    if problems and cfg.data.on_bad_image == "skip":
         kept = drop_bad_records(records, problems)
         by_image = {r.image: info for r, info in zip(records, infos, strict=True)}
         log.warning(
@@ -181,7 +181,7 @@ def prepare_data(cfg: DictConfig) -> JobData:
         fingerprint=fingerprint,
         cache_dir=Path(cfg.paths.cache_dir),
         pixels=np.stack([info.pixels for info in infos]) if records else None,
-        resize=str(cfg.data.get("resize", "stretch")),
+        resize=str(cfg.data.resize),
     )
     counts = np.bincount([r.label for r in records], minlength=len(source.class_names))
     description = {

@@ -123,7 +123,7 @@ def score_cell(ctx: JobContext, summary: CellSummary, results: dict[int, FoldRes
     }
     files.append(write_json(results_json, report / "results.json"))
     ctx.tracker.log_artifacts(cell_run, files)
-    if refit is not None and not refit_stored and ctx.cfg.tracking.get("log_checkpoints", True):
+    if refit is not None and not refit_stored and ctx.cfg.tracking.log_checkpoints:
         ctx.tracker.log_artifacts(cell_run, [refit.weights], schema.REFIT_DIR)
     provenance = provenance_files(ctx.cell_cfg, data.description, data.split.path, ctx.out)
     ctx.tracker.log_artifacts(cell_run, provenance, schema.PROVENANCE_DIR)
@@ -149,8 +149,7 @@ def _test_auc_interval(ctx: JobContext, test: pd.DataFrame) -> tuple[float, floa
     that all three show one interval."""
     if not len(test):
         return None
-    evaluation = ctx.cfg.get("evaluation") or {}
-    n_boot = int(evaluation.get("bootstrap", 1000))
+    n_boot = int(ctx.cfg.evaluation.bootstrap)
     labels, probs = test["label"].to_numpy(), test["prob"].to_numpy()
     return bootstrap_intervals(labels, probs, patient_groups(test), n_boot=n_boot)["auc"]
 

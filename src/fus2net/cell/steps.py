@@ -1,9 +1,11 @@
-"""What the job asks of the steps that stand beside it: the clinical step (fus2net.clinical),
+"""What the job asks of the step that stands beside it: the clinical step (fus2net.clinical),
 built by the CLI and passed to `experiment.job.run_job`, so that the job never imports it."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from fus2net.cell.context import JobContext
@@ -12,16 +14,11 @@ if TYPE_CHECKING:
     from fus2net.training.fold import FoldResult
 
 
-class CellEvaluation(Protocol):
-    """Scores a cell whose folds are all trained (calibration, operating points, external
-    sets, the model package) and registers a finished cell's stored ensemble."""
+@dataclass(frozen=True)
+class CellEvaluation:
+    """`evaluate(ctx, summary, results, scores)` scores a cell whose folds are all trained
+    (calibration, operating points, external sets, the model package); `register_stored(ctx,
+    cell_run)` registers a finished cell's stored ensemble."""
 
-    def evaluate(
-        self,
-        ctx: JobContext,
-        summary: CellSummary,
-        results: dict[int, FoldResult],
-        scores: CellScores,
-    ) -> object: ...
-
-    def register_stored(self, ctx: JobContext, cell_run: str) -> object: ...
+    evaluate: Callable[[JobContext, CellSummary, dict[int, FoldResult], CellScores], object]
+    register_stored: Callable[[JobContext, str], object]

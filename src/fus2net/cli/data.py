@@ -47,7 +47,7 @@ def check_dataset(cfg: DictConfig, limits: ImageLimits | None = None) -> int:
     from fus2net.cell.job_data import image_limits
     from fus2net.config.preflight import ConfigError
 
-    distance = cfg.data.get("duplicate_distance", 4)
+    distance = cfg.data.duplicate_distance
     try:
         limits = limits or image_limits(cfg)
     except ConfigError as error:
@@ -56,7 +56,7 @@ def check_dataset(cfg: DictConfig, limits: ImageLimits | None = None) -> int:
     summary = summarize_dataset(
         source, records, cfg.data.channels, duplicate_distance=distance, limits=limits
     )
-    on_bad_image = str(cfg.data.get("on_bad_image", "error"))
+    on_bad_image = str(cfg.data.on_bad_image)
     print(format_summary(summary, on_bad_image))
     trainable = on_bad_image == "skip" and bool(usable_records(summary))
     return 0 if summary.ok or trainable else 1

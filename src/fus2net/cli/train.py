@@ -49,7 +49,7 @@ def train(cfg: DictConfig) -> float | None:
     started = time.monotonic()
     quiet_libraries(HydraConfig.get().verbose)  # after Hydra configured this job's logging
     from fus2net.cell.summary import format_summary
-    from fus2net.clinical.step import ClinicalStep
+    from fus2net.clinical.step import clinical_step
     from fus2net.config.preflight import ConfigError
     from fus2net.data.records import DataError
     from fus2net.experiment.interrupts import JobInterrupted
@@ -65,7 +65,7 @@ def train(cfg: DictConfig) -> float | None:
     # call (behind a refusing proxy it printed a warning). An exported value wins.
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     try:
-        summary = run_job(cfg, ClinicalStep())
+        summary = run_job(cfg, clinical_step())
     except DiskFull as exc:
         logging.raiseExceptions = False  # a log file on the full disk must not add tracebacks
         log.error("%s", exc)
@@ -96,11 +96,11 @@ def closing(cfg: DictConfig, summary: CellSummary, elapsed_s: float) -> Closing:
     card = out / "clinical" / "model_card.md"
     store = _store_option(cfg)
     predict = ""
-    if summary.status == "FINISHED" and cfg.get("evaluation", {}).get("enabled", True):
+    if summary.status == "FINISHED" and cfg.evaluation.enabled:
         predict = f"fus2net-predict {summary.cell_run_id} IMAGES{store}"
     compare = ""
     if hc.mode == RunMode.MULTIRUN:
-        sweep = cfg.tracking.get("sweep") or Path(str(hc.sweep.dir)).name
+        sweep = cfg.tracking.sweep or Path(str(hc.sweep.dir)).name
         experiment = str(cfg.tracking.experiment)
         if experiment != "fus2net":
             store += f" --experiment {shlex.quote(experiment)}"

@@ -276,9 +276,9 @@ def score_external_datasets(
                 work / "external" / name,
                 n_bins,
                 ctx.data.limits,  # the training images' limits
-                adabn=bool(ctx.cfg.evaluation.get("adabn", False)),
+                adabn=bool(ctx.cfg.evaluation.adabn),
                 pool=pool,
-                overlap=str(ctx.cfg.evaluation.get("external_overlap", "drop")),
+                overlap=str(ctx.cfg.evaluation.external_overlap),
             )
         except Exception as err:
             log.error("eval_datasets.%s could not be scored: %s", name, err)

@@ -78,7 +78,7 @@ def write_model_card(
     """The card of the cell at `path`, from the metrics the job already computed."""
     test = scores.test_rows
     labels, probs = test["label"].to_numpy(), test["prob"].to_numpy()
-    n_boot = int(ctx.cfg.evaluation.get("bootstrap", 1000))
+    n_boot = int(ctx.cfg.evaluation.bootstrap)
     split = ctx.data.split
     facts = ModelCardFacts(
         run_id=summary.cell_run_id,

@@ -143,7 +143,7 @@ def _headline(ctx: JobContext, cell: Run) -> tuple[str, dict[str, str]]:
         preds = read_cell_predictions(path, cell.info.run_id)
     test = preds[preds["split"] == schema.Split.TEST]
     labels, probs = test["label"].to_numpy(), test["prob"].to_numpy()
-    n_boot = int(ctx.cfg.evaluation.get("bootstrap", 1000))
+    n_boot = int(ctx.cfg.evaluation.bootstrap)
     metrics = schema.unprefixed(schema.TEST, cell.data.metrics)
     headline = {m: metrics[m] for m in HEADLINE if m in metrics}
     intervals = (

@@ -18,6 +18,7 @@ import numpy as np
 from fus2net.cell.artifacts import write_json
 from fus2net.cell.context import JobContext
 from fus2net.cell.scoring import CellScores
+from fus2net.cell.steps import CellEvaluation
 from fus2net.cell.summary import CellSummary
 from fus2net.clinical.external import score_external_datasets
 from fus2net.clinical.lesion_localization import localize
@@ -60,14 +61,14 @@ def evaluate_clinically(
 ) -> ClinicalReport:
     """Compute and log everything of the module doc to the cell run (and its fold runs)."""
     report = ClinicalReport()
-    ev = ctx.cfg.get("evaluation")
-    if ev is None or not ev.get("enabled", True):
+    ev = ctx.cfg.evaluation
+    if not ev.enabled:
         return report
     tracker, cell_run = ctx.tracker, summary.cell_run_id
     work = ctx.out / "clinical"
     work.mkdir(parents=True, exist_ok=True)
     test = scores.test_rows
-    method = str(ev.get("calibration", "platt"))
+    method = str(ev.calibration)
     calibration = calibrate_cell(tracker, cell_run, scores, method, int(ev.calibration_bins), work)
     points = _operating_points(scores, float(ev.target_sensitivity))
     operating = operating_point_metrics(points, test["label"].to_numpy(), test["prob"].to_numpy())
@@ -77,7 +78,7 @@ def evaluate_clinically(
     model = load_package(report.spec_file)
 
     localization: dict[str, float] = {}
-    if ev.gradcam.get("enabled", True) and len(test):
+    if ev.gradcam.enabled and len(test):
         by_path = test.set_index("path")["prob"]
         localization, files = localize(ctx, model, by_path, work / "localization")
         tracker.log_artifacts(cell_run, files, schema.LOCALIZATION_DIR)
@@ -86,7 +87,7 @@ def evaluate_clinically(
     metrics = {**schema.prefixed("calibration", calibration.metrics), **operating, **localization}
     for name, values in external.items():
         metrics.update(schema.prefixed(f"external/{name}", values))
-    held_out = ctx.cfg.cv.get("holdout_source")
+    held_out = ctx.cfg.cv.holdout_source
     if held_out in external:  # one name for every source held out (leave-one-source-out)
         metrics.update(schema.prefixed(schema.HELDOUT, external[held_out]))
     tracker.log_metrics(cell_run, {k: v for k, v in metrics.items() if np.isfinite(v)})
@@ -105,23 +106,12 @@ def evaluate_clinically(
     tracker.log_artifacts(
         cell_run, [report.model_card, write_json(clinical, work / "clinical.json")]
     )
-    if ev.get("register_model"):
+    if ev.register_model:
         report.registered_version = register(ctx, cell_run, report.spec_file, model)
     return report
 
 
-class ClinicalStep:
-    """The clinical step as the job calls it (`fus2net.cell.steps.CellEvaluation`): the CLI
-    builds it and passes it to `experiment.job.run_job`."""
-
-    def evaluate(
-        self,
-        ctx: JobContext,
-        summary: CellSummary,
-        results: dict[int, FoldResult],
-        scores: CellScores,
-    ) -> ClinicalReport:
-        return evaluate_clinically(ctx, summary, results, scores)
-
-    def register_stored(self, ctx: JobContext, cell_run: str) -> str | None:
-        return register_stored(ctx, cell_run)
+def clinical_step() -> CellEvaluation:
+    """The clinical step as the job calls it (`fus2net.cell.steps`); the CLI passes it to
+    `experiment.job.run_job`."""
+    return CellEvaluation(evaluate=evaluate_clinically, register_stored=register_stored)

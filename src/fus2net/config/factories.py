@@ -71,6 +71,7 @@ def lightning_module(
 ) -> BUSClassifier:
     """The LightningModule that trains `net` with the `optimizer`, `scheduler` and
     `regularization` groups and `evaluation.tta`; `trainer.compile` compiles its network."""
+    # a _target_ node: scheduler=none has `_target_: null`, one of one's own may have none
     scheduler = instantiate(cfg.scheduler) if cfg.scheduler.get("_target_") else None
     module = BUSClassifier(
         net,
@@ -79,11 +80,11 @@ def lightning_module(
         l2=float(cfg.regularization.l2),
         class_weights=class_weights,
         channels_last=bool(cfg.trainer.channels_last),
-        label_smoothing=float(cfg.regularization.get("label_smoothing", 0.0)),
-        tta=str(cfg.get("evaluation", {}).get("tta", "none")),
-        layer_decay=cfg.regularization.get("layer_decay"),
+        label_smoothing=float(cfg.regularization.label_smoothing),
+        tta=str(cfg.evaluation.tta),
+        layer_decay=cfg.regularization.layer_decay,
     )
-    if cfg.trainer.get("compile"):
+    if cfg.trainer.get("compile"):  # a trainer option of one's own may leave it out (off)
         compile_network(module.net, str(cfg.trainer.accelerator))
     return module
 
@@ -108,6 +109,7 @@ def fold_datamodule(cfg: DictConfig, data: FoldData, seed: int) -> FoldDataModul
         batch_size=int(cfg.data.batch_size),
         augmentation=augmentation(cfg),
         balance=str(cfg.balance.mode),
+        # only balance=weighted has a strategy
         sampler_weighting=cfg.balance.get("strategy", "loss") == "sampler",
         num_workers=int(cfg.data.num_workers),
         seed=seed,
@@ -127,7 +129,7 @@ def trainer_settings(cfg: DictConfig) -> TrainerSettings:
     arguments["precision"] = effective_precision(
         str(cfg.trainer.precision), str(cfg.trainer.accelerator)
     )
-    decay = cfg.regularization.get("ema_decay")
+    decay = cfg.regularization.ema_decay
     return TrainerSettings(
         arguments,
         keep_best=cfg.cv.checkpoint == "best",
@@ -149,8 +151,6 @@ def train_fold(
 
 def model_spec(cfg: DictConfig, class_names: list[str], members: list[Member]) -> ModelSpec:
     """The spec of the models `cfg` trains (no thresholds or calibration yet)."""
-    evaluation = cfg.get("evaluation", {})
-    gradcam = evaluation.get("gradcam", {})
     return trained_spec(
         model_options(cfg),
         class_names,
@@ -158,7 +158,7 @@ def model_spec(cfg: DictConfig, class_names: list[str], members: list[Member]) -
         in_chans=int(cfg.data.channels),
         image_size=int(cfg.data.image_size),
         drop_rate=float(cfg.regularization.dropout),
-        cam_layer=str(gradcam.get("layer") or "auto"),
-        tta=str(evaluation.get("tta", "none")),
-        resize=str(cfg.data.get("resize", "stretch")),
+        cam_layer=str(cfg.evaluation.gradcam.layer or "auto"),
+        tta=str(cfg.evaluation.tta),
+        resize=str(cfg.data.resize),
     )

@@ -48,7 +48,7 @@ def check_config(cfg: DictConfig) -> None:
         )
     name = cfg.model.name
     options = {k: v for k, v in cfg.model.items() if k != "pretrained_path"}  # not loaded here
-    weights = cfg.model.get("pretrained_path")
+    weights = cfg.model.get("pretrained_path")  # typed by model.name: may be left out
     if weights is not None and not Path(str(weights)).expanduser().is_file():
         errors.append(
             f"model.pretrained_path={weights}: no such file; point it at a state dict saved with "

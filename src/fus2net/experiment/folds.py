@@ -191,7 +191,7 @@ def _log_fold_model(
     params = {"model.name": ctx.cfg.model.name, "fold": fold, "epochs": result.epochs_run}
     name = schema.model_name(cell_name, fold, ctx.n_folds)
     model_id = tracker.create_model(name, run_id, tags, params)
-    if ctx.cfg.tracking.get("log_checkpoints", True):
+    if ctx.cfg.tracking.log_checkpoints:
         tracker.log_model_files(model_id, [result.weights])
     for split, context in (
         (schema.Split.VAL, schema.Context.VALIDATION),
@@ -222,6 +222,6 @@ def _log_fold(ctx: JobContext, run_id: str, fold: int, result: FoldResult) -> Fo
     tracker.log_artifacts(run_id, files)
     provenance = provenance_files(ctx.cfg, data.description, data.split.path, fold_dir)
     tracker.log_artifacts(run_id, provenance, schema.PROVENANCE_DIR)
-    if ctx.cfg.tracking.get("log_checkpoints", True):
+    if ctx.cfg.tracking.log_checkpoints:
         tracker.log_artifacts(run_id, [result.weights], schema.CHECKPOINT_DIR)
     return metrics

@@ -45,7 +45,7 @@ def holdout_config(cfg: DictConfig) -> tuple[DictConfig, str | None]:
     """`cfg` with `cv.holdout_source`'s member moved from the pool to `eval_datasets` (the same
     config, its own options kept), and the protocol's key; `(cfg, None)` when no member is
     held out."""
-    member = cfg.cv.get("holdout_source")
+    member = cfg.cv.holdout_source
     if member is None:
         return cfg, None
     members = pooled_members(cfg)

@@ -81,7 +81,7 @@ def _run_cell(
         assert cell.run is not None
         if _rescore(ctx, cell, summary, clinical):
             return summary
-        if cfg.evaluation.get("register_model"):  # asked for now, after its training
+        if cfg.evaluation.register_model:  # asked for now, after its training
             clinical.register_stored(ctx, cell.run_id)
         log_protocol_run(ctx)  # a protocol whose last cell finished elsewhere
         return stored_summary(summary, cell.run.data.metrics, cell.folds)
