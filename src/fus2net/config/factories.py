@@ -1,7 +1,7 @@
 """The one place where the job's config becomes the objects and plain values of the layers below.
 
 As lightning-hydra-template's `train.py` does at its top, a fold's network, LightningModule, data
-module and Trainer are built here, once, and passed down: nothing below `experiment` reads the
+module and Trainer are built here, once, and passed down: nothing below `config` reads the
 config. Each group has its small factory; the job's steps call these, never the config's keys
 for them, so that switching the config to a typed model changes this module alone.
 """

@@ -175,7 +175,7 @@ class Trainer(Node):
     accelerator: Str  # one of Lightning's accelerators (trainer_type)
     devices: Any  # a count, a list of ids or "auto": Lightning decides
     precision: Any
-    channels_last: bool  # ours (not Trainer arguments): fus2net.training.fold
+    channels_last: bool  # ours, not Trainer arguments: config.factories.TRAINER_EXTRAS
     compile: bool = False
     threads: Int | None = Field(None, ge=1)
     max_epochs: Int = Field(ge=1)
@@ -222,7 +222,7 @@ class TimmModel(Node):
     pretrained_path: Str | None = None
 
 
-# The model options fus2net.training.module.BUSClassifier passes to create_model itself.
+# The model options fus2net.config.factories.network passes to create_model itself.
 MODEL_ARGUMENTS_SET_BY_FUS2NET = ("in_chans", "num_classes", "drop_rate")
 
 

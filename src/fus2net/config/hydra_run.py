@@ -1,7 +1,7 @@
 """What Hydra knows of the running job (sweep, mode, command-line overrides, group choices,
 output folder, the keys a multirun varies), as the tags of its runs, for filtering in the UI.
 
-Read here, at the top, from Hydra's own config: nothing below `experiment` reads it.
+Read here, at the top, from Hydra's own config: nothing below `config` reads it.
 """
 
 from __future__ import annotations
