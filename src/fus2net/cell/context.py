@@ -11,16 +11,18 @@ import functools
 import logging
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
 
 from fus2net.cell.job_data import JobData, prepare_data
-from fus2net.config.factories import resolved_container
+from fus2net.cell.lesion_segmenter_cache import job_segmenter
+from fus2net.config.factories import lesion_crop_settings, normalization, resolved_container
 from fus2net.config.hydra_run import hydra_tags
 from fus2net.data.records import Record
 from fus2net.data.splits import record_keys, records_fingerprint
@@ -46,6 +48,24 @@ class JobContext:
     folds: list[int]  # the folds this job trains (all, or cv.fold)
     stale_after_s: float  # when a RUNNING run of another host counts as orphaned
     legacy_key: str = ""  # the key earlier versions gave the cell (provenance.legacy_cell_key)
+    _segmenter: dict[str, Tensor] | None = field(default=None, repr=False)
+
+    def lesion_segmenter(self) -> dict[str, Tensor] | None:
+        """The job's lesion segmenter for `model.lesion_crop` (None when it asks for none):
+        trained, or read from the cache, on first use, so a finished cell trains none."""
+        settings = lesion_crop_settings(self.cfg)
+        if settings is None:
+            return None
+        if self._segmenter is None:
+            self._segmenter = job_segmenter(
+                self.data,
+                settings,
+                Path(self.cfg.paths.cache_dir),
+                str(self.cfg.data.resize),
+                normalization(self.cfg),
+                int(self.cfg.seed),
+            )
+        return self._segmenter
 
     @property
     def n_folds(self) -> int:

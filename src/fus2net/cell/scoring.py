@@ -62,6 +62,7 @@ def _refit(ctx: JobContext) -> FoldResult:
         seed=int(ctx.cfg.seed) + 1000,
         num_classes=len(data.class_names),
         run=FitRun(ctx.out / "refit", progress_label="refit"),
+        segmenter=ctx.lesion_segmenter(),
     )
 
 

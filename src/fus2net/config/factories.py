@@ -8,6 +8,7 @@ for them, so that switching the config to a typed model changes this module alon
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import albumentations as A
@@ -21,6 +22,8 @@ from fus2net.data.datamodule import FoldDataModule
 from fus2net.data.transforms import build_augmentation
 from fus2net.inference.spec import Member, ModelSpec, trained_spec
 from fus2net.models import create_model, input_normalization
+from fus2net.models.lesion_crop import LesionCropNet, LesionCropSettings
+from fus2net.models.pretrained import Normalization
 from fus2net.tracking.uris import redact_values
 from fus2net.training.compiled import compile_network
 from fus2net.training.fold import (
@@ -55,15 +58,38 @@ def model_options(cfg: DictConfig) -> dict[str, Any]:
     return model
 
 
-def network(cfg: DictConfig, num_classes: int) -> nn.Module:
+def lesion_crop_settings(cfg: DictConfig) -> LesionCropSettings | None:
+    """`model.lesion_crop` (None: the classifier sees the whole image)."""
+    options = cfg.model.get("lesion_crop")  # only lesion_crop=segmenter adds the key
+    if options is None:
+        return None
+    plain = OmegaConf.to_container(options, resolve=True)
+    assert isinstance(plain, dict)
+    return LesionCropSettings.model_validate(plain)
+
+
+def normalization(cfg: DictConfig) -> Normalization | None:
+    """The input normalisation the `model` group's weights expect (None: per-image)."""
+    return input_normalization(model_options(cfg), int(cfg.data.channels))
+
+
+def network(
+    cfg: DictConfig, num_classes: int, segmenter: Mapping[str, torch.Tensor] | None = None
+) -> nn.Module:
     """The registry model of the `model` group, for `data.channels` input channels and the
-    `regularization.dropout` before its classifier."""
-    return create_model(
+    `regularization.dropout` before its classifier; behind the job's trained lesion
+    `segmenter` when `model.lesion_crop` asks for one."""
+    net = create_model(
         **model_options(cfg),
         in_chans=int(cfg.data.channels),
         num_classes=num_classes,
         drop_rate=float(cfg.regularization.dropout),
     )
+    if isinstance(net, LesionCropNet):
+        if segmenter is None:
+            raise ValueError("model.lesion_crop: the job's trained segmenter was not passed")
+        net.segmenter.load_state_dict(segmenter)
+    return net
 
 
 def lightning_module(
@@ -114,7 +140,7 @@ def fold_datamodule(cfg: DictConfig, data: FoldData, seed: int) -> FoldDataModul
         num_workers=int(cfg.data.num_workers),
         seed=seed,
         pin_memory=cfg.trainer.accelerator == "gpu",
-        normalization=input_normalization(model_options(cfg), int(cfg.data.channels)),
+        normalization=normalization(cfg),
     )
 
 
@@ -138,13 +164,20 @@ def trainer_settings(cfg: DictConfig) -> TrainerSettings:
 
 
 def train_fold(
-    cfg: DictConfig, data: FoldData, seed: int, num_classes: int, run: FitRun
+    cfg: DictConfig,
+    data: FoldData,
+    seed: int,
+    num_classes: int,
+    run: FitRun,
+    segmenter: Mapping[str, torch.Tensor] | None = None,
 ) -> FoldResult:
     """One model of `cfg` trained on `data` (`fus2net.training.fold.train_model`): after
-    seeding `seed`, its data module, network, LightningModule and Trainers built once here."""
+    seeding `seed`, its data module, network, LightningModule and Trainers built once here
+    (`segmenter`: the job's lesion segmenter, for `model.lesion_crop`)."""
     L.seed_everything(seed, workers=True, verbose=False)
     datamodule = fold_datamodule(cfg, data, seed)
-    module = lightning_module(cfg, network(cfg, num_classes), datamodule.class_weights)
+    net = network(cfg, num_classes, segmenter)
+    module = lightning_module(cfg, net, datamodule.class_weights)
     trainer = fold_trainer(trainer_settings(cfg), run, validate=len(data.val_idx) > 0)
     return train_model(module, datamodule, trainer)
 

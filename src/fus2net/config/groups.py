@@ -22,6 +22,7 @@ from fus2net.images.resizing import RESIZE_MODES
 from fus2net.inference.gradcam import CamTarget
 from fus2net.inference.tta import TTA_MODES
 from fus2net.models.fus2net import PoolMode
+from fus2net.models.lesion_crop import LesionCropSettings
 from fus2net.models.pretrained import IMAGENET
 from fus2net.models.timm_models import PRETRAINED_SOURCES
 
@@ -202,6 +203,7 @@ class Fus2NetModel(Node):
     hidden_dim: Int = Field(256, ge=1)
     pool: PoolMode = "auto"
     pretrained_path: Str | None = None
+    lesion_crop: LesionCropSettings | None = None  # lesion_crop=segmenter (conf/lesion_crop/)
 
 
 class BaselineModel(Node):
@@ -210,6 +212,7 @@ class BaselineModel(Node):
     name: Str
     pretrained: Literal[IMAGENET] | None = None
     pretrained_path: Str | None = None
+    lesion_crop: LesionCropSettings | None = None
 
 
 class TimmModel(Node):
@@ -220,6 +223,7 @@ class TimmModel(Node):
     pretrained: bool = False
     pretrained_source: Literal[PRETRAINED_SOURCES] = "hub"
     pretrained_path: Str | None = None
+    lesion_crop: LesionCropSettings | None = None
 
 
 # The model options fus2net.config.factories.network passes to create_model itself.

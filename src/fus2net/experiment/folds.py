@@ -129,6 +129,7 @@ def run_fold(
                     callbacks=[Heartbeat(tracker, [run_id])],  # only fold runs are ever reaped
                     progress_label=ctx.fold_name(fold),
                 ),
+                segmenter=ctx.lesion_segmenter(),
             )
         if result.start_epoch:
             tracker.set_tags(run_id, {schema.RESUMED_FROM_EPOCH: result.start_epoch})

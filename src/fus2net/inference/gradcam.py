@@ -16,11 +16,19 @@ import torch
 from PIL import Image
 from torch import nn
 
+from fus2net.models.lesion_crop import LesionCropNet
+
+CLASSIFIER = "classifier"  # LesionCropNet's classifier, whose maps lie on the crop
+
 CamTarget = Literal["predicted", "malignant"]
 
 
 def find_cam_layer(model: nn.Module, input_size: int, in_chans: int) -> str:
-    """Name of the last top-level child whose output is a (N, C, H, W) map larger than 1x1."""
+    """Name of the last top-level child whose output is a (N, C, H, W) map larger than 1x1
+    (of a lesion-crop model: its classifier's, on the crop)."""
+    if isinstance(model, LesionCropNet):
+        crop = model.settings.crop_size
+        return f"{CLASSIFIER}.{find_cam_layer(model.classifier, crop, in_chans)}"
     calls: list[tuple[str, tuple[int, ...]]] = []
     hooks = [
         child.register_forward_hook(
@@ -56,6 +64,8 @@ def grad_cam(
     'malignant' always explains the malignant logit.
     """
     model.eval()
+    if isinstance(model, LesionCropNet) and layer.startswith(f"{CLASSIFIER}."):
+        return _lesion_crop_cam(model, images, layer.removeprefix(f"{CLASSIFIER}."), target)
     try:
         target_layer = model.get_submodule(layer)
     except AttributeError as err:
@@ -75,6 +85,29 @@ def grad_cam(
             targets = None if target == "predicted" else [ClassifierOutputTarget(1)] * len(batch)
             maps.append(cam(input_tensor=batch, targets=targets).astype(np.float32))
     return np.concatenate(maps) if maps else np.zeros((0, *images.shape[2:]), np.float32)
+
+
+def _lesion_crop_cam(
+    model: LesionCropNet, images: torch.Tensor, layer: str, target: CamTarget
+) -> np.ndarray:
+    """The classifier's maps on each lesion crop, put back where the crop lies in its image
+    (zero outside it): a map over the image a reader sees, as for a whole-image model."""
+    with torch.no_grad():
+        boxes = model.boxes(images).cpu().numpy()
+        crops = model.crops(images)
+    inner = grad_cam(model.classifier, crops, layer, target)
+    size = images.shape[-1]
+    maps = np.zeros((len(images), *images.shape[-2:]), np.float32)
+    for out, cam, (x0, y0, x1, _) in zip(maps, inner, boxes * size, strict=True):
+        left, top = round(float(x0)), round(float(y0))
+        side = max(1, round(float(x1 - x0)))
+        placed = np.asarray(Image.fromarray(cam).resize((side, side), Image.Resampling.BILINEAR))
+        rows = slice(max(top, 0), min(top + side, out.shape[0]))
+        cols = slice(max(left, 0), min(left + side, out.shape[1]))
+        out[rows, cols] = placed[
+            rows.start - top : rows.stop - top, cols.start - left : cols.stop - left
+        ]
+    return maps
 
 
 def ensemble_grad_cam(

@@ -10,7 +10,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from torch import Tensor, nn
 
@@ -61,10 +61,12 @@ def create_model(
     *,
     source: str | None = None,
     pretrained_path: str | os.PathLike[str] | None = None,
+    lesion_crop: Mapping[str, Any] | None = None,
     **kwargs,
 ) -> nn.Module:
     """Build the registered model ``name`` (or ``source``'s model ``name``) with ``kwargs``,
-    then load ``pretrained_path`` if given.
+    then load ``pretrained_path`` if given; ``lesion_crop`` (``model.lesion_crop``) puts it behind
+    a lesion segmenter that crops its input (``fus2net.models.lesion_crop``).
 
     Typical use from Hydra: ``create_model(**cfg.model, in_chans=..., num_classes=...,
     drop_rate=...)`` where ``cfg.model`` holds ``name`` and the model's own options.
@@ -82,6 +84,10 @@ def create_model(
         model = _BUILDERS[name](**kwargs)
     if pretrained_path is not None:
         load_pretrained(model, pretrained_path)
+    if lesion_crop is not None:  # behind a lesion segmenter (fus2net.models.lesion_crop)
+        from .lesion_crop import lesion_crop_net
+
+        model = lesion_crop_net(model, int(kwargs.get("in_chans", 3)), lesion_crop)
     return model
 
 

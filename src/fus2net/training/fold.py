@@ -68,6 +68,8 @@ def quiet_lightning() -> None:
     # Lightning's hint to wrap a job in `srun` on any machine with SLURM installed: a fus2net job
     # is one process (hydra/launcher=slurm submits it), so the hint never applies.
     warnings.filterwarnings("ignore", message=".*The `srun` command is available on your system.*")
+    # model.lesion_crop's segmenter is frozen in eval mode on purpose (LesionCropNet.train)
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of train")
 
 
 class StartEpoch(Callback):
