@@ -57,6 +57,7 @@ class YamlNotes:
     examples: list[str] = dataclasses.field(default_factory=list)  # commands of the header
     comments: dict[str, str] = dataclasses.field(default_factory=dict)
     global_package: bool = False
+    package: str = ""  # `# @package X` other than _global_ (lesion_crop: model.lesion_crop)
 
 
 def read_notes(path: Path) -> YamlNotes:
@@ -81,6 +82,8 @@ def read_notes(path: Path) -> YamlNotes:
             text = stripped.lstrip("#").strip()
             if text.startswith("@package"):
                 notes.global_package = "_global_" in text
+                if not notes.global_package:
+                    notes.package = text.removeprefix("@package").strip()
                 continue
             if in_header:
                 command = stripped.lstrip("#").startswith("   ")
@@ -178,6 +181,10 @@ def group_schema(group: str, node: Any) -> Schema:
         return model_type(node), set(Fus2NetModel.model_fields) if fus2net else None
     if group == "trainer":
         return trainer_type(), set(Trainer.model_fields)
+    if group == "lesion_crop":  # packaged at model.lesion_crop
+        from fus2net.models.lesion_crop import LesionCropSettings
+
+        return LesionCropSettings, None
     if group in ("dataset", "optimizer", "scheduler", "augmentation"):
         return target_schema(group, node)
     return None, None
@@ -270,7 +277,9 @@ def rows(
             f"{prefix}{key}",
             accepts_text(spec),
             shown(default),
-            "not in the YAML: add it with `+`" if default is not REQUIRED else "",
+            (spec.description or "not in the YAML: add it with `+`")
+            if default is not REQUIRED
+            else "",
             from_schema=default is not REQUIRED,
         )
     if extra:
@@ -422,6 +431,8 @@ def _description(group: str, option: str) -> list[str]:
 
 def reference_markdown() -> str:
     """The generated part of the configuration reference page."""
+    from omegaconf import OmegaConf
+
     composed = _compose()
     choices = _plain(composed.hydra.runtime.choices)
     cfg = _plain(composed)
@@ -483,12 +494,14 @@ def reference_markdown() -> str:
                 found = list(rows(node, "hydra.launcher.", group, (None, None), notes))
                 found = [dataclasses.replace(r, accepts="") for r in found]
             else:
-                node = _plain(composed_option[group])
+                package = read_notes(path).package if path.is_file() else ""
+                node = _plain(OmegaConf.select(composed_option, package or group))
                 notes = option_notes(group, option).comments
                 if not isinstance(node, dict):
                     out += [f"`{group}` is `{shown(node)}`.", ""]
                     continue
-                found = list(rows(node, f"{group}.", group, group_schema(group, node), notes))
+                prefix = f"{package or group}."
+                found = list(rows(node, prefix, group, group_schema(group, node), notes))
             out += [*table(found), ""]
     return "\n".join(out)
 

@@ -122,8 +122,12 @@ def describe_model(model: LoadedModel) -> str:
         members = "the refit on all training images"
     else:
         members = "one fold model"
+    crop = spec.model.get("lesion_crop")  # set by lesion_crop=segmenter only
+    architecture = str(spec.model.get("name", "?"))
+    if crop:
+        architecture += f" on lesion-centred crops ({crop.get('crop_size')} px)"
     return (
-        f"model {model.origin}: {members}, {spec.model.get('name', '?')}, "
+        f"model {model.origin}: {members}, {architecture}, "
         f"{spec.image_size} px, {spec.in_chans} channel(s)"
     )
 

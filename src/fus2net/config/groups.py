@@ -197,13 +197,19 @@ TRAINER_SET_BY_FUS2NET = {
 }
 
 
+# Lesion-centred crops: absent unless the lesion_crop group (conf/lesion_crop/) sets them.
+LESION_CROP: Any = Field(
+    None, description="set by the `lesion_crop` group: `lesion_crop=segmenter` (docs/training.md)"
+)
+
+
 class Fus2NetModel(Node):
     name: Str
     residual_scale: Float = Field(0.17, gt=0)
     hidden_dim: Int = Field(256, ge=1)
     pool: PoolMode = "auto"
     pretrained_path: Str | None = None
-    lesion_crop: LesionCropSettings | None = None  # lesion_crop=segmenter (conf/lesion_crop/)
+    lesion_crop: LesionCropSettings | None = LESION_CROP
 
 
 class BaselineModel(Node):
@@ -212,7 +218,7 @@ class BaselineModel(Node):
     name: Str
     pretrained: Literal[IMAGENET] | None = None
     pretrained_path: Str | None = None
-    lesion_crop: LesionCropSettings | None = None
+    lesion_crop: LesionCropSettings | None = LESION_CROP
 
 
 class TimmModel(Node):
@@ -223,7 +229,7 @@ class TimmModel(Node):
     pretrained: bool = False
     pretrained_source: Literal[PRETRAINED_SOURCES] = "hub"
     pretrained_path: Str | None = None
-    lesion_crop: LesionCropSettings | None = None
+    lesion_crop: LesionCropSettings | None = LESION_CROP
 
 
 # The model options fus2net.config.factories.network passes to create_model itself.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import re
+import typing
 import warnings
 from collections.abc import Iterator, Mapping
 from typing import Annotated, Any
@@ -105,9 +106,13 @@ def _kind(option: Mapping[str, Any]) -> str:
 def accepts(spec: FieldInfo) -> str:
     """What a field takes, in words: type, bounds, choices, and null where it may be."""
     hint = spec.annotation
+    args = typing.get_args(hint)
+    optional = type(None) in args and len(args) == 2  # `X | None`
+    if optional:
+        hint = next(a for a in args if a is not type(None))
     if isinstance(hint, type) and issubclass(hint, BaseModel):
         names = ", ".join(f.alias or name for name, f in hint.model_fields.items())
-        return f"a group of settings ({names})"
+        return f"a group of settings ({names})" + (", or null" if optional else "")
     schema = _json_schema(spec)
     options = schema.get("anyOf", [schema])
     kinds = [o for o in options if o.get("type") != "null"]

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import types
 import typing
 import warnings
 from collections.abc import Callable, Iterator
@@ -211,9 +212,19 @@ def train_schema(plain: dict[str, Any], problems: list[Problem]) -> type[TrainCo
 # ------------------------------------------------------------------------------ pydantic's errors
 
 
+def _unwrap_optional(kind: Any) -> Any:
+    """X of `X | None`; any other type as it is."""
+    args = typing.get_args(kind)
+    if typing.get_origin(kind) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return rest[0] if len(rest) == 1 else kind
+    return kind
+
+
 def _fields(kind: Any) -> dict[Any, FieldInfo] | None:
     """The keys of a node type (a model's, a TypedDict's, a tuple's positions) and their
-    fields; None for a leaf."""
+    fields; None for a leaf. An optional node (`X | None`) is X's."""
+    kind = _unwrap_optional(kind)
     if isinstance(kind, type) and issubclass(kind, BaseModel):
         return {spec.alias or name: spec for name, spec in kind.model_fields.items()}
     if is_typeddict(kind):
