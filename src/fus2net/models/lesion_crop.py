@@ -13,6 +13,7 @@ stored models go through it unchanged. The segmenter is frozen while the classif
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -61,7 +62,14 @@ def segmentation_encoder(name: str, in_chans: int, pretrained: bool) -> nn.Modul
                 "package in the lock ships (tf_efficientnet_lite0/1/2) or pretrained=false"
             ) from err
         options["pretrained_cfg_overlay"] = {"file": str(file), "hf_hub_id": None, "url": None}
-    return timm.create_model(name, pretrained=pretrained, in_chans=in_chans, **options)
+    # timm names the head's tensors a feature pyramid leaves unused, as a warning: expected here
+    builder = logging.getLogger("timm.models._builder")
+    level = builder.level
+    builder.setLevel(logging.ERROR)
+    try:
+        return timm.create_model(name, pretrained=pretrained, in_chans=in_chans, **options)
+    finally:
+        builder.setLevel(level)
 
 
 class LesionSegmenter(nn.Module):
