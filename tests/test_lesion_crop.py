@@ -159,7 +159,8 @@ def test_a_lesion_crop_job_trains_the_segmenter_once_and_its_model_predicts(
     first = run_train(args, tmp_path)
     (segmenter,) = (tmp_path / ".cache" / "fus2net" / "lesion_segmenters").glob("*.safetensors")
     assert "lesion segmenter: stored" in first.stderr + first.stdout
-    second = run_train([*args, "trainer.max_epochs=2"], tmp_path)  # another cell, the same pool
+    # another cell on the same pool, another crop: the same segmenter
+    second = run_train([*args, "trainer.max_epochs=2", "model.lesion_crop.margin=0.5"], tmp_path)
     assert f"lesion segmenter: reusing {segmenter}" in second.stderr + second.stdout
     client = sqlite_client(tmp_path)
     cells = client.search_runs(

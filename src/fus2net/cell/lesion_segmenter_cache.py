@@ -6,8 +6,8 @@ set or a held-out source, so a test or external score stays one of images whose 
 looked at. The cross-validation folds share it (their validation images did teach it, which
 flatters the out-of-fold scores a little; one segmenter per fold would cost five). The cache
 file is keyed by what decides the weights (the images and their order, the test split, the
-settings, the input's size, fit and normalisation, the seed), so a re-run or a resumed fold uses
-the same segmenter, and a leave-one-source-out sibling its own.
+segmenter's own settings, the input's size, fit and normalisation, the seed), so a re-run, a
+resumed fold or another crop uses the same segmenter, and a leave-one-source-out sibling its own.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def segmenter_file(
     facts = {
         "fingerprint": data.fingerprint,
         "pool": keys,
-        "settings": settings.model_dump(),
+        "settings": settings.training(),
         "image": list(data.cache.images.shape[1:]),
         "fit": fit,
         "normalization": normalization,

@@ -43,6 +43,11 @@ class LesionCropSettings(BaseModel):
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(16, ge=2)
 
+    def training(self) -> dict[str, Any]:
+        """The settings the segmenter's weights depend on (the crop's do not)."""
+        keys = ("seg_size", "encoder", "pretrained", "epochs", "lr", "batch_size")
+        return {key: getattr(self, key) for key in keys}
+
 
 def segmentation_encoder(name: str, in_chans: int, pretrained: bool) -> nn.Module:
     """timm's `name` as a feature pyramid (strides 4 to 32), from the packaged ImageNet
