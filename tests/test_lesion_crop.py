@@ -130,11 +130,12 @@ def test_grad_cam_of_a_crop_lies_inside_its_box_on_the_image(monkeypatch) -> Non
 
 
 def test_the_config_group_composes_validates_and_names_a_bad_key() -> None:
-    cfg = compose_train("experiment=transfer", "lesion_crop=segmenter", "data.image_size=256")
+    cfg = compose_train("experiment=improved", "lesion_crop=segmenter", "data.image_size=256")
     typed = validate_config(cfg)
     assert typed.model.lesion_crop.crop_size == 160
-    assert cfg.model.name == "tf_efficientnet_lite0"  # the preset's model, cropped
-    assert "lesion_crop" not in compose_train("experiment=transfer").model  # off by default
+    assert cfg.model.name == "fus2net"  # any network can be cropped
+    assert "lesion_crop" not in compose_train("experiment=improved").model  # off by default
+    assert compose_train("experiment=transfer", "~lesion_crop").model.get("lesion_crop") is None
     hint = "unknown key model.lesion_crop.crop_sise; did you mean model.lesion_crop.crop_size?"
     with pytest.raises(ConfigError, match=re.escape(hint)):
         validate_config(compose_train("lesion_crop=segmenter", "+model.lesion_crop.crop_sise=9"))
@@ -148,14 +149,14 @@ def test_a_lesion_crop_job_trains_the_segmenter_once_and_its_model_predicts(
     """Through the real entry points: the segmenter is trained on the pool once (a second cell
     on the same pool reuses the cache file), the stored ensemble is a LesionCropNet whose
     segmenter is the cached one, and fus2net-predict scores and draws with it."""
-    args = tiny(
+    crop = (
         "lesion_crop=segmenter",
         "model.lesion_crop.crop_size=64",
         "model.lesion_crop.seg_size=64",
         "model.lesion_crop.epochs=1",
         "model.lesion_crop.pretrained=false",
-        "evaluation.gradcam.n_images=4",
     )
+    args = tiny(*crop, "evaluation.gradcam.n_images=4")
     first = run_train(args, tmp_path)
     (segmenter,) = (tmp_path / ".cache" / "fus2net" / "lesion_segmenters").glob("*.safetensors")
     assert "lesion segmenter: stored" in first.stderr + first.stdout
@@ -168,6 +169,18 @@ def test_a_lesion_crop_job_trains_the_segmenter_once_and_its_model_predicts(
     )
     assert len(cells) == 2 and all(c.info.status == "FINISHED" for c in cells)
     assert cells[0].data.params["model.lesion_crop.crop_size"] == "64"
+    # the same images without their masks: refused before any run, the fix named
+    no_masks = ("dataset=folder", f"dataset.root={tmp_path / 'data' / 'synthetic'}")
+    drop = ["dataset.n_images", "dataset.image_size"]
+    ids = [e.experiment_id for e in client.search_experiments()]
+    runs_before = len(client.search_runs(ids))
+    refused = run_train(
+        tiny(*crop, *no_masks, "dataset.mask_suffix=null", drop=drop), tmp_path, check=False
+    )
+    said = refused.stdout + refused.stderr
+    assert refused.returncode == 2 and "training images has a lesion mask" in said, said[-2000:]
+    assert "'~lesion_crop' data.image_size=160" in said and "Traceback" not in said
+    assert len(client.search_runs(ids)) == runs_before  # no run was started
 
     from safetensors.torch import load_file
 

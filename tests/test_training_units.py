@@ -61,7 +61,8 @@ def test_every_experiment_preset_composes() -> None:
         validate_config(cfg)
         check_config(cfg)
         if not preset.stem.startswith("paper"):  # the project's own recipe: CPU-sized
-            assert cfg.data.image_size <= 160 and cfg.cv.folds == 5
+            crop = cfg.model.get("lesion_crop")  # the network's input: the crop, if any
+            assert (crop.crop_size if crop else cfg.data.image_size) <= 160 and cfg.cv.folds == 5
             continue
         assert cfg.data.image_size == 299 and cfg.cv.folds == 10
         assert cfg.trainer.max_epochs == 53 and list(cfg.data.test.per_class) == [50, 50]
@@ -85,7 +86,8 @@ def test_cell_key_ignores_fold_and_tracking_but_not_hyperparameters() -> None:
 PINNED_KEYS = {
     (): "8488d71ceea6925d",
     ("experiment=improved",): "aae7393205707356",
-    ("experiment=transfer",): "ae1022185dbd6458",
+    ("experiment=transfer",): "c8289970b748945e",  # lesion crops joined (issue 23)
+    ("experiment=transfer", "~lesion_crop", "data.image_size=160"): "ae1022185dbd6458",  # before
     ("experiment=paper",): "51ea30517ce0cb5c",
     ("dataset=busi_breast",): "7a85a95333315b77",
     ("evaluation.tta=hflip", "data.resize=pad"): "34734252f38f81c3",

@@ -135,6 +135,8 @@ def test_the_transfer_preset_composes_as_documented() -> None:
     assert cfg.model.name == "tf_efficientnet_lite0" and cfg.model.pretrained_source == "package"
     assert cfg.tracking.experiment == "fus2net-transfer"
     assert cfg.cv.holdout_source is None and cfg.evaluation.adabn is True  # chosen by LOSO
+    # lesion-centred crops, chosen by LOSO too: the segmenter sees 256 px, the classifier 160
+    assert cfg.model.lesion_crop.crop_size == 160 and cfg.data.image_size == 256
     from fus2net.config.groups import TimmModel
     from fus2net.config.messages import choices
     from fus2net.models.timm_models import PRETRAINED_SOURCES
@@ -203,6 +205,9 @@ def test_leave_one_source_out_sweep_logs_each_source_and_the_mean(tmp_path: Path
         f"dataset.members.two.root={tmp_path / 'two'}",
         "evaluation.gradcam.enabled=false",
         "trainer.max_epochs=2",  # the preset's 1-epoch warmup needs a second epoch
+        "model.lesion_crop.crop_size=64",  # the preset's lesion crops, small and brief
+        "model.lesion_crop.seg_size=64",
+        "model.lesion_crop.epochs=1",
     )
     args = tiny(*members, drop=["dataset.n_images", "dataset.image_size"])
     run_train(["-m", *args, "cv.holdout_source=one,two"], tmp_path)

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from fus2net.cell.job_data import JobData, prepare_data
-from fus2net.cell.lesion_segmenter_cache import job_segmenter
+from fus2net.cell.lesion_segmenter_cache import job_segmenter, require_masks
 from fus2net.config.factories import lesion_crop_settings, normalization, resolved_container
 from fus2net.config.hydra_run import hydra_tags
 from fus2net.data.records import Record
@@ -182,6 +182,8 @@ def build_context(cfg: DictConfig, protocol: str | None = None) -> JobContext:
     """Prepare the data, open the store and name the cell: once per job, before any run;
     `protocol` is the leave-one-source-out key a held-out cell shares with its siblings."""
     data = prepare_data(cfg)
+    if lesion_crop_settings(cfg) is not None:
+        require_masks(data)
     tracker = MlflowTracker(
         cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.artifact_location
     )

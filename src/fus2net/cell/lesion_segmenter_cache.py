@@ -21,6 +21,7 @@ import numpy as np
 from torch import Tensor
 
 from fus2net.cell.job_data import JobData
+from fus2net.data.records import DataError, Problem
 from fus2net.data.splits import record_keys
 from fus2net.images.imageio import resized_mask
 from fus2net.io.files import written_whole
@@ -53,6 +54,23 @@ def segmenter_file(
     }
     digest = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:20]
     return cache_dir / "lesion_segmenters" / f"{digest}.safetensors"
+
+
+def require_masks(data: JobData) -> None:
+    """Refuse, before any run, a job whose segmenter would have no mask to learn from."""
+    pool = data.split.train_pool()
+    if any(data.records[i].masks for i in pool):
+        return
+    where = data.description.get("root") or str(data.records[pool[0]].image.parent.parent)
+    raise DataError(
+        [Problem(str(where), f"none of the {len(pool)} training images has a lesion mask")],
+        fix=(
+            "lesion_crop=segmenter (set by experiment=transfer) trains its segmenter on lesion "
+            "masks: add them (<image>_mask.png beside each image, as BUSI ships them), or train "
+            "on whole images with '~lesion_crop' data.image_size=160"
+        ),
+        source=str(data.description.get("name", "")),
+    )
 
 
 def job_segmenter(
