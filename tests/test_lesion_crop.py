@@ -157,7 +157,14 @@ def test_a_lesion_crop_job_trains_the_segmenter_once_and_its_model_predicts(
         "model.lesion_crop.pretrained=false",
     )
     args = tiny(*crop, "evaluation.gradcam.n_images=4")
-    first = run_train(args, tmp_path)
+    external = (
+        "+dataset@eval_datasets.ext=synthetic",
+        f"eval_datasets.ext.root={tmp_path / 'ext'}",
+        "eval_datasets.ext.n_images=16",
+        "eval_datasets.ext.image_size=128",
+        "eval_datasets.ext.seed=7",
+    )
+    first = run_train([*args, *external], tmp_path)
     (segmenter,) = (tmp_path / ".cache" / "fus2net" / "lesion_segmenters").glob("*.safetensors")
     assert "lesion segmenter: stored" in first.stderr + first.stdout
     # another cell on the same pool, another crop: the same segmenter
@@ -169,6 +176,16 @@ def test_a_lesion_crop_job_trains_the_segmenter_once_and_its_model_predicts(
     )
     assert len(cells) == 2 and all(c.info.status == "FINISHED" for c in cells)
     assert cells[0].data.params["model.lesion_crop.crop_size"] == "64"
+    # the external set ships masks: how the segmenter and its crops find its lesions
+    (with_ext,) = [c for c in cells if "external/ext/auc" in c.data.metrics]
+    metrics = with_ext.data.metrics
+    found = {k.rsplit("/", 1)[1]: v for k, v in metrics.items() if "/lesion_crop/" in k}
+    assert found["n_images"] == 16 and set(found) == {
+        "dice", "found", "centre_in_crop", "mask_in_crop", "n_images"
+    }  # fmt: skip
+    assert all(0 <= found[k] <= 1 for k in ("dice", "found", "centre_in_crop", "mask_in_crop"))
+    card = Path(client.download_artifacts(with_ext.info.run_id, "model_card.md", str(tmp_path)))
+    assert "- ext, lesion-centred crops against its 16 lesion masks" in card.read_text()
     # the same images without their masks: refused before any run, the fix named
     no_masks = ("dataset=folder", f"dataset.root={tmp_path / 'data' / 'synthetic'}")
     drop = ["dataset.n_images", "dataset.image_size"]
@@ -206,3 +223,20 @@ def test_create_model_without_lesion_crop_is_the_plain_network() -> None:
     net = create_model(**LITE0, in_chans=3, num_classes=2)
     assert not isinstance(net, LesionCropNet)
     assert F.softmax(net(torch.randn(1, 3, 64, 64)), 1).shape == (1, 2)
+
+
+def test_lesion_finding_scores_count_the_crop_that_holds_the_lesion() -> None:
+    from fus2net.evaluation.localization import lesion_finding_scores
+
+    mask = np.zeros((10, 10), dtype=bool)
+    mask[2:4, 2:4] = True  # 4 pixels, centre (3, 3)
+    exact, missed, empty = mask.copy(), np.zeros_like(mask), np.zeros_like(mask)
+    missed[7:9, 7:9] = True
+    boxes = np.array([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0]])
+    scores = lesion_finding_scores([exact, missed, exact], boxes, [mask, mask, empty])
+    assert scores["n_images"] == 2  # the image without a lesion in its mask is left out
+    assert scores["dice"] == pytest.approx(0.5) and scores["found"] == 1.0
+    assert scores["centre_in_crop"] == 0.5 and scores["mask_in_crop"] == pytest.approx(0.5)
+    half = np.array([[0.0, 0.0, 0.3, 1.0]])  # x up to 3 px: the mask's columns 2 (2.5) only
+    assert lesion_finding_scores([empty], half, [mask])["mask_in_crop"] == pytest.approx(0.5)
+    assert lesion_finding_scores([empty], half, [mask])["found"] == 0.0

@@ -27,10 +27,17 @@ from fus2net.cell.context import JobContext
 from fus2net.cell.job_data import ExternalSet
 from fus2net.cell.roc_plot import save_roc
 from fus2net.evaluation.calibration import expected_calibration_error
+from fus2net.evaluation.localization import lesion_finding_scores
 from fus2net.evaluation.metrics import binary_metrics
 from fus2net.evaluation.operating_points import OperatingPoint
 from fus2net.images.duplicates import nearest_distances, phash_of
-from fus2net.images.imageio import ImageLimits, ImageReadError, image_pixels, open_image
+from fus2net.images.imageio import (
+    ImageLimits,
+    ImageReadError,
+    image_pixels,
+    open_image,
+    resized_mask,
+)
 from fus2net.images.resizing import resize_image
 from fus2net.inference.loading import LoadedModel
 from fus2net.tracking import schema
@@ -191,7 +198,8 @@ def evaluate_external(
         raise ValueError(f"eval_datasets.{name}: no readable images in {source!r}")
     stack = np.stack(images)
     plain = model.member_probabilities(stack)
-    adapted = model.adapted_to(stack).member_probabilities(stack)
+    adapted_model = model.adapted_to(stack)
+    adapted = adapted_model.member_probabilities(stack)
     members, other = (adapted, plain) if adabn else (plain, adapted)
     other_name = "without_adabn" if adabn else "adabn"
     probs = members.mean(axis=0)
@@ -220,6 +228,12 @@ def evaluate_external(
         at = binary_metrics(labels, other_probs, point.threshold)
         for metric in ("sensitivity", "specificity"):
             result.metrics[f"{other_name}/{point.name}_{metric}"] = at[metric]
+    if any(r.masks for r in kept):  # a lesion-crop model: does its crop find the lesion?
+        found = (adapted_model if adabn else model).lesion_maps(stack)
+        if found is not None:
+            masks = [resized_mask(r.masks, size, model.spec.resize) for r in kept]
+            scores = lesion_finding_scores(found[0], found[1], masks)
+            result.metrics.update({f"lesion_crop/{k}": v for k, v in scores.items()})
     result.metrics["n_images"] = float(len(kept))
     result.metrics["n_skipped"] = float(len(bad))
     result.metrics["n_overlap"] = float(len(shared))

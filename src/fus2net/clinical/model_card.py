@@ -253,4 +253,13 @@ def _external_lines(external: Mapping[str, Mapping[str, float]]) -> list[str]:
         for name, m in external.items()
     ]
     header = ["dataset", "images", "AUC", "sens.", "spec.", "ECE", "patient AUC"]
-    return _table(header, rows)
+    crops = [
+        f"- {name}, lesion-centred crops against its {_f(m['lesion_crop/n_images'], 0)} lesion "
+        f"masks: the segmenter marks a lesion in {_f(m.get('lesion_crop/found'))} of images "
+        f"(Dice {_f(m.get('lesion_crop/dice'))}); the crop holds the lesion's centre in "
+        f"{_f(m.get('lesion_crop/centre_in_crop'))} and {_f(m.get('lesion_crop/mask_in_crop'))} "
+        "of its area on average."
+        for name, m in external.items()
+        if m.get("lesion_crop/n_images")
+    ]
+    return _table(header, rows) + (["", *crops] if crops else [])

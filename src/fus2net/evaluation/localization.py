@@ -6,6 +6,9 @@
   optionally dilated by a tolerance in pixels.
 
 A model that reads burned-in text, calipers or the scanner's frame scores near or below chance.
+
+A lesion-crop model's segmenter is scored against the masks too (`lesion_finding_scores`): does
+it find the lesion on images it never saw, and does its crop hold the lesion?
 """
 
 from __future__ import annotations
@@ -56,6 +59,38 @@ def localization_scores(
         "mask_area_fraction": float(np.mean(area)),
         "n_images": float(len(hits)),
         "n_empty_cam": float(len(energy) - len(finite)),
+    }
+
+
+def lesion_finding_scores(
+    lesion: Sequence[np.ndarray], boxes: np.ndarray, masks: Sequence[np.ndarray]
+) -> dict[str, float]:
+    """A lesion segmenter and its crops against the true masks (images without a lesion pixel
+    in their mask are left out): `dice`, the mean Dice of each (H, W) bool `lesion` map;
+    `found`, the share of images where it marks any pixel; `centre_in_crop`, the share whose
+    mask's centre of mass lies in the image's crop box ((N, 4) x0, y0, x1, y1 in [0, 1]);
+    `mask_in_crop`, the mean share of each mask's pixels inside its box; `n_images`."""
+    dice, found, centre, covered = [], [], [], []
+    for predicted, mask, box in zip(lesion, masks, boxes, strict=True):
+        _check_shapes(predicted, mask)
+        if not mask.any():
+            continue
+        height, width = mask.shape
+        dice.append(2 * np.sum(predicted & mask) / (predicted.sum() + mask.sum()))
+        found.append(bool(predicted.any()))
+        rows, cols = np.nonzero(mask)
+        x0, y0, x1, y1 = box[0] * width, box[1] * height, box[2] * width, box[3] * height
+        cx, cy = cols.mean() + 0.5, rows.mean() + 0.5  # pixel centres
+        centre.append(x0 <= cx <= x1 and y0 <= cy <= y1)
+        inside = (cols + 0.5 >= x0) & (cols + 0.5 <= x1) & (rows + 0.5 >= y0) & (rows + 0.5 <= y1)
+        covered.append(inside.mean())
+    n = len(dice)
+    return {
+        "dice": float(np.mean(dice)) if n else math.nan,
+        "found": float(np.mean(found)) if n else math.nan,
+        "centre_in_crop": float(np.mean(centre)) if n else math.nan,
+        "mask_in_crop": float(np.mean(covered)) if n else math.nan,
+        "n_images": float(n),
     }
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fus2net.data.transforms import normalize
@@ -22,6 +23,7 @@ from fus2net.inference.model_registry import download_version
 from fus2net.inference.spec import SPEC_FILE, Member, ModelSpec
 from fus2net.inference.tta import malignant_probability
 from fus2net.models import create_model
+from fus2net.models.lesion_crop import LesionCropNet
 from fus2net.models.weights import SAVE_HINT, WeightsFileError, load_weights
 from fus2net.tracking import schema
 from fus2net.tracking.mlflow_tracker import MlflowTracker
@@ -73,6 +75,25 @@ class LoadedModel:
         ]
         members = [adapt_batch_norm(m, batches) if has_batch_norm(m) else m for m in self.members]
         return replace(self, members=members, origin=f"{self.origin} (AdaBN)")
+
+    def lesion_maps(
+        self, images: np.ndarray, batch_size: int = 32
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """For a lesion-crop ensemble (its members share the job's segmenter): each image's
+        (S, S) bool lesion map at the image's size and its (4,) crop box in [0, 1]; else None."""
+        member = self.members[0]
+        if not isinstance(member, LesionCropNet):
+            return None
+        size, threshold = images.shape[1:3], member.settings.threshold
+        maps, boxes = [], []
+        with torch.inference_mode():
+            for start in range(0, len(images), batch_size):
+                x = to_tensor(images[start : start + batch_size], self.spec)
+                probabilities = member.lesion_probabilities(x)
+                full = F.interpolate(probabilities, size=size, mode="bilinear")
+                maps.append((full[:, 0] >= threshold).numpy())
+                boxes.append(member.boxes(x).double().numpy())
+        return np.concatenate(maps), np.concatenate(boxes)
 
     def grad_cams(self, images: np.ndarray, target: CamTarget = "predicted") -> np.ndarray:
         """(N, S, S) Grad-CAM maps in [0, 1], averaged over the members."""

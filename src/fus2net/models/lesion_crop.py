@@ -166,12 +166,17 @@ class LesionCropNet(nn.Module):
         return self
 
     @torch.no_grad()
+    def lesion_probabilities(self, x: Tensor) -> Tensor:
+        """(B, 1, seg_size, seg_size): the segmenter's lesion probability of each pixel."""
+        s = self.settings
+        small = F.interpolate(x, size=(s.seg_size, s.seg_size), mode="bilinear", antialias=True)
+        return torch.sigmoid(self.segmenter(small).float())
+
+    @torch.no_grad()
     def boxes(self, x: Tensor) -> Tensor:
         """(B, 4) crop boxes in [0, 1] image coordinates (`lesion_boxes`)."""
         s = self.settings
-        small = F.interpolate(x, size=(s.seg_size, s.seg_size), mode="bilinear", antialias=True)
-        probabilities = torch.sigmoid(self.segmenter(small).float())
-        return lesion_boxes(probabilities, s.threshold, s.margin, s.min_side)
+        return lesion_boxes(self.lesion_probabilities(x), s.threshold, s.margin, s.min_side)
 
     def crops(self, x: Tensor) -> Tensor:
         """(B, C, crop, crop): each input's lesion crop, zeros where the box leaves the image."""
