@@ -183,7 +183,7 @@ def build_context(cfg: DictConfig, protocol: str | None = None) -> JobContext:
     `protocol` is the leave-one-source-out key a held-out cell shares with its siblings."""
     data = prepare_data(cfg)
     if lesion_crop_settings(cfg) is not None:
-        require_masks(data)
+        require_masks(data, _source(data.description, data.records))
     tracker = MlflowTracker(
         cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.artifact_location
     )

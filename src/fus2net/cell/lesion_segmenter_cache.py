@@ -56,14 +56,14 @@ def segmenter_file(
     return cache_dir / "lesion_segmenters" / f"{digest}.safetensors"
 
 
-def require_masks(data: JobData) -> None:
-    """Refuse, before any run, a job whose segmenter would have no mask to learn from."""
+def require_masks(data: JobData, where: str) -> None:
+    """Refuse, before any run, a job whose segmenter would have no mask to learn from
+    (`where`: the dataset's folder or manifest, for the message)."""
     pool = data.split.train_pool()
     if any(data.records[i].masks for i in pool):
         return
-    where = data.description.get("root") or str(data.records[pool[0]].image.parent.parent)
     raise DataError(
-        [Problem(str(where), f"none of the {len(pool)} training images has a lesion mask")],
+        [Problem(where, f"none of the {len(pool)} training images has a lesion mask")],
         fix=(
             "lesion_crop=segmenter (set by experiment=transfer) trains its segmenter on lesion "
             "masks: add them (<image>_mask.png beside each image, as BUSI ships them), or train "

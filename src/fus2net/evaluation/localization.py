@@ -62,21 +62,31 @@ def localization_scores(
     }
 
 
+def mean_dice(predicted: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> float:
+    """Mean Dice of bool lesion maps against their masks, over the masks with a lesion pixel
+    (NaN when none has one)."""
+    scores = [
+        2 * np.sum(p & m) / (p.sum() + m.sum())
+        for p, m in zip(predicted, masks, strict=True)
+        if m.any()
+    ]
+    return float(np.mean(scores)) if scores else math.nan
+
+
 def lesion_finding_scores(
     lesion: Sequence[np.ndarray], boxes: np.ndarray, masks: Sequence[np.ndarray]
 ) -> dict[str, float]:
     """A lesion segmenter and its crops against the true masks (images without a lesion pixel
-    in their mask are left out): `dice`, the mean Dice of each (H, W) bool `lesion` map;
+    in their mask are left out): `dice` (`mean_dice` of the (H, W) bool `lesion` maps);
     `found`, the share of images where it marks any pixel; `centre_in_crop`, the share whose
     mask's centre of mass lies in the image's crop box ((N, 4) x0, y0, x1, y1 in [0, 1]);
     `mask_in_crop`, the mean share of each mask's pixels inside its box; `n_images`."""
-    dice, found, centre, covered = [], [], [], []
+    found, centre, covered = [], [], []
     for predicted, mask, box in zip(lesion, masks, boxes, strict=True):
         _check_shapes(predicted, mask)
         if not mask.any():
             continue
         height, width = mask.shape
-        dice.append(2 * np.sum(predicted & mask) / (predicted.sum() + mask.sum()))
         found.append(bool(predicted.any()))
         rows, cols = np.nonzero(mask)
         x0, y0, x1, y1 = box[0] * width, box[1] * height, box[2] * width, box[3] * height
@@ -84,9 +94,9 @@ def lesion_finding_scores(
         centre.append(x0 <= cx <= x1 and y0 <= cy <= y1)
         inside = (cols + 0.5 >= x0) & (cols + 0.5 <= x1) & (rows + 0.5 >= y0) & (rows + 0.5 <= y1)
         covered.append(inside.mean())
-    n = len(dice)
+    n = len(found)
     return {
-        "dice": float(np.mean(dice)) if n else math.nan,
+        "dice": mean_dice(lesion, masks),
         "found": float(np.mean(found)) if n else math.nan,
         "centre_in_crop": float(np.mean(centre)) if n else math.nan,
         "mask_in_crop": float(np.mean(covered)) if n else math.nan,
@@ -96,4 +106,4 @@ def lesion_finding_scores(
 
 def _check_shapes(cam: np.ndarray, mask: np.ndarray) -> None:
     if cam.shape != mask.shape:
-        raise ValueError(f"saliency map {cam.shape} and mask {mask.shape} differ in shape")
+        raise ValueError(f"map {cam.shape} and mask {mask.shape} differ in shape")

@@ -23,7 +23,7 @@ from fus2net.inference.model_registry import download_version
 from fus2net.inference.spec import SPEC_FILE, Member, ModelSpec
 from fus2net.inference.tta import malignant_probability
 from fus2net.models import create_model
-from fus2net.models.lesion_crop import LesionCropNet
+from fus2net.models.lesion_crop import LesionCropNet, lesion_boxes
 from fus2net.models.weights import SAVE_HINT, WeightsFileError, load_weights
 from fus2net.tracking import schema
 from fus2net.tracking.mlflow_tracker import MlflowTracker
@@ -84,15 +84,16 @@ class LoadedModel:
         member = self.members[0]
         if not isinstance(member, LesionCropNet):
             return None
-        size, threshold = images.shape[1:3], member.settings.threshold
+        size, s = images.shape[1:3], member.settings
         maps, boxes = [], []
         with torch.inference_mode():
             for start in range(0, len(images), batch_size):
                 x = to_tensor(images[start : start + batch_size], self.spec)
-                probabilities = member.lesion_probabilities(x)
+                probabilities = member.lesion_probabilities(x)  # once: the map and the box
                 full = F.interpolate(probabilities, size=size, mode="bilinear")
-                maps.append((full[:, 0] >= threshold).numpy())
-                boxes.append(member.boxes(x).double().numpy())
+                maps.append((full[:, 0] >= s.threshold).numpy())
+                box = lesion_boxes(probabilities, s.threshold, s.margin, s.min_side)
+                boxes.append(box.double().numpy())
         return np.concatenate(maps), np.concatenate(boxes)
 
     def grad_cams(self, images: np.ndarray, target: CamTarget = "predicted") -> np.ndarray:

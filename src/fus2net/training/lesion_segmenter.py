@@ -20,6 +20,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from fus2net.data.transforms import normalize
+from fus2net.evaluation.localization import mean_dice
 from fus2net.models.lesion_crop import LesionCropSettings, LesionSegmenter
 from fus2net.models.pretrained import Normalization
 
@@ -87,18 +88,14 @@ def segmenter_dice(
 ) -> float:
     """Mean Dice of the thresholded predictions against `masks` (images with a lesion only)."""
     segmenter.eval()
-    scores = []
+    predicted, truth = [], []
     for start in range(0, len(images), settings.batch_size):
         stop = start + settings.batch_size
         x, y = _batch(images[start:stop], masks[start:stop], normalization, None, settings.seg_size)
         logits = segmenter(x)
-        y = F.interpolate(y, size=logits.shape[-2:], mode="area") >= 0.5
-        pred = torch.sigmoid(logits) >= settings.threshold
-        inter = (pred & y).sum((1, 2, 3)).float()
-        total = (pred.sum((1, 2, 3)) + y.sum((1, 2, 3))).float()
-        has = y.sum((1, 2, 3)) > 0
-        scores += (2 * inter / total.clamp(min=1))[has].tolist()
-    return float(np.mean(scores)) if scores else float("nan")
+        truth += list((F.interpolate(y, size=logits.shape[-2:], mode="area") >= 0.5)[:, 0].numpy())
+        predicted += list((torch.sigmoid(logits) >= settings.threshold)[:, 0].numpy())
+    return mean_dice(predicted, truth)
 
 
 def train_segmenter(
